@@ -1,0 +1,39 @@
+"""The interface every model in the zoo shares."""
+
+from torch import Tensor, nn
+
+
+class KDModel(nn.Module):
+    """A classifier that can also return its intermediate features.
+
+    Subclasses implement `forward_features`; `forward` reuses it so there is
+    one code path. Feature- and attention-based strategies read the stage
+    outputs directly instead of registering hooks.
+    """
+
+    def __init__(
+        self, arch: str, in_channels: int, image_size: int, num_classes: int, stage_channels: list[int]
+    ) -> None:
+        super().__init__()
+        self.arch = arch
+        self.in_channels = in_channels
+        self.image_size = image_size
+        self.num_classes = num_classes
+        self.stage_channels = list(stage_channels)
+
+    def forward_features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        """Return (the output of each stage, the logits)."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_features(x)[1]
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_size_mb(model: nn.Module) -> float:
+    """Bytes of parameters and buffers (e.g. BatchNorm statistics), in MiB."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
