@@ -1,0 +1,18 @@
+"""Datasets as uint8 tensors on the device, batched by randperm + indexing and
+augmented a whole batch at a time (see DESIGN.md, "Data: tensors, not per-image Python")."""
+
+from .augment import BatchAugment
+from .batches import iterate_batches, num_batches
+from .datasets import DATASET_NAMES, DatasetNotFoundError, DatasetSplits, load_dataset
+from .readers import read_idx
+
+__all__ = [
+    "DATASET_NAMES",
+    "BatchAugment",
+    "DatasetNotFoundError",
+    "DatasetSplits",
+    "iterate_batches",
+    "load_dataset",
+    "num_batches",
+    "read_idx",
+]
