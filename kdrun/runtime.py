@@ -1,0 +1,81 @@
+"""Where and how a run computes: device, autocast precision, seeds."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from kdrun.errors import ConfigError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    precision: str  # fp32 | bf16 | fp16, never auto
+    channels_last: bool = False
+    compile: bool = False
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return _DTYPES[self.precision]
+
+    def autocast(self):
+        """Autocast for forward passes, or nothing in fp32."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """A GradScaler that is only active for fp16, where small gradients underflow."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Move a model to the device in the run's memory format."""
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+
+def resolve_runtime(device_cfg) -> Runtime:
+    """Turn the `device` config group into a concrete Runtime."""
+    name = device_cfg.name
+    if name == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    elif name == "cpu":
+        device = torch.device("cpu")
+    elif name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device=cuda but no CUDA GPU is visible to torch; use device=cpu or device=auto")
+        device = torch.device("cuda")
+    else:
+        raise ConfigError(f"unknown device.name {name!r}; allowed: auto, cpu, cuda")
+
+    precision = device_cfg.precision
+    if precision not in PRECISIONS:
+        raise ConfigError(f"device.precision={precision!r} is not allowed; allowed: {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        gpu_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        precision = "bf16" if gpu_bf16 else "fp32"
+    return Runtime(device, precision, bool(device_cfg.channels_last), bool(device_cfg.compile))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def data_generator(seed: int, device: torch.device) -> torch.Generator:
+    """The generator for data order and augmentation, kept apart from model init."""
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g
