@@ -16,12 +16,12 @@ from torch import nn
 
 from kdrun.checkpoint import save_checkpoint
 from kdrun.console import console
-from kdrun.data import BatchAugment, DatasetSplits, iterate_batches, num_batches
+from kdrun.data import BatchAugment, DatasetSplits, batch_indices, iterate_batches, num_batches
 from kdrun.io import append_jsonl, atomic_write_json
 from kdrun.models import count_parameters, model_size_mb
 from kdrun.optim import build_optimizer, build_scheduler
 from kdrun.runtime import Runtime, data_generator
-from kdrun.strategies.base import Strategy
+from kdrun.strategies.base import Batch, Strategy
 
 
 @dataclass
@@ -80,10 +80,13 @@ class Trainer:
             for epoch in range(1, cfg.epochs + 1):
                 task = progress.add_task(f"{cfg.label} {epoch}/{cfg.epochs}", total=steps_per_epoch, terms="")
                 record = self._train_epoch(strategy, data, augment, optimizer, scheduler, scaler, generator,
-                                           drop_last, progress, task)
-                record["test_acc"] = evaluate(strategy.student, data.test_x, data.test_y, augment, runtime,
-                                              cfg.eval_batch_size)
-                record = {"epoch": epoch, **record}
+                                           epoch, drop_last, progress, task)
+
+                def test_acc(model: nn.Module) -> float:
+                    return evaluate(model, data.test_x, data.test_y, augment, runtime, cfg.eval_batch_size)
+
+                record = {"epoch": epoch, **record, "test_acc": test_acc(strategy.student),
+                          **strategy.epoch_metrics(test_acc)}
                 append_jsonl(metrics_path, record)
                 history.append(record)
                 progress.update(task, terms=_format_terms(record))
@@ -116,7 +119,7 @@ class Trainer:
         atomic_write_json(run_dir / "metrics.json", summary)
         return summary
 
-    def _train_epoch(self, strategy, data, augment, optimizer, scheduler, scaler, generator, drop_last,
+    def _train_epoch(self, strategy, data, augment, optimizer, scheduler, scaler, generator, epoch, drop_last,
                      progress, task) -> dict:
         runtime = self.runtime
         strategy.train()
@@ -124,13 +127,14 @@ class Trainer:
         correct = torch.zeros((), dtype=torch.long, device=runtime.device)
         seen = 0
         t0 = time.perf_counter()
-        for i, (xb, yb) in enumerate(iterate_batches(data.train_x, data.train_y, self.cfg.batch_size,
-                                                     shuffle=True, generator=generator, drop_last=drop_last)):
-            inputs = augment(xb, generator, train=True)
+        for i, index in enumerate(batch_indices(len(data.train_y), self.cfg.batch_size, generator=generator,
+                                                drop_last=drop_last, device=runtime.device)):
+            inputs = augment(data.train_x[index], generator, train=True)
             if runtime.channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
+            yb = data.train_y[index]
             with runtime.autocast():
-                out = strategy.step(inputs, yb)
+                out = strategy.step(Batch(inputs, yb, index, epoch))
             loss = sum(out.losses.values())
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()

@@ -2,13 +2,14 @@
 augmented a whole batch at a time (see DESIGN.md, "Data: tensors, not per-image Python")."""
 
 from .augment import BatchAugment
-from .batches import iterate_batches, num_batches
+from .batches import batch_indices, iterate_batches, num_batches
 from .datasets import DATASET_NAMES, DatasetNotFoundError, DatasetSplits, load_dataset
 from .readers import read_idx
 
 __all__ = [
     "DATASET_NAMES",
     "BatchAugment",
+    "batch_indices",
     "DatasetNotFoundError",
     "DatasetSplits",
     "iterate_batches",

@@ -14,6 +14,25 @@ def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
     return n // batch_size if drop_last else math.ceil(n / batch_size)
 
 
+def batch_indices(
+    n: int,
+    batch_size: int,
+    *,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+    device: torch.device | str = "cpu",
+) -> Iterator[Tensor]:
+    """Yield shuffled index batches covering each of n samples once (the training order).
+
+    The indices let a caller find per-sample state, e.g. cached teacher outputs.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = torch.randperm(n, generator=generator, device=device)
+    for start in range(0, num_batches(n, batch_size, drop_last) * batch_size, batch_size):
+        yield order[start : start + batch_size]
+
+
 def iterate_batches(
     x: Tensor,
     y: Tensor,
@@ -31,11 +50,9 @@ def iterate_batches(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
-    n = len(x)
-    order = torch.randperm(n, generator=generator, device=x.device) if shuffle else None
-    for start in range(0, num_batches(n, batch_size, drop_last) * batch_size, batch_size):
-        if order is None:
-            yield x[start : start + batch_size], y[start : start + batch_size]
-        else:
-            index = order[start : start + batch_size]
+    if shuffle:
+        for index in batch_indices(len(x), batch_size, generator=generator, drop_last=drop_last, device=x.device):
             yield x[index], y[index]
+        return
+    for start in range(0, num_batches(len(x), batch_size, drop_last) * batch_size, batch_size):
+        yield x[start : start + batch_size], y[start : start + batch_size]

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor  # augmented, normalised inputs on the device
+    y: torch.Tensor  # labels
+    index: torch.Tensor  # positions of these samples in the training split
+    epoch: int  # 1-based
 
 
 @dataclass
@@ -30,8 +38,12 @@ class Strategy:
     def train(self) -> None:
         self.student.train()
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+    def step(self, batch: Batch) -> StepOutput:
         raise NotImplementedError
+
+    def epoch_metrics(self, evaluate: Callable[[nn.Module], float]) -> dict:
+        """Extra per-epoch numbers for metrics.jsonl; `evaluate(model)` gives a model's test accuracy."""
+        return {}
 
     def summary(self) -> dict:
         """Extra facts for metrics.json (e.g. the teacher's accuracy)."""

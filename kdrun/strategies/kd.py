@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from kdrun.losses import cross_entropy, kd_loss
-from kdrun.strategies.base import StepOutput, Strategy
+from kdrun.strategies.base import Batch, StepOutput, Strategy
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -26,14 +26,14 @@ class KD(Strategy):
         self.alpha, self.beta, self.T = alpha, beta, T
         self.teacher_summary = teacher_summary or {}
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+    def step(self, batch: Batch) -> StepOutput:
         with torch.no_grad():
-            teacher_logits = self.teacher(x)
-        logits = self.student(x)
+            teacher_logits = self.teacher(batch.x)
+        logits = self.student(batch.x)
         return StepOutput(
             logits,
             {
-                "ce": self.alpha * cross_entropy(logits, y),
+                "ce": self.alpha * cross_entropy(logits, batch.y),
                 "kd": self.beta * kd_loss(logits, teacher_logits, self.T),
             },
         )

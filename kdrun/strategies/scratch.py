@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import torch
-
 from kdrun.losses import cross_entropy
-from kdrun.strategies.base import StepOutput, Strategy
+from kdrun.strategies.base import Batch, StepOutput, Strategy
 
 
 class Scratch(Strategy):
     name = "scratch"
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
-        logits = self.student(x)
-        return StepOutput(logits, {"ce": cross_entropy(logits, y)})
+    def step(self, batch: Batch) -> StepOutput:
+        logits = self.student(batch.x)
+        return StepOutput(logits, {"ce": cross_entropy(logits, batch.y)})
