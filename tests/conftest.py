@@ -1,0 +1,46 @@
+"""Shared test helpers: run the real `kdrun` command in a scratch directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+KDRUN = Path(sys.executable).with_name("kdrun")
+
+# A digits job that takes a second or two: the smallest real end-to-end run.
+TINY = ["dataset=digits", "teacher=mlp", "student=cnn_student", "epochs=1", "trainer.progress=false"]
+
+
+def run_kdrun(cwd: Path, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `kdrun ARGS` in `cwd` as a user would; fail with its output if `check` and it failed."""
+    env = {**os.environ, "COLUMNS": "200", "HYDRA_FULL_ERROR": "0"}
+    proc = subprocess.run([str(KDRUN), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        pytest.fail(f"kdrun {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def only_run_dir(cwd: Path) -> Path:
+    """The single run directory under outputs/runs/<date>/."""
+    runs = sorted((cwd / "outputs" / "runs").glob("*/*"))
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+@pytest.fixture
+def kdrun(tmp_path):
+    """`kdrun(*args, check=True)` runs the CLI in a fresh directory (tmp_path)."""
+
+    def _run(*args: str, check: bool = True, timeout: float = 300):
+        return run_kdrun(tmp_path, *args, check=check, timeout=timeout)
+
+    return _run
