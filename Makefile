@@ -14,7 +14,7 @@ install:
 
 # Every test, the slow end-to-end ones included (what CI runs).
 test:
-	$(PYTEST) -m "slow or not slow" --timeout 600
+	$(PYTEST) --timeout 600
 
 # The fast ones only, for the edit-test loop.
 test-fast:

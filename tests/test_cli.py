@@ -1,0 +1,168 @@
+"""The `kdrun` command end to end, as a subprocess, on the offline digits dataset."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import TINY, only_run_dir, read_jsonl, run_kdrun
+from kdrun.checkpoint import load_checkpoint, save_checkpoint
+from kdrun.models import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_digits_run_writes_every_file_of_the_contract(kdrun, tmp_path):
+    proc = kdrun(*TINY, "epochs=2", "T=8")
+    run_dir = only_run_dir(tmp_path)
+    assert run_dir.parent.parent == tmp_path / "outputs" / "runs"
+    assert run_dir.name.endswith("_kd_cnn_student")
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["loss"]["T"] == 8.0 and config["trainer"]["epochs"] == 2  # resolved, not ${T}
+
+    epochs = read_jsonl(run_dir / "metrics.jsonl")
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    for record in epochs:
+        for key in ("loss", "loss_ce", "loss_kd", "train_acc", "test_acc", "lr", "seconds", "images_per_s"):
+            assert key in record, key
+        assert record["loss"] == pytest.approx(record["loss_ce"] + record["loss_kd"])
+        assert 0 <= record["test_acc"] <= 100
+
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["status"] == "completed"
+    assert summary["final_test_acc"] == epochs[-1]["test_acc"]
+    assert summary["best_test_acc"] == max(e["test_acc"] for e in epochs)
+    assert summary["params"] == sum(p.numel() for p in build_model("cnn_student", 1, 8, 10).parameters())
+    assert 0 < summary["teacher_test_acc"] <= 100 and summary["teacher_arch"] == "mlp"
+    assert summary["wall_time_s"] > 0 and summary["T"] == 8.0
+
+    for name in ("best.pt", "last.pt"):
+        ckpt = load_checkpoint(run_dir / "checkpoints" / name)
+        assert ckpt["model"] == {"arch": "cnn_student", "num_classes": 10, "in_channels": 1, "image_size": 8}
+        model = build_model("cnn_student", 1, 8, 10)
+        model.load_state_dict(ckpt["state_dict"])
+    assert "test acc" in proc.stdout and str(run_dir.name) in proc.stdout.replace("\n", "")
+
+
+def test_a_two_job_temperature_sweep_writes_a_summary_with_two_rows(kdrun, tmp_path):
+    kdrun("-m", *TINY, "T=1,4")
+    (sweep_dir,) = (tmp_path / "outputs" / "sweeps").glob("*/*")
+    with open(sweep_dir / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["T"] for r in rows] == ["1", "4"]
+    assert all(r["status"] == "completed" and 0 <= float(r["final_test_acc"]) <= 100 for r in rows)
+    assert all(float(r["best_test_acc"]) >= float(r["final_test_acc"]) for r in rows)
+    assert (sweep_dir / "summary.md").read_text().count("\n") == 4  # header, rule, two rows
+    assert len(list(sweep_dir.glob("*/metrics.json"))) == 2
+
+
+def test_a_failed_job_is_a_row_not_a_lost_sweep(kdrun, tmp_path):
+    proc = kdrun("-m", *TINY, "T=-1,2", check=False)
+    assert proc.returncode == 1
+    (sweep_dir,) = (tmp_path / "outputs" / "sweeps").glob("*/*")
+    rows = list(csv.DictReader(open(sweep_dir / "summary.csv")))
+    assert [(r["T"], r["status"]) for r in rows] == [("-1", "failed"), ("2", "completed")]
+    assert "must be > 0, got -1" in rows[0]["error"]
+
+
+def test_a_teacher_is_trained_once_and_reused(kdrun, tmp_path):
+    first = kdrun(*TINY)
+    assert "training it first" in first.stdout
+    second = kdrun(*TINY, "seed=1", "T=2")  # another student seed and T: same teacher
+    assert "from cache" in second.stdout and "training it first" not in second.stdout
+    runs = sorted((tmp_path / "outputs" / "runs").glob("*/*"))
+    summaries = [json.loads((r / "metrics.json").read_text()) for r in runs]
+    assert [s["teacher_source"] for s in summaries] == ["trained", "cache"]
+    assert summaries[0]["teacher_path"] == summaries[1]["teacher_path"]
+    assert summaries[0]["teacher_test_acc"] == summaries[1]["teacher_test_acc"]
+    assert len(list((tmp_path / "outputs" / "teachers").glob("digits/mlp/*/teacher.pt"))) == 1
+    third = kdrun(*TINY, "teacher.epochs=2")  # another recipe: another teacher
+    assert "training it first" in third.stdout
+
+
+def test_a_teacher_checkpoint_is_loaded_from_a_path(kdrun, tmp_path):
+    teacher = build_model("mlp", 1, 8, 10)
+    save_checkpoint(tmp_path / "t.pt", teacher, test_acc=0.0)
+    kdrun(*TINY, f"teacher.checkpoint={tmp_path / 't.pt'}")
+    summary = json.loads((only_run_dir(tmp_path) / "metrics.json").read_text())
+    assert summary["teacher_source"] == "checkpoint"
+    assert not (tmp_path / "outputs" / "teachers").exists()
+
+
+# --- bad input: a clear message, exit status 2 for ours, never a traceback ----------------------
+
+
+def assert_clean_error(proc, *fragments: str) -> None:
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0, text
+    assert "Traceback" not in text, text
+    flat = " ".join(text.split())
+    for fragment in fragments:
+        assert fragment in flat, f"{fragment!r} not in:\n{text}"
+
+
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (["teacher=resnet21"], ["Could not find 'teacher/resnet21'", "resnet20", "cnn_teacher"]),
+        (["student=tiny"], ["Could not find 'student/tiny'", "resnet8x4"]),
+        (["dataset=imagenet"], ["Could not find 'dataset/imagenet'", "digits"]),
+        (["T=0"], ["T (loss.T) must be > 0, got 0"]),
+        (["loss.alpha=-1"], ["loss.alpha must be >= 0, got -1"]),
+        (["batch_size=0"], ["batch_size must be >= 1, got 0"]),
+        (["loss.tempreature=3"], ["tempreature"]),
+    ],
+)
+def test_bad_command_lines_are_named(kdrun, args, fragments):
+    assert_clean_error(kdrun(*TINY, *args, check=False), *fragments)
+
+
+def test_a_missing_dataset_offline_says_where_it_looked_and_what_works(kdrun, tmp_path):
+    proc = kdrun("dataset=cifar10", f"dataset.root={tmp_path / 'nowhere'}", "dataset.download=false",
+                 "epochs=1", check=False)
+    assert proc.returncode == 2
+    assert_clean_error(proc, str(tmp_path / "nowhere"), "dataset.root", "dataset=digits")
+
+
+def test_a_teacher_checkpoint_for_another_class_count_is_refused(kdrun, tmp_path):
+    save_checkpoint(tmp_path / "t100.pt", build_model("mlp", 1, 8, 100))
+    proc = kdrun(*TINY, f"teacher.checkpoint={tmp_path / 't100.pt'}", check=False)
+    assert_clean_error(proc, "has 100 classes, dataset digits has 10")
+
+
+def test_a_teacher_checkpoint_for_other_input_channels_is_refused(kdrun, tmp_path):
+    save_checkpoint(tmp_path / "rgb.pt", build_model("mlp", 3, 8, 10))
+    proc = kdrun(*TINY, f"teacher.checkpoint={tmp_path / 'rgb.pt'}", check=False)
+    assert_clean_error(proc, "takes 3 input channels, dataset digits has 1")
+
+
+def test_a_file_that_is_not_a_kdrun_checkpoint_is_refused(kdrun, tmp_path):
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    (tmp_path / "text.pt").write_text("hello")
+    assert_clean_error(kdrun(*TINY, f"teacher.checkpoint={tmp_path / 'foreign.pt'}", check=False),
+                       "is not a kdrun checkpoint")
+    assert_clean_error(kdrun(*TINY, f"teacher.checkpoint={tmp_path / 'text.pt'}", check=False),
+                       "is not a readable kdrun checkpoint")
+
+
+@pytest.mark.slow
+def test_a_plain_pip_install_runs_from_any_directory(tmp_path):
+    """conf/ is packaged: a non-editable install composes its configs from elsewhere."""
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(ROOT)], check=True, capture_output=True)
+    probe = ("from hydra import compose, initialize_config_module\n"
+             "with initialize_config_module(config_module='kdrun.conf', version_base='1.3'):\n"
+             "    cfg = compose(config_name='config', overrides=['experiment=quickstart'])\n"
+             "import kdrun; print(kdrun.__file__, cfg.dataset.name, cfg.teacher.arch)\n")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(target)},
+                         capture_output=True, text=True, check=True).stdout
+    assert str(target) in out and "digits cnn_teacher" in out
