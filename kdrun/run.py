@@ -9,6 +9,8 @@ from omegaconf import DictConfig, OmegaConf
 from kdrun.config import validate
 from kdrun.data import BatchAugment, load_dataset
 from kdrun.io import atomic_write_json, atomic_write_text
+from kdrun.report.loggers import build_logger
+from kdrun.report.plots import plot_learning_curves
 from kdrun.runtime import resolve_runtime
 from kdrun.strategies import build_strategy
 from kdrun.trainer import Trainer, TrainerConfig
@@ -19,6 +21,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) ->
     validate(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    logger = build_logger(cfg.logger, run_dir)  # before any training: a missing tensorboard fails fast
     runtime = resolve_runtime(cfg.device)
     data = load_dataset(cfg.dataset, runtime.device)
     augment = BatchAugment(cfg.dataset.augment.crop_padding, cfg.dataset.augment.hflip, data.mean, data.std)
@@ -37,7 +40,12 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) ->
     }
     if cfg.strategy.name != "scratch":
         extra.update(T=cfg.loss.T, alpha=cfg.loss.alpha, beta=cfg.loss.beta)
-    return trainer.fit(strategy, data, augment, run_dir, extra=extra)
+    try:
+        summary = trainer.fit(strategy, data, augment, run_dir, extra=extra, on_epoch=logger.log_epoch)
+    finally:
+        logger.close()
+    plot_learning_curves(run_dir, f"{cfg.strategy.name}: {summary['arch']} on {cfg.dataset.name} ({run_dir.name})")
+    return summary
 
 
 def record_failure(run_dir: Path, error: BaseException, overrides: list[str] = ()) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -58,8 +59,11 @@ class Trainer:
         self.runtime = runtime
 
     def fit(self, strategy: Strategy, data: DatasetSplits, augment: BatchAugment, run_dir: Path,
-            extra: dict | None = None) -> dict:
-        """Train for cfg.epochs, evaluating every epoch; returns the metrics.json summary (plus `extra`)."""
+            extra: dict | None = None, on_epoch: Callable[[dict], None] | None = None) -> dict:
+        """Train for cfg.epochs, evaluating every epoch; returns the metrics.json summary (plus `extra`).
+
+        `on_epoch(record)` sees each metrics.jsonl record once it is written (e.g. a TensorBoard logger).
+        """
         cfg, runtime = self.cfg, self.runtime
         run_dir = Path(run_dir)
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -88,6 +92,8 @@ class Trainer:
                 record = {"epoch": epoch, **record, "test_acc": test_acc(strategy.student),
                           **strategy.epoch_metrics(test_acc)}
                 append_jsonl(metrics_path, record)
+                if on_epoch is not None:
+                    on_epoch(record)
                 history.append(record)
                 progress.update(task, terms=_format_terms(record))
                 state = {"epoch": epoch, "test_acc": record["test_acc"]}

@@ -1,0 +1,66 @@
+"""Where each epoch's record goes besides metrics.jsonl: nowhere (the default) or TensorBoard.
+
+`logger=` picks one (conf/logger/). The trainer calls `log_epoch` with the same
+record it appends to metrics.jsonl, so every logger sees exactly what the files hold.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kdrun.config import check_choice
+from kdrun.errors import ConfigError
+
+LOGGERS = ("none", "tensorboard")
+
+
+class EpochLogger:
+    """Files only: metrics.jsonl is written by the trainer, this adds nothing."""
+
+    def log_epoch(self, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def scalar_tag(key: str) -> str:
+    """TensorBoard tag for a metrics.jsonl key: loss terms and accuracies share a section each."""
+    if key == "loss":
+        return "loss/total"
+    if key.startswith("loss_"):
+        return f"loss/{key[5:]}"
+    if key.endswith("_acc"):
+        return f"accuracy/{key[:-4]}"
+    return f"train/{key}"
+
+
+class TensorBoardLogger(EpochLogger):
+    def __init__(self, log_dir: Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:  # torch raises ImportError when the tensorboard package is missing
+            raise ConfigError(
+                "logger=tensorboard needs the tensorboard package: pip install tensorboard "
+                "(the 'tensorboard' extra of kdrun), or use logger=none, the default, which writes files only"
+            ) from exc
+        self.log_dir = Path(log_dir)
+        self.writer = SummaryWriter(log_dir=str(self.log_dir))
+
+    def log_epoch(self, record: dict) -> None:
+        step = record["epoch"]
+        for key, value in record.items():
+            if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(scalar_tag(key), value, step)
+        self.writer.flush()  # a live `tensorboard --logdir` sees each epoch as it ends
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def build_logger(logger_cfg, run_dir: Path) -> EpochLogger:
+    """The logger named by the `logger` config group, writing under `run_dir`."""
+    name = check_choice(logger_cfg.name, "logger", LOGGERS)
+    if name == "tensorboard":
+        return TensorBoardLogger(Path(run_dir) / logger_cfg.log_dir)
+    return EpochLogger()
