@@ -48,3 +48,14 @@ class Strategy:
     def summary(self) -> dict:
         """Extra facts for metrics.json (e.g. the teacher's accuracy)."""
         return {}
+
+    def state_dict(self) -> dict:
+        """Trainable state besides the student (e.g. a projection head), saved in last.pt for resuming.
+
+        Tensors and plain values only (checkpoints load with weights_only=True). A strategy that
+        owns modules returns their state dicts here and restores them in `load_state_dict`.
+        """
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned."""
