@@ -1,12 +1,17 @@
-"""Vanilla knowledge distillation (Hinton et al. 2015) from one frozen teacher."""
+"""Knowledge distillation from one frozen teacher: vanilla KD (Hinton et al. 2015) or DKD
+on the logits, plus optional FitNets hints and attention transfer on the features."""
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from itertools import chain
+from typing import Iterator
 
-from kdrun.losses import cross_entropy, kd_loss
+import torch
+from torch import Tensor, nn
+
 from kdrun.strategies.base import Batch, StepOutput, Strategy
+from kdrun.strategies.features import FeatureDistiller
+from kdrun.strategies.objectives import KDObjective, Objective
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -19,24 +24,50 @@ def freeze(model: nn.Module) -> nn.Module:
 class KD(Strategy):
     name = "kd"
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, *, alpha: float, beta: float, T: float,
-                 teacher_summary: dict | None = None):
+    def __init__(self, student: nn.Module, teacher: nn.Module, *, objective: Objective | None = None,
+                 alpha: float | None = None, beta: float | None = None, T: float | None = None,
+                 features: FeatureDistiller | None = None, teacher_summary: dict | None = None):
+        """`objective` gives the logit terms (kd or dkd); alpha, beta, T are shorthand for vanilla KD."""
         super().__init__(student)
         self.teacher = freeze(teacher)
-        self.alpha, self.beta, self.T = alpha, beta, T
+        self.objective = objective if objective is not None else KDObjective(alpha, beta, T)
+        self.features = features  # owns the hint regressor: trained, never saved with the student
         self.teacher_summary = teacher_summary or {}
 
-    def step(self, batch: Batch) -> StepOutput:
+    def parameters(self) -> Iterator[nn.Parameter]:
+        if self.features is None:
+            return self.student.parameters()
+        return chain(self.student.parameters(), self.features.parameters())
+
+    def train(self) -> None:
+        self.student.train()
+        if self.features is not None:
+            self.features.train()
+
+    def teacher_logits(self, batch: Batch) -> Tensor:
+        """The frozen teacher's logits for a batch."""
         with torch.no_grad():
-            teacher_logits = self.teacher(batch.x)
-        logits = self.student(batch.x)
-        return StepOutput(
-            logits,
-            {
-                "ce": self.alpha * cross_entropy(logits, batch.y),
-                "kd": self.beta * kd_loss(logits, teacher_logits, self.T),
-            },
-        )
+            return self.teacher(batch.x)
+
+    def step(self, batch: Batch) -> StepOutput:
+        if self.features is None:
+            teacher_logits = self.teacher_logits(batch)
+            logits = self.student(batch.x)
+            return StepOutput(logits, self.objective(logits, teacher_logits, batch.y, batch.epoch))
+        # Feature terms need the teacher's stage outputs, which logits alone (or a logit cache) cannot give.
+        with torch.no_grad():
+            teacher_features, teacher_logits = self.teacher.forward_features(batch.x)
+        features, logits = self.student.forward_features(batch.x)
+        losses = self.objective(logits, teacher_logits, batch.y, batch.epoch)
+        losses.update(self.features(features, teacher_features))
+        return StepOutput(logits, losses)
 
     def summary(self) -> dict:
         return dict(self.teacher_summary)
+
+    def state_dict(self) -> dict:
+        return {} if self.features is None else {"features": self.features.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.features is not None:
+            self.features.load_state_dict(state["features"])
