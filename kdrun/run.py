@@ -13,6 +13,7 @@ from kdrun.report.loggers import build_logger
 from kdrun.report.plots import plot_learning_curves
 from kdrun.runtime import resolve_runtime
 from kdrun.strategies import build_strategy
+from kdrun.strategies.born_again import fit_generations
 from kdrun.trainer import Trainer, TrainerConfig
 
 
@@ -25,7 +26,6 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) ->
     runtime = resolve_runtime(cfg.device)
     data = load_dataset(cfg.dataset, runtime.device)
     augment = BatchAugment(cfg.dataset.augment.crop_padding, cfg.dataset.augment.hflip, data.mean, data.std)
-    strategy = build_strategy(cfg, data, augment, runtime)
     trainer = Trainer(
         TrainerConfig(epochs=cfg.trainer.epochs, batch_size=cfg.trainer.batch_size,
                       eval_batch_size=cfg.trainer.eval_batch_size, data_seed=cfg.data_seed,
@@ -40,8 +40,15 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) ->
     }
     if cfg.strategy.name != "scratch":
         extra.update(T=cfg.loss.T, alpha=cfg.loss.alpha, beta=cfg.loss.beta)
+
+    def fit(strategy, out_dir: Path, extra: dict) -> dict:
+        return trainer.fit(strategy, data, augment, out_dir, extra=extra, on_epoch=logger.log_epoch)
+
     try:
-        summary = trainer.fit(strategy, data, augment, run_dir, extra=extra, on_epoch=logger.log_epoch)
+        if cfg.strategy.name == "born_again":  # several fits, one per generation
+            summary = fit_generations(cfg, data, augment, runtime, run_dir, fit, extra)
+        else:
+            summary = fit(build_strategy(cfg, data, augment, runtime), run_dir, extra)
     finally:
         logger.close()
     plot_learning_curves(run_dir, f"{cfg.strategy.name}: {summary['arch']} on {cfg.dataset.name} ({run_dir.name})")
