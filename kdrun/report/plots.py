@@ -9,13 +9,17 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from kdrun.io import atomic_open
+from kdrun.report.aggregate import Stat
 
 LEARNING_CURVES = "learning_curves.png"
 DPI = 110
@@ -76,3 +80,92 @@ def plot_learning_curves(run_dir: str | os.PathLike, title: str = "") -> Path | 
         ax.xaxis.get_major_locator().set_params(integer=True)
     fig.suptitle(title or run_dir.name, fontsize="medium")
     return save_png(fig, run_dir / LEARNING_CURVES)
+
+
+@dataclass
+class Series:
+    """One line of a sweep plot: a stat per x."""
+
+    label: str
+    xs: list[float]
+    acc: list[Stat]  # final test accuracy
+    best: list[Stat]  # best-epoch test accuracy
+
+
+@dataclass
+class Reference:
+    label: str
+    stat: Stat
+    kind: str  # "teacher" or "scratch"
+
+
+def reference_text(s: Stat) -> str:
+    """A reference's accuracy: one model is a number, several a mean ± std."""
+    return f"{s.mean:.2f}% (n=1)" if s.n == 1 else f"{s.text()}% (n={s.n})"
+
+
+def _n_text(stats: list[Stat]) -> str:
+    ns = sorted({s.n for s in stats})
+    return f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}–{ns[-1]}"
+
+
+def _scale_x(ax, xs: list[float]) -> None:
+    """Log2 axis for values that span a factor of 8 or more (temperatures 1..16), ticks at the values."""
+    values = sorted(set(xs))
+    if values and values[0] > 0 and values[-1] / values[0] >= 8:
+        ax.set_xscale("log", base=2)
+    if len(values) <= 12:
+        ax.set_xticks(values, [f"{v:g}" for v in values])
+        ax.minorticks_off()
+
+
+def plot_sweep(path: str | os.PathLike, x_label: str, series: list[Series], references: list[Reference],
+               title: str) -> Path:
+    """Test accuracy (mean ± std over seeds) against a swept scalar, with the references as lines."""
+    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
+    ax = fig.subplots()
+    for i, s in enumerate(series):
+        color = f"C{i}"
+        std = [0.0 if math.isnan(a.std) else a.std for a in s.acc]
+        ax.errorbar(s.xs, [a.mean for a in s.acc], yerr=std, marker="o", capsize=3, color=color,
+                    label=f"{s.label}: test acc, mean ± std ({_n_text(s.acc)})")
+        ax.plot(s.xs, [b.mean for b in s.best], linestyle=":", marker=".", color=color, alpha=0.6,
+                label="dotted: best-epoch acc (mean)" if i == 0 else None)
+    for ref in references:
+        mean, std = ref.stat.mean, ref.stat.std
+        text = f"{ref.label}: {reference_text(ref.stat)}"
+        if ref.kind == "teacher":
+            ax.axhline(mean, color="black", linestyle="--", linewidth=1.2, label=text)
+        else:
+            ax.axhline(mean, color="dimgray", linestyle="-.", linewidth=1.2, label=text)
+            if not math.isnan(std):
+                ax.axhspan(mean - std, mean + std, color="gray", alpha=0.15, linewidth=0)
+    _scale_x(ax, [x for s in series for x in s.xs])
+    ax.set(title=title, xlabel=x_label, ylabel="test accuracy %")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return save_png(fig, path)
+
+
+def plot_heatmap(path: str | os.PathLike, x_label: str, y_label: str, xs: list, ys: list,
+                 cells: dict[tuple, Stat], title: str, footnote: str = "") -> Path:
+    """Mean test accuracy per (x, y), each cell annotated with mean ± std and n."""
+    data = np.full((len(ys), len(xs)), np.nan)
+    for (x, y), s in cells.items():
+        data[ys.index(y), xs.index(x)] = s.mean
+    fig = Figure(figsize=(1.6 + 1.25 * len(xs), 1.6 + 0.8 * len(ys)), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(data, cmap="viridis", origin="lower", aspect="auto")
+    finite = data[np.isfinite(data)]
+    middle = (finite.min() + finite.max()) / 2 if finite.size else 0
+    for (x, y), s in cells.items():
+        std = "n/a" if math.isnan(s.std) else f"{s.std:.1f}"
+        ax.text(xs.index(x), ys.index(y), f"{s.mean:.1f}\n±{std} (n={s.n})", ha="center", va="center",
+                fontsize="x-small", color="black" if s.mean > middle else "white")
+    ax.set_xticks(range(len(xs)), [f"{v:g}" for v in xs])
+    ax.set_yticks(range(len(ys)), [f"{v:g}" for v in ys])
+    ax.set(title=title, xlabel=x_label, ylabel=y_label)
+    fig.colorbar(image, ax=ax, label="test accuracy % (mean)")
+    if footnote:
+        fig.supxlabel(footnote, fontsize="small")
+    return save_png(fig, path)

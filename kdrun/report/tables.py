@@ -1,19 +1,251 @@
-"""Console tables: the end of a run, and the teacher / scratch / distilled comparison of a sweep."""
+"""Tables: one shape (title, display cells, CSV rows) rendered to the console, Markdown and CSV.
+
+Every accuracy a table shows is a mean ± sample std over the seeds of a group,
+with its n beside it. "test acc" is the final epoch's; "best-epoch acc" picks
+the epoch on the test set, an optimistic number, shown for comparison with
+papers that report it.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from rich.table import Table
+from rich.table import Table as RichTable
 
 from kdrun.console import console
-from kdrun.report.aggregate import group_by_seed, stat
-from kdrun.report.jobs import JobRecord
+from kdrun.report.aggregate import Group, Stat, Study, TeacherRef, display_name, format_value, swept_keys
+from kdrun.report.latency import Latency, LatencyMeter
+
+ACC = "test acc %"
+BEST = "best-epoch acc %"
+NOTE = ("Accuracies: mean ± sample std over n seeds. test acc = the final epoch's; "
+        "best-epoch acc = the best epoch on the test set (optimistic).")
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[str]]  # display cells, as in the console and the Markdown
+    csv_columns: list[str]
+    csv_rows: list[dict]  # raw numbers: mean, std and n in columns of their own
+    notes: list[str] = field(default_factory=list)
+
+    def markdown_table(self) -> str:
+        return markdown_table(self.columns, self.rows)
+
+    def markdown(self, image: str | None = None) -> str:
+        parts = [f"## {self.title}", self.markdown_table().rstrip("\n"), *self.notes]
+        if image:
+            parts.append(f"![{self.title}]({image})")
+        return "\n\n".join(parts) + "\n"
+
+    def csv(self) -> str:
+        return to_csv(self.csv_columns, self.csv_rows)
+
+    def rich(self) -> RichTable:
+        table = RichTable(title=self.title)
+        for column in self.columns:
+            table.add_column(column, justify="right" if _numeric_column(column) else "left", overflow="fold")
+        for row in self.rows:
+            table.add_row(*row)
+        return table
+
+
+def _numeric_column(column: str) -> bool:
+    return column in ("params", "size MB", ACC, BEST, "n", "latency ms", "images/s") or column.endswith("%")
+
+
+def cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def markdown_table(columns: list[str], rows: list[list]) -> str:
+    def escape(value) -> str:
+        return cell(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(escape(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(columns: list[str], rows: list[dict]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def stat_fields(prefix: str, s: Stat | None) -> dict:
+    if s is None:
+        return {f"{prefix}_mean": "", f"{prefix}_std": ""}
+    return {f"{prefix}_mean": round(s.mean, 4), f"{prefix}_std": "" if s.std != s.std else round(s.std, 4)}
+
+
+def seeds_text(group: Group) -> str:
+    return " ".join(str(s) for s in group.seeds)
+
+
+# --- the classic comparison: teacher, student from scratch, distilled student --------------------------
+
+
+def comparison_table(study: Study, meter: LatencyMeter | None = None) -> Table:
+    """One row per teacher, per from-scratch group and per distilled group, with size and speed."""
+    columns = ["model", "trained as", "params", "size MB", ACC, BEST, "n", "latency ms", "images/s", "device"]
+    scratch = [g for g in study.groups if not g.distills]
+    distilled = [g for g in study.groups if g.distills]
+    scratch_keys = swept_keys(scratch)
+    distilled_keys = [k for k in swept_keys(distilled) if k != "strategy.name"]
+    rows, csv_rows = [], []
+
+    def add(model: str, trained_as: str, params: int, size_mb: float, acc: Stat, best: Stat | None,
+            latency: Latency | None, extra: dict) -> None:
+        rows.append([model, trained_as, f"{params:,}", f"{size_mb:.3f}", acc.text(), best.text() if best else "",
+                     str(acc.n), f"{latency.ms:.3f}" if latency else "n/a",
+                     f"{latency.images_per_s:,.0f}" if latency else "n/a", latency.device if latency else ""])
+        csv_rows.append({"model": model, "trained_as": trained_as, "params": params, "size_mb": size_mb,
+                         **stat_fields("test_acc", acc), **stat_fields("best_test_acc", best), "n": acc.n,
+                         "latency_ms": round(latency.ms, 4) if latency else "",
+                         "images_per_s": round(latency.images_per_s, 1) if latency else "",
+                         "latency_device": latency.device if latency else "", **extra})
+
+    for ref in study.teachers:
+        add(ref.arch, "teacher", ref.params, ref.size_mb, ref.stat(), None, _teacher_latency(ref, meter),
+            {"strategy": "teacher", "seeds": "", "path": " ".join(ref.paths)})
+    for group, keys in [*((g, scratch_keys) for g in scratch), *((g, distilled_keys) for g in distilled)]:
+        label = study.label(group, keys)
+        add(group.arch, f"{group.strategy} {label}".strip(), group.metrics["params"], group.metrics["size_mb"],
+            group.stat("final_test_acc"), group.stat("best_test_acc"), _group_latency(group, meter),
+            {"strategy": group.strategy, "seeds": seeds_text(group),
+             "path": " ".join(str(j.path) for j in group.jobs)})
+
+    csv_columns = ["model", "trained_as", "strategy", "params", "size_mb", "test_acc_mean", "test_acc_std",
+                   "best_test_acc_mean", "best_test_acc_std", "n", "seeds", "latency_ms", "images_per_s",
+                   "latency_device", "path"]
+    notes = [NOTE, "Latency: median per image at batch 1, from each group's checkpoint, measured on this machine "
+                   "on the device the run used (the CPU with one thread; the CPU also when that device is missing)."]
+    if meter is not None and meter.problems:
+        notes += [f"Not measured: {p}" for p in meter.problems]
+    return Table("comparison", columns, rows, csv_columns, csv_rows, notes)
+
+
+def _teacher_latency(ref: TeacherRef, meter: LatencyMeter | None) -> Latency | None:
+    if meter is None or ref.job is None:
+        return None
+    m = ref.job.metrics
+    return meter.measure(ref.job.resolve(ref.paths[0]), m.get("device", "cpu"), m.get("precision", "fp32"))
+
+
+def _group_latency(group: Group, meter: LatencyMeter | None) -> Latency | None:
+    if meter is None:
+        return None
+    job = group.jobs[0]
+    return meter.measure(job.path / "checkpoints" / "last.pt", job.metrics.get("device", "cpu"),
+                         job.metrics.get("precision", "fp32"))
+
+
+# --- sweeps: accuracy against a swept scalar, and two scalars as a grid -------------------------------
+
+
+def sweep_file_stem(keys: list[str]) -> str:
+    """temperature_sweep for T, sweep_<key> for another key, sweep_<a>_x_<b> for two."""
+    if keys == ["loss.T"]:
+        return "temperature_sweep"
+    return "sweep_" + "_x_".join(display_name(k) for k in keys)
+
+
+def reference_rows(study: Study) -> list[tuple[str, str, Stat, Stat | None]]:
+    """(role, model, test acc, best-epoch acc) of the teachers and the from-scratch students."""
+    rows = [("teacher", ref.arch, ref.stat(), None) for ref in study.teachers]
+    rows += [("scratch", g.arch, g.stat("final_test_acc"), g.stat("best_test_acc")) for g in study.scratch_refs]
+    return rows
+
+
+def sweep_table(study: Study, key: str) -> Table:
+    """One row per value of `key` (per combination of the other swept keys), after the reference rows."""
+    series = [k for k in study.swept if k != key]
+    names = [display_name(k) for k in (*series, key)]
+    columns = ["row", "model", *names, ACC, BEST, "n", "seeds"]
+    rows, csv_rows = [], []
+    for role, model, acc, best in reference_rows(study):
+        rows.append([role, model, *([""] * len(names)), acc.text(), best.text() if best else "", str(acc.n), ""])
+        csv_rows.append({"row": role, "model": model, **stat_fields("test_acc", acc),
+                         **stat_fields("best_test_acc", best), "n": acc.n})
+    ordered = sorted(study.subjects, key=lambda g: tuple(_sort_key(g.setting.get(k)) for k in (*series, key)))
+    for group in ordered:
+        values = [format_value(group.setting.get(k)) for k in (*series, key)]
+        acc, best = group.stat("final_test_acc"), group.stat("best_test_acc")
+        rows.append([group.strategy, group.arch, *values, acc.text(), best.text(), str(acc.n), seeds_text(group)])
+        csv_rows.append({"row": group.strategy, "model": group.arch, **dict(zip(names, values)),
+                         **stat_fields("test_acc", acc), **stat_fields("best_test_acc", best), "n": acc.n,
+                         "seeds": seeds_text(group)})
+    csv_columns = ["row", "model", *names, "test_acc_mean", "test_acc_std", "best_test_acc_mean",
+                   "best_test_acc_std", "n", "seeds"]
+    title = f"{display_name(key)} sweep: {_subject_text(study)}"
+    return Table(title, columns, rows, csv_columns, csv_rows, [NOTE])
+
+
+def grid_table(study: Study, x_key: str, y_key: str) -> Table:
+    """Two swept scalars: a grid of test accuracy (rows y, columns x) in Markdown, long rows in CSV."""
+    xs = sorted({g.setting[x_key] for g in study.subjects})
+    ys = sorted({g.setting[y_key] for g in study.subjects})
+    cells = {(g.setting[x_key], g.setting[y_key]): g for g in study.subjects}
+    x_name, y_name = display_name(x_key), display_name(y_key)
+    columns = [f"{y_name} \\ {x_name}", *(format_value(x) for x in xs)]
+    rows = [[format_value(y), *(_grid_cell(cells.get((x, y))) for x in xs)] for y in ys]
+    csv_rows = [{"row": role, "model": model, **stat_fields("test_acc", acc), **stat_fields("best_test_acc", best),
+                 "n": acc.n} for role, model, acc, best in reference_rows(study)]
+    for (x, y), g in sorted(cells.items()):
+        acc, best = g.stat("final_test_acc"), g.stat("best_test_acc")
+        csv_rows.append({"row": g.strategy, "model": g.arch, x_name: format_value(x), y_name: format_value(y),
+                         **stat_fields("test_acc", acc), **stat_fields("best_test_acc", best), "n": acc.n,
+                         "seeds": seeds_text(g)})
+    csv_columns = ["row", "model", x_name, y_name, "test_acc_mean", "test_acc_std", "best_test_acc_mean",
+                   "best_test_acc_std", "n", "seeds"]
+    notes = [f"Cells: {ACC} (the final epoch's), mean ± sample std (n seeds)."]
+    notes += [f"{role} {model}: {acc} {ACC}" for role, model, acc, _ in reference_rows(study)]
+    return Table(f"{y_name} × {x_name}: {_subject_text(study)}", columns, rows, csv_columns, csv_rows, notes)
+
+
+def _grid_cell(group: Group | None) -> str:
+    if group is None:
+        return ""
+    return str(group.stat("final_test_acc"))
+
+
+def _sort_key(value):
+    return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
+
+
+def _subject_text(study: Study) -> str:
+    students = sorted({g.arch for g in study.subjects})
+    datasets = sorted({g.dataset for g in study.subjects})
+    teachers = sorted({t.arch for t in study.teachers})
+    text = "/".join(students) + (" ← " + "/".join(teachers) if teachers else "")
+    return f"{text} on {'/'.join(datasets)}"
+
+
+# --- the end of one run ---------------------------------------------------------------------------------
+
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.json", "learning_curves.png", "checkpoints/best.pt",
+             "checkpoints/last.pt", "tensorboard")
 
 
 def print_run_summary(summary: dict, run_dir: Path) -> None:
-    table = Table(title=f"{summary.get('strategy', 'run')}: {summary['arch']} on {summary.get('dataset', '?')}")
-    for column in ("model", "params", "size MB", "final test acc %", "best test acc %"):
+    """The run's table (one seed: n=1, and said so), then the paths of what it wrote."""
+    seed = summary.get("seed", "?")
+    table = RichTable(title=f"{summary.get('strategy', 'run')}: {summary['arch']} on {summary.get('dataset', '?')}"
+                            f" (one run, seed {seed}: n=1)")
+    for column in ("model", "params", "size MB", ACC, BEST):
         table.add_column(column, justify="left" if column == "model" else "right")
     if "teacher_arch" in summary:
         table.add_row(f"teacher {summary['teacher_arch']}", f"{summary['teacher_params']:,}",
@@ -21,33 +253,10 @@ def print_run_summary(summary: dict, run_dir: Path) -> None:
     table.add_row(f"student {summary['arch']}", f"{summary['params']:,}", f"{summary['size_mb']:.3f}",
                   f"{summary['final_test_acc']:.2f}", f"{summary['best_test_acc']:.2f}")
     console.print(table)
-    console.print(f"files in {run_dir}: config.yaml metrics.jsonl metrics.json checkpoints/{{best,last}}.pt")
+    print_paths([Path(run_dir) / name for name in RUN_FILES if (Path(run_dir) / name).exists()])
 
 
-def comparison_table(jobs: list[JobRecord]) -> Table | None:
-    """Teacher, then one row per group of seeds: mean ± std (n) of test accuracy.
-
-    None when every job is its own group and there is no teacher: the per-job
-    summary already says everything.
-    """
-    groups = group_by_seed(jobs)
-    teachers = {job.metrics["teacher_path"]: job.metrics for jobs_ in groups.values() for job in jobs_
-                if "teacher_path" in job.metrics}
-    if not teachers and all(len(g) == 1 for g in groups.values()):
-        return None
-    table = Table(title="comparison (mean ± sample std over seeds)")
-    for column in ("model", "strategy", "params", "size MB", "final test acc %", "best test acc %"):
-        table.add_column(column, justify="left" if column in ("model", "strategy") else "right")
-    for m in teachers.values():
-        table.add_row(f"teacher {m['teacher_arch']}", "scratch", f"{m['teacher_params']:,}",
-                      f"{m['teacher_size_mb']:.3f}", f"{m['teacher_test_acc']:.2f} (n=1)", "")
-    for label, members in groups.items():
-        first = members[0].metrics
-        other = " ".join(f"{k}={v}" for k, v in label if k != "strategy")
-        table.add_row(
-            f"student {first['arch']}" + (f" [{other}]" if other else ""), first.get("strategy", "?"),
-            f"{first['params']:,}", f"{first['size_mb']:.3f}",
-            str(stat([j.metrics["final_test_acc"] for j in members])),
-            str(stat([j.metrics["best_test_acc"] for j in members])),
-        )
-    return table
+def print_paths(paths: list[Path]) -> None:
+    console.print("[bold]files:[/]")
+    for path in paths:
+        console.print(f"  {path}", markup=False, highlight=False, soft_wrap=True)
