@@ -38,11 +38,43 @@ class Runtime:
         return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        """Move a model to the device in the run's memory format."""
+        """Move a model to the device in the run's memory format, and compile it if asked.
+
+        Compiling is in place (nn.Module.compile): the module, its attributes and its state_dict keys stay
+        as they are, so checkpoints do not change. It happens at the first call; see warm_up.
+        """
         model = model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        if self.compile:
+            model.compile()
         return model
+
+    def warm_up(self, strategy, data, augment, batch_size: int) -> None:
+        """With `compile`: one training step's forward and backward on un-augmented training images, then
+        undone (no optimiser step; buffers such as BatchNorm statistics, gradients and RNG states are as
+        before), so that compiling happens here and not inside the first timed epoch. Its Batch has
+        epoch 0, which the teacher-output cache never records."""
+        if not self.compile:
+            return
+        from kdrun.strategies.base import Batch  # strategies import this module
+
+        n = min(batch_size, len(data.train_y))
+        x = augment(data.train_x[:n], None, train=False)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        batch = Batch(x, data.train_y[:n], torch.arange(n, device=self.device), epoch=0)
+        modules = _modules(strategy)
+        saved = [{name: t.clone() for name, t in module.state_dict().items()} for module in modules]
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            strategy.train()
+            with self.autocast():
+                out = strategy.step(batch)
+            sum(out.losses.values()).backward()
+        for module, state in zip(modules, saved):
+            module.load_state_dict(state)
+        for param in strategy.parameters():
+            param.grad = None
 
 
 def resolve_runtime(device_cfg) -> Runtime:
@@ -79,3 +111,13 @@ def data_generator(seed: int, device: torch.device) -> torch.Generator:
     g = torch.Generator(device=device)
     g.manual_seed(seed)
     return g
+
+
+def _modules(owner) -> list[nn.Module]:
+    """The modules an object holds as attributes, directly or in a list."""
+    found = []
+    for value in vars(owner).values():
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, nn.Module):
+                found.append(item)
+    return found

@@ -2,7 +2,7 @@
 augmented a whole batch at a time (see DESIGN.md, "Data: tensors, not per-image Python")."""
 
 from .augment import BatchAugment
-from .batches import batch_indices, iterate_batches, num_batches
+from .batches import batch_indices, drops_last, iterate_batches, num_batches
 from .datasets import DATASET_NAMES, DatasetNotFoundError, DatasetSplits, load_dataset
 from .readers import read_idx
 
@@ -12,6 +12,7 @@ __all__ = [
     "batch_indices",
     "DatasetNotFoundError",
     "DatasetSplits",
+    "drops_last",
     "iterate_batches",
     "load_dataset",
     "num_batches",

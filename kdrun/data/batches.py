@@ -9,6 +9,12 @@ import torch
 from torch import Tensor
 
 
+def drops_last(n: int, batch_size: int) -> bool:
+    """Whether training drops the last, short batch: whenever there is more than one
+    batch, since a last batch of one sample would break BatchNorm."""
+    return n > batch_size
+
+
 def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
     """How many batches iterate_batches yields for n samples."""
     return n // batch_size if drop_last else math.ceil(n / batch_size)

@@ -39,10 +39,14 @@ def with_teacher(cfg: DictConfig, arch: str, checkpoint: str | None = None) -> D
 def distill_from(cfg, data: DatasetSplits, runtime: Runtime, teacher, features: FeatureTerms | None,
                  seed: int | None = None) -> KD:
     """A fresh student that learns from `teacher` (a kdrun.teachers.Teacher) with the `loss` group."""
+    from kdrun.teacher_outputs import build_teacher_outputs  # it imports kdrun.teachers: import it here
+
     student = build_student(cfg, data, runtime, seed)
     distiller = runtime.prepare(FeatureDistiller(features)) if features is not None else None
+    # Logit terms need only the teacher's logits, which can be cached; feature terms need its stages, live.
+    outputs = build_teacher_outputs(cfg, data, runtime, teacher.model) if features is None else None
     return KD(student, teacher.model, objective=build_objective(cfg.loss), features=distiller,
-              teacher_summary=teacher.summary())
+              teacher_summary=teacher.summary(), teacher_outputs=outputs)
 
 
 def build_strategy(cfg, data: DatasetSplits, augment: BatchAugment, runtime: Runtime) -> Strategy:

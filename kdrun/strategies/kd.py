@@ -4,7 +4,7 @@ on the logits, plus optional FitNets hints and attention transfer on the feature
 from __future__ import annotations
 
 from itertools import chain
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -12,6 +12,9 @@ from torch import Tensor, nn
 from kdrun.strategies.base import Batch, StepOutput, Strategy
 from kdrun.strategies.features import FeatureDistiller
 from kdrun.strategies.objectives import KDObjective, Objective
+
+if TYPE_CHECKING:
+    from kdrun.teacher_outputs import TeacherOutputs
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -26,10 +29,13 @@ class KD(Strategy):
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, objective: Objective | None = None,
                  alpha: float | None = None, beta: float | None = None, T: float | None = None,
-                 features: FeatureDistiller | None = None, teacher_summary: dict | None = None):
-        """`objective` gives the logit terms (kd or dkd); alpha, beta, T are shorthand for vanilla KD."""
+                 features: FeatureDistiller | None = None, teacher_summary: dict | None = None,
+                 teacher_outputs: TeacherOutputs | None = None):
+        """`objective` gives the logit terms (kd or dkd); alpha, beta, T are shorthand for vanilla KD.
+        `teacher_outputs` serves the teacher's logits (cached or lean live, kdrun.teacher_outputs)."""
         super().__init__(student)
         self.teacher = freeze(teacher)
+        self.teacher_outputs = teacher_outputs
         self.objective = objective if objective is not None else KDObjective(alpha, beta, T)
         self.features = features  # owns the hint regressor: trained, never saved with the student
         self.teacher_summary = teacher_summary or {}
@@ -46,6 +52,8 @@ class KD(Strategy):
 
     def teacher_logits(self, batch: Batch) -> Tensor:
         """The frozen teacher's logits for a batch."""
+        if self.teacher_outputs is not None:
+            return self.teacher_outputs(batch)
         with torch.no_grad():
             return self.teacher(batch.x)
 
@@ -63,7 +71,10 @@ class KD(Strategy):
         return StepOutput(logits, losses)
 
     def summary(self) -> dict:
-        return dict(self.teacher_summary)
+        summary = dict(self.teacher_summary)
+        if self.teacher_outputs is not None:
+            summary.update(self.teacher_outputs.summary())
+        return summary
 
     def state_dict(self) -> dict:
         return {} if self.features is None else {"features": self.features.state_dict()}

@@ -1,0 +1,195 @@
+"""The teacher-output cache: exact hits, a key that follows the views, shared by sweeps, damage found,
+refused when the disk is too small, and training on the same numbers with it or without it."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+from kdrun.data import BatchAugment, batch_indices, drops_last, load_dataset
+from kdrun.models import build_model
+from kdrun.run import run_experiment
+from kdrun.runtime import Runtime, data_generator, resolve_runtime
+from kdrun.strategies.base import Batch
+from kdrun.teacher_outputs import (TargetFormat, TeacherCacheError, build_teacher_outputs, cache_key,
+                                   output_recipe)
+
+# Small enough for a second per run: 48 synthetic 8x8 images, batches of 16 (the last one dropped: 3 per epoch).
+SMALL = ["dataset=synthetic", "dataset.train_size=50", "dataset.test_size=20", "dataset.image_size=8",
+         "batch_size=16", "epochs=2", "teacher=mlp", "student=cnn_student", "device=cpu", "trainer.progress=false"]
+
+
+def compose_cfg(tmp_path, *overrides: str):
+    with initialize_config_module(config_module="kdrun.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=[*SMALL, f"paths.outputs={tmp_path}", *overrides])
+
+
+def setup(cfg, teacher_seed: int = 0):
+    """(data, augment, runtime, teacher) for a composed config."""
+    runtime = resolve_runtime(cfg.device)
+    data = load_dataset(cfg.dataset, runtime.device)
+    augment = BatchAugment(cfg.dataset.augment.crop_padding, cfg.dataset.augment.hflip, data.mean, data.std)
+    torch.manual_seed(teacher_seed)
+    teacher = runtime.prepare(build_model(cfg.teacher.arch, data.in_channels, data.image_size, data.num_classes))
+    return data, augment, runtime, teacher.eval()
+
+
+def training_views(cfg, data, augment, runtime: Runtime, epochs: int):
+    """The batches a trainer draws, epoch by epoch, as Batch objects."""
+    n, batch_size = len(data.train_y), cfg.trainer.batch_size
+    generator = data_generator(cfg.data_seed, runtime.device)
+    for epoch in range(1, epochs + 1):
+        for index in batch_indices(n, batch_size, generator=generator, drop_last=drops_last(n, batch_size)):
+            yield Batch(augment(data.train_x[index], generator, train=True), data.train_y[index], index, epoch)
+
+
+def key_of(cfg, teacher_seed: int = 0) -> str:
+    data, _, runtime, teacher = setup(cfg, teacher_seed)
+    return cache_key(output_recipe(cfg, data, runtime, teacher, TargetFormat(data.num_classes, cfg.teacher.topk)))
+
+
+@pytest.mark.parametrize("topk", [None, 3])
+def test_a_cache_hit_returns_exactly_the_teachers_output_for_that_view(tmp_path, topk):
+    cfg = compose_cfg(tmp_path, f"teacher.topk={'null' if topk is None else topk}")
+    data, augment, runtime, teacher = setup(cfg)
+    fmt = TargetFormat(data.num_classes, topk)
+
+    recording = build_teacher_outputs(cfg, data, runtime, teacher)
+    first = [(batch, recording(batch)) for batch in training_views(cfg, data, augment, runtime, epochs=2)]
+    assert recording.summary()["teacher_cache_recorded"] == 2
+
+    reading = build_teacher_outputs(cfg, data, runtime, teacher)  # a later job: every epoch is on disk
+    for batch, recorded in first:
+        got = reading(batch)
+        with torch.inference_mode():
+            expected = fmt.round(teacher(batch.x))
+        assert torch.equal(got, expected) and torch.equal(got, recorded)
+        assert got.grad_fn is None and not got.is_inference()  # usable in a loss, carries no teacher graph
+    assert reading.summary()["teacher_cache_hits"] == 2 and reading.summary()["teacher_cache_recorded"] == 0
+
+
+def test_top_k_targets_keep_the_top_logits_and_spread_the_rest_evenly():
+    logits = torch.randn(4, 10) * 3
+    fmt = TargetFormat(10, 3)
+    targets = fmt.round(logits)
+    top = logits.topk(3, dim=1).indices
+    assert torch.equal(targets.gather(1, top), logits.gather(1, top).half().float())
+    rest = torch.ones_like(logits, dtype=torch.bool).scatter(1, top, False)
+    others = targets[rest].view(4, 7)
+    assert torch.equal(others, others[:, :1].expand(4, 7))  # one shared logit: an even spread at any T
+    mass = lambda t: t.softmax(1)[rest].view(4, 7).sum(1)  # noqa: E731
+    assert torch.allclose(mass(targets), mass(logits), rtol=2e-3)  # the rest keeps its probability mass (T=1)
+    assert TargetFormat(10, 100).k is None and TargetFormat(10, None).k is None  # few classes: all kept
+
+
+def test_the_key_follows_teacher_data_augmentation_and_data_order_only(tmp_path):
+    base = key_of(compose_cfg(tmp_path))
+    for same in (["T=8"], ["loss.alpha=0.5", "loss.beta=0.5"], ["student=resnet8"], ["seed=3"], ["epochs=5"]):
+        assert key_of(compose_cfg(tmp_path, *same)) == base, same
+    assert key_of(compose_cfg(tmp_path), teacher_seed=1) != base  # other teacher weights
+    for other in (["dataset.seed=1"], ["dataset.train_size=60"], ["dataset.augment.crop_padding=2"],
+                  ["dataset.augment.hflip=false"], ["data_seed=1"], ["batch_size=8"], ["teacher.topk=3"],
+                  ["device.precision=bf16"], ["device.channels_last=true"]):
+        assert key_of(compose_cfg(tmp_path, *other)) != base, other
+
+
+def test_training_with_the_cache_gives_the_same_numbers_and_a_sweep_shares_one_cache(tmp_path):
+    def run(name: str, *overrides: str) -> tuple[list[dict], dict]:
+        run_dir = tmp_path / name
+        summary = run_experiment(compose_cfg(tmp_path, *overrides), run_dir)
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in records], summary
+
+    live, live_summary = run("live", "teacher.cache=false")
+    recorded, recorded_summary = run("recorded")
+    cached, cached_summary = run("cached")
+    assert live == recorded == cached  # every loss term, train and test accuracy, to the last bit
+    assert live_summary["teacher_outputs"] == "live"
+    assert (recorded_summary["teacher_cache_recorded"], recorded_summary["teacher_cache_hits"]) == (2, 0)
+    assert (cached_summary["teacher_cache_recorded"], cached_summary["teacher_cache_hits"]) == (0, 2)
+
+    for T in (1, 8):  # a temperature sweep reads the same file
+        _, summary = run(f"T{T}", f"T={T}")
+        assert (summary["teacher_cache_recorded"], summary["teacher_cache_hits"]) == (0, 2)
+    assert len(list((tmp_path / "teacher_outputs").iterdir())) == 1
+
+
+def test_a_damaged_epoch_file_is_reported_and_recomputed(tmp_path, capsys):
+    cfg = compose_cfg(tmp_path)
+    data, augment, runtime, teacher = setup(cfg)
+    outputs = build_teacher_outputs(cfg, data, runtime, teacher)
+    batches = list(training_views(cfg, data, augment, runtime, epochs=2))
+    expected = [outputs(batch) for batch in batches]
+    first, second = outputs.cache.path(1), outputs.cache.path(2)
+    flipped = bytearray(first.read_bytes())
+    flipped[-7] ^= 0x10  # one bit of the payload
+    first.write_bytes(bytes(flipped))
+    second.write_bytes(second.read_bytes()[:-3])  # truncated
+
+    again = build_teacher_outputs(cfg, data, runtime, teacher)
+    capsys.readouterr()
+    got = [again(batch) for batch in batches]
+    out = " ".join(capsys.readouterr().out.split())
+    assert "epoch_0001.bin is damaged (its CRC32 does not match its contents)" in out
+    assert "epoch_0002.bin is damaged" in out and "recomputing that epoch" in out
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    assert again.summary()["teacher_cache_recorded"] == 2  # rewritten whole
+    healed = build_teacher_outputs(cfg, data, runtime, teacher)
+    assert all(torch.equal(healed(batch), e) for batch, e in zip(batches, expected))
+    assert healed.summary()["teacher_cache_hits"] == 2
+
+
+def test_a_cache_for_other_views_or_another_recipe_is_refused(tmp_path):
+    cfg = compose_cfg(tmp_path)
+    data, augment, runtime, teacher = setup(cfg)
+    outputs = build_teacher_outputs(cfg, data, runtime, teacher)
+    batches = list(training_views(cfg, data, augment, runtime, epochs=2))
+    for batch in batches:
+        outputs(batch)
+    reading = build_teacher_outputs(cfg, data, runtime, teacher)
+    first = batches[0]
+    with pytest.raises(TeacherCacheError, match="differ from the views its outputs were recorded for"):
+        reading(Batch(first.x.flip(-1), first.y, first.index, first.epoch))
+
+    (outputs.cache.dir / "recipe.json").write_text('{"version": 0}')
+    with pytest.raises(TeacherCacheError, match="another recipe"):
+        build_teacher_outputs(cfg, data, runtime, teacher)
+
+
+def test_a_cache_that_would_not_fit_the_disk_is_refused_with_its_size(tmp_path, monkeypatch, capsys):
+    cfg = compose_cfg(tmp_path, "epochs=240")
+    data, _, runtime, teacher = setup(cfg)
+    usage = type("usage", (), {"free": 100 * 2**20})
+    monkeypatch.setattr("kdrun.teacher_outputs.shutil.disk_usage", lambda path: usage)
+    with pytest.raises(TeacherCacheError, match=r"needs .* more .* only 104.9 MB is free .*teacher.cache=false"):
+        build_teacher_outputs(cfg, data, runtime, teacher)
+    # 240 epochs x 50 samples x (10 fp16 logits + a 16-bit view checksum) + a 64-byte header per epoch
+    assert f"= {240 * (64 + 50 * 22) / 1000:.1f} KB on disk" in " ".join(capsys.readouterr().out.split())
+
+
+def test_the_live_path_is_lean_and_shares_the_students_batch(tmp_path):
+    cfg = compose_cfg(tmp_path, "teacher.cache=false")
+    data, augment, runtime, teacher = setup(cfg)
+    seen = []
+    teacher.register_forward_hook(lambda module, args, out: seen.append((args[0], torch.is_inference_mode_enabled())))
+    outputs = build_teacher_outputs(cfg, data, runtime, teacher)
+    batch = next(training_views(cfg, data, augment, runtime, epochs=1))
+    targets = outputs(batch)
+    assert seen[0][0] is batch.x and seen[0][1]  # the student's own augmented batch, under inference_mode
+    assert targets.grad_fn is None and not targets.requires_grad
+    assert torch.equal(targets, TargetFormat(data.num_classes, 100).round(teacher(batch.x)))
+    assert outputs.cache is None and outputs.summary() == {"teacher_outputs": "live"}
+
+
+def test_warm_up_batches_are_never_recorded(tmp_path):
+    cfg = compose_cfg(tmp_path)
+    data, augment, runtime, teacher = setup(cfg)
+    outputs = build_teacher_outputs(cfg, data, runtime, teacher)
+    x = augment(data.train_x[:16], None, train=False)
+    outputs(Batch(x, data.train_y[:16], torch.arange(16), 0))
+    assert not any(outputs.cache.dir.glob("epoch_*"))
+    assert math.isfinite(float(outputs(Batch(x, data.train_y[:16], torch.arange(16), 0)).sum()))
