@@ -97,10 +97,12 @@ def plan_feature_terms(loss_cfg, student_arch: str, teacher_arch: str, data) -> 
 
 
 def regressor(in_shape: Shape, out_shape: Shape) -> nn.Module:
-    """FitNets' regressor: a 1x1 convolution between feature maps, a linear map between vectors."""
+    """FitNets' regressor: a 1x1 convolution between feature maps, a linear map between vectors,
+    then BatchNorm, as RepDistiller's and mdistiller's ConvReg (whose hint weight of 100 kdrun
+    copies); without their ReLU, since some stage outputs here (the CNNs') are pre-activation."""
     if len(in_shape) == 3:
-        return nn.Conv2d(in_shape[0], out_shape[0], kernel_size=1)
-    return nn.Linear(in_shape[0], out_shape[0])
+        return nn.Sequential(nn.Conv2d(in_shape[0], out_shape[0], kernel_size=1), nn.BatchNorm2d(out_shape[0]))
+    return nn.Sequential(nn.Linear(in_shape[0], out_shape[0]), nn.BatchNorm1d(out_shape[0]))
 
 
 class FeatureDistiller(nn.Module):
