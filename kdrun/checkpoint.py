@@ -4,14 +4,24 @@ Loading uses `torch.load(weights_only=True)`, so a file never runs code. Each
 checkpoint carries the model's architecture, class count and input shape, so a
 checkpoint for another dataset is named as such instead of failing deep in
 `load_state_dict`.
+
+Layout (version 2):
+    format, version        "kdrun-checkpoint", 2
+    model                  {arch, num_classes, in_channels, image_size}
+    state_dict             the model's weights
+    epoch, test_acc        the last evaluated epoch and its accuracy
+    train                  last.pt only: everything a resume needs (see Trainer)
+Version 1 files (no `train`) still load as models.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import random
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -19,7 +29,7 @@ from kdrun.errors import CheckpointError
 from kdrun.io import atomic_torch_save
 
 FORMAT = "kdrun-checkpoint"
-VERSION = 1
+VERSION = 2
 
 
 def model_meta(model: nn.Module) -> dict:
@@ -67,7 +77,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return payload
 
 
-def check_fits(meta: dict, *, role: str, dataset: str, num_classes: int, in_channels: int, path) -> None:
+def check_fits(meta: dict, *, role: str, dataset: str, num_classes: int, in_channels: int, path,
+               image_size: int | None = None) -> None:
     """Refuse a checkpoint whose model cannot serve this dataset, naming both sides."""
     if meta["num_classes"] != num_classes:
         raise CheckpointError(
@@ -78,3 +89,37 @@ def check_fits(meta: dict, *, role: str, dataset: str, num_classes: int, in_chan
             f"{role} checkpoint {str(path)!r} takes {meta['in_channels']} input channels, "
             f"dataset {dataset} has {in_channels}"
         )
+    if image_size is not None and meta["image_size"] != image_size:
+        raise CheckpointError(
+            f"{role} checkpoint {str(path)!r} takes {meta['image_size']}x{meta['image_size']} images, "
+            f"dataset {dataset} has {image_size}x{image_size}"
+        )
+
+
+def rng_state() -> dict:
+    """Every global RNG state, as values a weights-only load accepts (no numpy objects)."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate(_as_tuples(state["python"]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuples(value):
+    """random.setstate wants the nested tuples that getstate gave (a load may return lists)."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value

@@ -1,4 +1,9 @@
-"""`kdrun`: compose the config with Hydra, validate, run. Thin on purpose."""
+"""`kdrun`: compose the config with Hydra, validate, run. Thin on purpose.
+
+Exit status: 0 done; 1 a sweep with failed jobs, or an unexpected error; 2 a user
+error (its message says what to change); 130 interrupted (the message gives the
+command that resumes).
+"""
 
 from __future__ import annotations
 
@@ -11,16 +16,21 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from kdrun.config import check_known_keys
 from kdrun.console import console
 from kdrun.data import DatasetNotFoundError
-from kdrun.errors import KdrunError
+from kdrun.errors import Interrupted, KdrunError
 from kdrun.report.tables import print_run_summary
+from kdrun.resume import register_resolvers, resume_command
 from kdrun.run import record_failure, run_experiment
 
 # Errors whose message is the whole story: print it, no traceback.
 USER_ERRORS = (KdrunError, DatasetNotFoundError)
+INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 _failed_jobs: list[str] = []
+
+register_resolvers()  # hydra.run.dir and hydra.sweep.dir use them
 
 
 @hydra.main(version_base="1.3", config_path="pkg://kdrun.conf", config_name="config")
@@ -29,24 +39,45 @@ def _hydra_main(cfg: DictConfig) -> dict | None:
     run_dir = Path(hc.runtime.output_dir)
     overrides = list(hc.overrides.task)
     multirun = hc.mode == RunMode.MULTIRUN
+    resume_target = Path(hc.sweep.dir).absolute() if multirun else run_dir
     try:
+        check_known_keys(cfg, hc.runtime.choices)
         summary = run_experiment(cfg, run_dir, overrides)
         if not multirun:
             print_run_summary(summary, run_dir)
         return summary
+    except Interrupted as exc:
+        command = resume_command(resume_target, multirun)
+        _record(run_dir, exc, overrides, status="interrupted", resume=command)
+        console.print(f"[bold yellow]{exc}[/]\nto resume: [bold]{command}[/]", soft_wrap=True)
+        sys.exit(INTERRUPTED)  # in a sweep too: Ctrl-C stops the sweep, not one job
+    except KeyboardInterrupt:  # before training began (loading data, building models): nothing to save
+        console.print("[bold yellow]interrupted[/] before training began; nothing was saved", soft_wrap=True)
+        sys.exit(INTERRUPTED)
     except Exception as exc:
-        record_failure(run_dir, exc, overrides)
+        _record(run_dir, exc, overrides)
         if not multirun and not isinstance(exc, USER_ERRORS):
             raise
         if isinstance(exc, USER_ERRORS):
-            console.print(f"[bold red]error:[/] {exc}")
+            console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
         else:
             console.print(traceback.format_exc())
+        if (run_dir / "checkpoints" / "last.pt").is_file():
+            console.print(f"to go on from the last checkpoint: [bold]{resume_command(resume_target, multirun)}[/]",
+                          soft_wrap=True)
         if not multirun:
             sys.exit(2)
         # In a sweep one failed job is a row in the summary, not a lost sweep.
         _failed_jobs.append(" ".join(overrides))
         return None
+
+
+def _record(run_dir: Path, exc: BaseException, overrides: list[str], **kwargs) -> None:
+    """Leave metrics.json saying what happened; a full disk must not hide the original error."""
+    try:
+        record_failure(run_dir, exc, overrides, **kwargs)
+    except OSError as write_error:
+        console.print(f"[red]could not record the failure in metrics.json:[/] {write_error}", soft_wrap=True)
 
 
 def main() -> None:

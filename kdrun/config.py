@@ -1,18 +1,26 @@
 """Checks on a composed config, with messages that name the bad value and what is allowed.
 
-Hydra already refuses unknown keys (configs are in struct mode) and unknown
-group options (listing the available ones); this covers the values.
+Hydra already refuses unknown keys on the command line (configs are in struct
+mode) and unknown group options (listing the available ones). `check_known_keys`
+catches the keys Hydra lets through: a typo in an experiment file, or a `+key=`.
+`validate` covers the values.
 """
 
 from __future__ import annotations
 
-from omegaconf import DictConfig, ListConfig
+import difflib
+import math
+from importlib import resources
+from typing import Mapping
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from kdrun.data import DATASET_NAMES
 from kdrun.errors import ConfigError
 from kdrun.models import MODEL_NAMES
 from kdrun.optim import OPTIMIZERS, SCHEDULES
 from kdrun.strategies.multi_teacher import COMBINES
+from kdrun.trainer import ON_NONFINITE
 
 STRATEGIES = ("scratch", "kd", "multi_teacher", "online", "born_again", "self")
 LOSSES = ("kd", "dkd", "ce")
@@ -29,6 +37,8 @@ def check_number(value, key: str, *, low: float | None = None, strict: bool = Fa
     ok_type = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, ok_type):
         raise ConfigError(f"{key} must be {kind}, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
     if low is not None and (value <= low if strict else value < low):
         bound = f"> {low}" if strict else f">= {low}"
         raise ConfigError(f"{key} must be {bound}, got {value!r}")
@@ -53,6 +63,12 @@ def validate(cfg: DictConfig) -> None:
     check_number(cfg.trainer.eval_batch_size, "trainer.eval_batch_size", low=1, integer=True)
     for key in ("crop_padding",):
         check_number(cfg.dataset.augment[key], f"dataset.augment.{key}", low=0, integer=True)
+    validate_sizes(cfg.dataset)
+    check_choice(cfg.trainer.on_nonfinite, "trainer.on_nonfinite", ON_NONFINITE)
+    if cfg.checkpoint.every_steps is not None:
+        check_number(cfg.checkpoint.every_steps, "checkpoint.every_steps (or null)", low=1, integer=True)
+    if cfg.resume is not None and not isinstance(cfg.resume, str):
+        raise ConfigError(f"resume must be a run directory or auto, got {cfg.resume!r}")
 
     check_choice(cfg.optim.name, "optim", OPTIMIZERS)
     check_choice(cfg.optim.schedule, "optim.schedule", SCHEDULES)
@@ -126,3 +142,67 @@ def validate_distillation(cfg: DictConfig) -> None:
         check_number(cfg.strategy.generations, "strategy.generations", low=1, integer=True)
     elif name == "self":
         check_number(cfg.strategy.ce_weight, "strategy.ce_weight", low=0)
+
+
+def validate_sizes(dataset: DictConfig) -> None:
+    """Sample counts and shapes: positive integers (or null where null means all)."""
+    for key in ("limit_train", "limit_test"):
+        if dataset.get(key) is not None:
+            check_number(dataset[key], f"dataset.{key} (or null for all)", low=1, integer=True)
+    if dataset.name == "synthetic":
+        for key in ("num_classes", "image_size", "channels", "train_size", "test_size"):
+            check_number(dataset[key], f"dataset.{key}", low=1, integer=True)
+
+
+def check_known_keys(cfg: DictConfig, choices: Mapping[str, str | None]) -> None:
+    """Refuse keys that no kdrun config file defines, so that a typo never passes silently.
+
+    The known keys are those of conf/config.yaml plus those of each chosen group option
+    (`choices`, as hydra.runtime.choices); a group whose option is not one of kdrun's own
+    files (a user's config dir) is not checked.
+    """
+    conf = resources.files("kdrun.conf")
+    known = _load_yaml(conf.joinpath("config.yaml"))
+    for key in ("defaults", "hydra"):
+        known.pop(key, None)
+    for group, option in choices.items():
+        if option is None or group.startswith("hydra") or group == "experiment":
+            continue  # an experiment sets keys that the other files define
+        option_file = conf.joinpath(group, f"{option}.yaml")
+        if option_file.is_file():
+            known[group] = _merged(known.get(group, {}), _load_yaml(option_file))
+        else:
+            known[group] = None  # not ours: kdrun cannot know its keys
+    unknown = _unknown_keys(OmegaConf.to_container(cfg, resolve=False), known)
+    if unknown:
+        key, siblings = unknown[0]
+        parent, _, leaf = key.rpartition(".")
+        match = difflib.get_close_matches(leaf, siblings, n=1)
+        hint = f"; did you mean {parent + '.' if parent else ''}{match[0]}?" if match else ""
+        raise ConfigError(f"unknown config key {key!r}{hint} (no kdrun config defines it; check the experiment "
+                          f"file or `+` override that sets it)")
+
+
+def _load_yaml(path) -> dict:
+    node = OmegaConf.to_container(OmegaConf.create(path.read_text()), resolve=False)
+    return node if isinstance(node, dict) else {}
+
+
+def _merged(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        both_dicts = isinstance(out.get(key), dict) and isinstance(value, dict)
+        out[key] = _merged(out[key], value) if both_dicts else value
+    return out
+
+
+def _unknown_keys(cfg: dict, known: dict, prefix: str = "") -> list[tuple[str, list[str]]]:
+    """(dotted key, the known keys beside it) for each key of cfg that `known` lacks; a known
+    value of None (a group kdrun has no file for) accepts anything."""
+    out = []
+    for key, value in cfg.items():
+        if key not in known:
+            out.append((f"{prefix}{key}", [str(k) for k in known]))
+        elif isinstance(value, dict) and isinstance(known[key], dict):
+            out += _unknown_keys(value, known[key], f"{prefix}{key}.")
+    return out

@@ -11,3 +11,19 @@ class ConfigError(KdrunError, ValueError):
 
 class CheckpointError(KdrunError):
     """A file that is not a usable kdrun checkpoint for this run."""
+
+
+class DataError(KdrunError, ValueError):
+    """Dataset files that are there but unusable: empty, malformed, inconsistent."""
+
+
+class WriteError(KdrunError, OSError):
+    """An output file could not be written (disk full, no permission); the previous version is intact."""
+
+
+class NonFiniteLoss(KdrunError):
+    """A loss term became NaN or inf and trainer.on_nonfinite=stop."""
+
+
+class Interrupted(KdrunError):
+    """Ctrl-C: the run stopped after a step and saved checkpoints/last.pt to resume from."""

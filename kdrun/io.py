@@ -1,36 +1,55 @@
 """Atomic file writes: a temporary file in the same directory, flushed, then renamed.
 
 A reader (or a run killed mid-write) sees either the old file or the new one,
-never a truncated one.
+never a truncated one. A failed write (a full disk) leaves the old file as it was
+and no temporary file behind.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Iterable, Iterator
 
 import torch
+
+from kdrun.errors import WriteError
+
+TMP_SUFFIX = ".tmp"  # temporary siblings are named .<name>.<random>.tmp
 
 
 @contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
-    """Open a temporary sibling of `path`; on success fsync and rename it over `path`."""
+    """Open a temporary sibling of `path`; on success fsync and rename it over `path`.
+
+    Any OSError (ENOSPC, EACCES, ...) becomes a WriteError that names the file.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            raise WriteError(_write_message(path, exc)) from exc
         raise
+
+
+def _write_message(path: Path, exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    hint = " (the disk is full: free some space, then resume the run)" if exc.errno == errno.ENOSPC else ""
+    return f"could not write {path}: {reason}{hint}; the previous version of the file, if any, is intact"
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -42,14 +61,11 @@ def atomic_write_json(path: str | os.PathLike, data: dict) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def atomic_write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
+    """The whole file at once, one JSON line per record (rewritten each epoch: it is short)."""
+    atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in records))
+
+
 def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
     with atomic_open(path, "wb") as f:
         torch.save(obj, f)
-
-
-def append_jsonl(path: str | os.PathLike, record: dict) -> None:
-    """Append one JSON line and flush it to disk, so a crash loses at most the line being written."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())

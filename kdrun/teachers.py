@@ -3,28 +3,44 @@
 Cached teachers live in <paths.teachers>/<dataset>/<arch>/<fingerprint>/, where
 the fingerprint hashes everything that shapes the trained weights (dataset,
 architecture, recipe). Any run that needs the same teacher reuses it.
+
+An entry is teacher.pt, recipe.json and entry.json (teacher.pt's sha256 and size),
+and appears in one rename once complete. An entry that fails its checks is
+reported, moved aside (<fingerprint>.corrupt-<time>) and retrained, never trusted.
+A file lock (<fingerprint>.lock) makes runs that need the same missing teacher at
+the same time train it once: the others wait, then read the cache. A teacher
+training that was interrupted resumes from <fingerprint>.partial/.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from omegaconf import OmegaConf
 from torch import nn
 
-from kdrun.checkpoint import check_fits, load_checkpoint
+from kdrun.checkpoint import check_fits, load_checkpoint, save_checkpoint
 from kdrun.console import console
 from kdrun.data import BatchAugment, DatasetSplits
 from kdrun.errors import CheckpointError
+from kdrun.io import atomic_write_json
 from kdrun.models import build_model, count_parameters, model_size_mb
 from kdrun.runtime import Runtime, seed_everything
 from kdrun.strategies.scratch import Scratch
 from kdrun.trainer import Trainer, TrainerConfig, evaluate
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock; the atomic rename still keeps the cache whole
+    fcntl = None
 
 # Dataset keys that say where files live, not what the data is.
 _LOCATION_KEYS = ("root", "download")
@@ -49,16 +65,16 @@ class Teacher:
 
 
 def teacher_recipe(cfg) -> dict:
-    """Everything that decides a trained teacher's weights."""
+    """Everything that decides a trained teacher's weights, as plain JSON values (as recipe.json holds it)."""
     dataset = {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items() if k not in _LOCATION_KEYS}
-    return {
+    return json.loads(json.dumps({
         "dataset": dataset,
         "arch": cfg.teacher.arch,
         "epochs": cfg.teacher.epochs,
         "seed": cfg.teacher.seed,
         "batch_size": cfg.trainer.batch_size,
         "optim": OmegaConf.to_container(cfg.optim, resolve=True),
-    }
+    }))
 
 
 def fingerprint(recipe: dict) -> str:
@@ -75,7 +91,7 @@ def load_model(path: Path, data: DatasetSplits, runtime: Runtime, *, role: str, 
     payload = load_checkpoint(path)
     meta = payload["model"]
     check_fits(meta, role=role, dataset=data.name, num_classes=data.num_classes, in_channels=data.in_channels,
-               path=path)
+               image_size=data.image_size, path=path)
     if expect_arch is not None and meta["arch"] != expect_arch:
         raise CheckpointError(
             f"{role} checkpoint {str(path)!r} holds a {meta['arch']}, but {role}={expect_arch}; "
@@ -94,38 +110,133 @@ def resolve_teacher(cfg, data: DatasetSplits, augment: BatchAugment, runtime: Ru
         return Teacher(model, acc, "checkpoint", path)
 
     cache_dir = teacher_cache_dir(cfg)
-    weights = cache_dir / "teacher.pt"
-    if weights.is_file():
-        model, payload = load_model(weights, data, runtime, role="teacher")
-        console.print(f"[green]teacher[/] {cfg.teacher.arch} from cache {cache_dir}")
-        return Teacher(model, float(payload["test_acc"]), "cache", weights)
+    with cache_lock(cache_dir):
+        cached = load_cached(cache_dir, teacher_recipe(cfg), data, runtime)
+        if cached is not None:
+            console.print(f"[green]teacher[/] {cfg.teacher.arch} from cache {cache_dir}", soft_wrap=True)
+            return cached
+        console.print(f"[yellow]no cached {cfg.teacher.arch} teacher for {cfg.dataset.name}[/] "
+                      f"(looked in {cache_dir}); training it first", soft_wrap=True)
+        train_teacher(cfg, data, augment, runtime, cache_dir)
+        teacher = load_cached(cache_dir, teacher_recipe(cfg), data, runtime)
+    if teacher is None:
+        raise CheckpointError(f"the teacher just trained into {cache_dir} does not pass its own checks")
+    teacher.source = "trained"
+    return teacher
 
-    console.print(f"[yellow]no cached {cfg.teacher.arch} teacher for {cfg.dataset.name}[/] "
-                  f"(looked in {cache_dir}); training it first")
-    train_teacher(cfg, data, augment, runtime, cache_dir)
-    model, payload = load_model(weights, data, runtime, role="teacher")
-    return Teacher(model, float(payload["test_acc"]), "trained", weights)
+
+@contextlib.contextmanager
+def cache_lock(cache_dir: Path) -> Iterator[None]:
+    """Hold <fingerprint>.lock: one process at a time looks at, trains and writes this entry.
+
+    The kernel drops the lock when its holder dies, even by SIGKILL, so it never goes stale.
+    """
+    cache_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = cache_dir.with_name(f"{cache_dir.name}.lock")
+    with open(lock_path, "a") as lock:
+        if fcntl is not None:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                console.print(f"[yellow]waiting[/] for another kdrun process that is training this teacher "
+                              f"(lock {lock_path})", soft_wrap=True)
+                fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def entry_problem(cache_dir: Path, recipe: dict) -> str | None:
+    """Why the entry in cache_dir cannot be trusted, or None if its files are whole."""
+    weights, entry_file, recipe_file = (cache_dir / n for n in ("teacher.pt", "entry.json", "recipe.json"))
+    for needed in (weights, entry_file, recipe_file):
+        if not needed.is_file():
+            return f"it has no {needed.name} (an incomplete entry)"
+    try:
+        entry = json.loads(entry_file.read_text())
+        stored_recipe = json.loads(recipe_file.read_text())
+        expected_sha, expected_bytes = entry["sha256"], entry["bytes"]
+    except (ValueError, KeyError, TypeError) as exc:
+        return f"its entry.json or recipe.json is unreadable ({type(exc).__name__}: {exc})"
+    if stored_recipe != recipe:
+        return "its recipe.json is not this run's teacher recipe"
+    size = weights.stat().st_size
+    if size != expected_bytes:
+        return f"teacher.pt has {size} bytes, entry.json says {expected_bytes} (truncated or replaced)"
+    actual_sha = file_sha256(weights)
+    if actual_sha != expected_sha:
+        return f"teacher.pt has sha256 {actual_sha[:12]}…, entry.json says {str(expected_sha)[:12]}… (corrupt)"
+    return None
+
+
+def load_cached(cache_dir: Path, recipe: dict, data: DatasetSplits, runtime: Runtime) -> Teacher | None:
+    """The cached teacher, or None if there is none; a bad entry is reported and moved aside."""
+    if not cache_dir.exists():
+        return None
+    problem = entry_problem(cache_dir, recipe)
+    if problem is None:
+        weights = cache_dir / "teacher.pt"
+        try:
+            model, payload = load_model(weights, data, runtime, role="teacher")
+            return Teacher(model, float(payload["test_acc"]), "cache", weights)
+        except (CheckpointError, RuntimeError) as exc:  # a whole file that still does not load
+            problem = str(exc)
+    quarantine = cache_dir.with_name(f"{cache_dir.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    os.rename(cache_dir, quarantine)
+    console.print(f"[bold red]cached teacher {cache_dir} is not trusted:[/] {problem}. "
+                  f"Moved it to {quarantine.name}; training a new one.", soft_wrap=True)
+    return None
 
 
 def train_teacher(cfg, data: DatasetSplits, augment: BatchAugment, runtime: Runtime, cache_dir: Path) -> None:
-    """Train a teacher from scratch into a private directory, then move it into the cache in one rename."""
-    work_dir = cache_dir.with_name(f"{cache_dir.name}.partial-{os.getpid()}")
-    shutil.rmtree(work_dir, ignore_errors=True)
-    seed_everything(cfg.teacher.seed)
-    model = runtime.prepare(build_model(cfg.teacher.arch, data.in_channels, data.image_size, data.num_classes))
+    """Train a teacher in <fingerprint>.partial/ (resuming an interrupted one there), then move it into
+    the cache in one rename. The caller holds the cache lock."""
+    work_dir = cache_dir.with_name(f"{cache_dir.name}.partial")
+    recipe = teacher_recipe(cfg)
+    resume = (work_dir / "checkpoints" / "last.pt").is_file() and _read_json(work_dir / "recipe.json") == recipe
+    if not resume:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        atomic_write_json(work_dir / "recipe.json", recipe)
     trainer = Trainer(
         TrainerConfig(epochs=cfg.teacher.epochs, batch_size=cfg.trainer.batch_size,
                       eval_batch_size=cfg.trainer.eval_batch_size, data_seed=cfg.teacher.seed,
-                      progress=cfg.trainer.progress, label="teacher"),
+                      progress=cfg.trainer.progress, label="teacher",
+                      every_steps=cfg.checkpoint.every_steps, on_nonfinite=cfg.trainer.on_nonfinite),
         cfg.optim, runtime,
     )
-    summary = trainer.fit(Scratch(model), data, augment, work_dir)
-    (work_dir / "recipe.json").write_text(json.dumps(teacher_recipe(cfg), indent=2))
-    # The final weights are the teacher, as in the published recipes (not the test-selected best).
-    os.replace(work_dir / "checkpoints" / "last.pt", work_dir / "teacher.pt")
+
+    def fit(resume: bool) -> tuple[nn.Module, dict]:
+        seed_everything(cfg.teacher.seed)
+        model = runtime.prepare(build_model(cfg.teacher.arch, data.in_channels, data.image_size, data.num_classes))
+        return model, trainer.fit(Scratch(model), data, augment, work_dir, resume=resume)
+
     try:
-        os.rename(work_dir, cache_dir)
-    except OSError:  # another run cached the same teacher meanwhile: keep theirs
+        model, summary = fit(resume)
+    except CheckpointError as exc:  # an unusable partial checkpoint: start the teacher over
+        if not resume:
+            raise
+        console.print(f"[yellow]cannot resume the teacher from {work_dir}[/] ({exc}); training it from the start", soft_wrap=True)
         shutil.rmtree(work_dir, ignore_errors=True)
+        atomic_write_json(work_dir / "recipe.json", recipe)
+        model, summary = fit(False)
+    # The final weights are the teacher, as in the published recipes (not the test-selected best).
+    weights = work_dir / "teacher.pt"
+    save_checkpoint(weights, model, epoch=cfg.teacher.epochs, test_acc=summary["final_test_acc"])
+    shutil.rmtree(work_dir / "checkpoints")  # the training state is not needed once the teacher is done
+    atomic_write_json(work_dir / "entry.json", {"sha256": file_sha256(weights), "bytes": weights.stat().st_size})
+    os.rename(work_dir, cache_dir)
     console.print(f"[green]teacher[/] {cfg.teacher.arch} cached in {cache_dir} "
-                  f"(test acc {summary['final_test_acc']:.2f}%)")
+                  f"(test acc {summary['final_test_acc']:.2f}%)", soft_wrap=True)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

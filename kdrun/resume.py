@@ -1,0 +1,132 @@
+"""Continuing runs: which directory a run writes to, whether it starts, goes on or is already done,
+and the command that resumes it.
+
+    resume=null   a new run in a new directory; two runs started in the same second get two
+    resume=DIR    go on with the run in DIR (with -m: the sweep in DIR, job by job)
+    resume=auto   go on with whatever the configured directory holds (hydra.run.dir or
+                  hydra.sweep.dir, set on the command line), or start there
+
+Going on means: a completed run (metrics.json says so) is skipped; a run with
+checkpoints/last.pt continues from it; anything else starts from the beginning.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from kdrun.errors import ConfigError
+
+# Keys that may differ between a run and its resume: they say where files are or how the run
+# is watched, not what is trained. The device may change too (a resume checks the device type).
+RESUME_MAY_CHANGE = ("resume", "paths", "trainer.progress", "checkpoint", "dataset.root", "dataset.download",
+                     "device", "logger")
+
+_claimed: dict[str, str] = {}  # base -> directory this process created for it
+
+
+def register_resolvers() -> None:
+    """`${kdrun_run_dir:${resume},DEFAULT}` and `${kdrun_sweep_dir:...}`, used in conf/config.yaml."""
+    for name, sweep in (("kdrun_run_dir", False), ("kdrun_sweep_dir", True)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(
+                name, lambda resume, default, _sweep=sweep: output_dir(resume, default, sweep=_sweep), use_cache=True)
+
+
+def output_dir(resume, default: str, *, sweep: bool) -> str:
+    """The directory of a run (or, if `sweep`, of a multirun), as hydra.run.dir / hydra.sweep.dir."""
+    if resume is None or (resume == "auto" and not Path(default).exists()):
+        return claim_new_dir(default)
+    if resume == "auto":
+        return default
+    path = Path(str(resume)).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"resume={resume}: no such directory; give a run directory "
+                          f"(outputs/runs/<date>/<time>_<name>) or, with -m, a sweep directory")
+    is_sweep = (path / "multirun.yaml").is_file()
+    if sweep and not is_sweep and (path / "config.yaml").is_file():
+        raise ConfigError(f"resume={resume} is a single run, not a sweep: resume it without -m")
+    if not sweep and is_sweep:
+        raise ConfigError(f"resume={resume} is a sweep directory: resume it with kdrun -m ... resume={resume}")
+    return str(path)
+
+
+def claim_new_dir(base: str) -> str:
+    """`base`, else `base-1`, `base-2`, ...: the first one this process creates. mkdir either creates a
+    directory or fails, so two processes never get the same one."""
+    if base not in _claimed:
+        path = Path(base)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        candidate, n = path, 0
+        while True:
+            try:
+                candidate.mkdir()
+                break
+            except FileExistsError:
+                n += 1
+                candidate = path.with_name(f"{path.name}-{n}")
+        _claimed[base] = str(candidate)
+    return _claimed[base]
+
+
+def read_summary(run_dir: Path) -> dict:
+    """metrics.json, or {} if there is none (or it is unreadable)."""
+    try:
+        summary = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def is_completed(run_dir: Path) -> bool:
+    return read_summary(run_dir).get("status") == "completed"
+
+
+def check_can_start(cfg: DictConfig, run_dir: Path) -> None:
+    """Refuse to start a new run over an existing one unless resume is set (nothing is overwritten)."""
+    if cfg.resume is not None:
+        return
+    if is_completed(run_dir) or any(run_dir.glob("**/checkpoints/last.pt")):
+        raise ConfigError(f"{run_dir} already holds a run; add resume=auto to go on with it (a completed run is "
+                          f"skipped), or choose another directory")
+
+
+def check_same_config(cfg: DictConfig, run_dir: Path) -> None:
+    """A resume trains what the run trained: refuse a config that differs, naming each difference."""
+    saved_file = run_dir / "config.yaml"
+    if not saved_file.is_file():
+        return
+    saved = _flatten(OmegaConf.to_container(OmegaConf.load(saved_file), resolve=True))
+    now = _flatten(OmegaConf.to_container(cfg, resolve=True))
+    differences = [f"{key}: {saved.get(key, '<unset>')!r} in the run, {now.get(key, '<unset>')!r} now"
+                   for key in sorted(saved.keys() | now.keys())
+                   if saved.get(key) != now.get(key) and not _may_change(key)]
+    if differences:
+        raise ConfigError(
+            f"cannot resume {run_dir}: this command's config differs from the run's config.yaml\n  "
+            + "\n  ".join(differences)
+            + "\nrun the command that started it (with resume=...), or start a new run without resume")
+
+
+def _may_change(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in RESUME_MAY_CHANGE)
+
+
+def _flatten(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out or {prefix[:-1]: {}}
+    return {prefix[:-1]: node}
+
+
+def resume_command(target: Path, multirun: bool, argv: list[str] | None = None) -> str:
+    """The command that continues this run (or sweep): the one typed, with resume=TARGET."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = [a for a in argv if not a.startswith(("resume=", "+resume=", "++resume=")) and a not in ("-m", "--multirun")]
+    return shlex.join(["kdrun", *(["-m"] if multirun else []), *args, f"resume={target}"])
