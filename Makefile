@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 KDRUN := $(VENV)/bin/kdrun
 PYTEST := $(PY) -m pytest
 
-.PHONY: install test test-fast demo sweep-demo clean
+.PHONY: install test test-fast demo sweep-demo bench clean
 
 install:
 	python3 -m venv $(VENV)
@@ -25,8 +25,20 @@ test-fast:
 demo:
 	$(KDRUN) -m experiment=quickstart strategy=scratch,kd seed=0,1,2,3,4
 
+# A temperature sweep on digits (T = 1..16, 3 seeds) with its references: the student
+# trained from scratch on the same seeds, and the teacher (trained once, then cached).
+# Scratch ignores T, so it runs as its own 3-job sweep rather than 15 repeats; then
+# kdrun-report puts both sweeps in one table and plot (temperature_sweep.md/.png).
+SWEEP_DEMO_DIR := outputs/sweeps/sweep-demo/$(shell date +%Y-%m-%d_%H-%M-%S)
 sweep-demo:
-	$(KDRUN) -m experiment=quickstart T=1,2,4,8,16
+	$(KDRUN) -m experiment=quickstart strategy=scratch seed=0,1,2 hydra.sweep.dir=$(SWEEP_DEMO_DIR)/scratch
+	$(KDRUN) -m experiment=quickstart T=1,2,4,8,16 seed=0,1,2 hydra.sweep.dir=$(SWEEP_DEMO_DIR)/kd
+	$(VENV)/bin/kdrun-report $(SWEEP_DEMO_DIR)/scratch $(SWEEP_DEMO_DIR)/kd --out $(SWEEP_DEMO_DIR)
+
+# How close KD comes to training the student alone, live and with the teacher-output
+# cache, against a plain PyTorch loop; prints a table, writes bench.json (< 10 min, 2 cores).
+bench:
+	$(PY) bench/bench.py --out bench.json
 
 clean:
 	rm -rf outputs multirun .pytest_cache build dist *.egg-info
