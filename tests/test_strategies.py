@@ -145,6 +145,8 @@ def test_feature_stages_default_and_pool_across_sizes():
     assert terms.hint_stages == (1, 1) and terms.hint_shapes == ((32, 16, 16), (128, 16, 16))
     assert terms.at_stages == ((0, 1), (1, 2), (2, 3))  # the last three stages of each, paired from the end
     assert plan_feature_terms(compose_cfg().loss, "resnet8", "mlp", DIGITS) is None  # both weights 0: no checks
+    at_only = OmegaConf.merge(compose_cfg().loss, {"at_weight": 1, "hint_student_stage": 9})
+    assert plan_feature_terms(at_only, "resnet8", "cnn_student", DIGITS).at_stages == ((1, 0), (2, 1))
 
 
 def test_born_again_trains_each_generation_from_the_previous_one(tmp_path):

@@ -49,7 +49,7 @@ class FeatureTerms:
     """Which stages the hint and attention terms compare, with their weights."""
 
     hint_weight: float
-    hint_stages: tuple[int, int]  # (student, teacher)
+    hint_stages: tuple[int, int]  # (student, teacher); unused when hint_weight is 0
     hint_shapes: tuple[Shape, Shape]
     at_weight: float
     at_stages: tuple[tuple[int, int], ...]  # (student, teacher) pairs
@@ -62,10 +62,12 @@ def plan_feature_terms(loss_cfg, student_arch: str, teacher_arch: str, data) -> 
     dims = (data.in_channels, data.image_size, data.num_classes)
     student, teacher = stage_shapes(student_arch, *dims), stage_shapes(teacher_arch, *dims)
 
-    hint_stages = (pick_stage(loss_cfg.hint_student_stage, student, "loss.hint_student_stage", student_arch),
-                   pick_stage(loss_cfg.hint_teacher_stage, teacher, "loss.hint_teacher_stage", teacher_arch))
-    hint_shapes = (student[hint_stages[0]], teacher[hint_stages[1]])
-    if loss_cfg.hint_weight and len(hint_shapes[0]) != len(hint_shapes[1]):
+    hint_stages, hint_shapes = (0, 0), ((), ())
+    if loss_cfg.hint_weight:
+        hint_stages = (pick_stage(loss_cfg.hint_student_stage, student, "loss.hint_student_stage", student_arch),
+                       pick_stage(loss_cfg.hint_teacher_stage, teacher, "loss.hint_teacher_stage", teacher_arch))
+        hint_shapes = (student[hint_stages[0]], teacher[hint_stages[1]])
+    if len(hint_shapes[0]) != len(hint_shapes[1]):
         raise ConfigError(
             f"the hint cannot match student {student_arch} stage {hint_stages[0]} ({describe(hint_shapes[0])}) "
             f"to teacher {teacher_arch} stage {hint_stages[1]} ({describe(hint_shapes[1])}): a hint needs two "
