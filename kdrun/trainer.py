@@ -173,6 +173,8 @@ class _Fit:
         self.last_path.parent.mkdir(parents=True, exist_ok=True)
         # metrics.jsonl holds exactly the epochs last.pt knows (a kill can fall between the two writes).
         atomic_write_jsonl(self.run_dir / "metrics.jsonl", st.history)
+        # With device.compile, compiling happens here, outside the timed epochs.
+        self.runtime.warm_up(self.strategy, self.data, self.augment, cfg.batch_size)
         with self.trainer._progress() as progress, _InterruptGuard() as interrupt:
             while st.epoch <= cfg.epochs:
                 task = progress.add_task(f"{cfg.label} {st.epoch}/{cfg.epochs}", total=self.steps_per_epoch,

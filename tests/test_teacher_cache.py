@@ -4,7 +4,6 @@ refused when the disk is too small, and training on the same numbers with it or 
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import torch
@@ -93,7 +92,7 @@ def test_the_key_follows_teacher_data_augmentation_and_data_order_only(tmp_path)
     assert key_of(compose_cfg(tmp_path), teacher_seed=1) != base  # other teacher weights
     for other in (["dataset.seed=1"], ["dataset.train_size=60"], ["dataset.augment.crop_padding=2"],
                   ["dataset.augment.hflip=false"], ["data_seed=1"], ["batch_size=8"], ["teacher.topk=3"],
-                  ["device.precision=bf16"], ["device.channels_last=true"]):
+                  ["device.precision=bf16"], ["device.channels_last=false"]):
         assert key_of(compose_cfg(tmp_path, *other)) != base, other
 
 
@@ -185,11 +184,31 @@ def test_the_live_path_is_lean_and_shares_the_students_batch(tmp_path):
     assert outputs.cache is None and outputs.summary() == {"teacher_outputs": "live"}
 
 
-def test_warm_up_batches_are_never_recorded(tmp_path):
+def test_warm_up_changes_nothing_and_is_never_recorded(tmp_path):
+    from kdrun.strategies import build_strategy
+
     cfg = compose_cfg(tmp_path)
-    data, augment, runtime, teacher = setup(cfg)
-    outputs = build_teacher_outputs(cfg, data, runtime, teacher)
-    x = augment(data.train_x[:16], None, train=False)
-    outputs(Batch(x, data.train_y[:16], torch.arange(16), 0))
-    assert not any(outputs.cache.dir.glob("epoch_*"))
-    assert math.isfinite(float(outputs(Batch(x, data.train_y[:16], torch.arange(16), 0)).sum()))
+    data, augment, runtime, _ = setup(cfg)
+    cfg.teacher.checkpoint = None
+    strategy = build_strategy(cfg, data, augment, runtime)
+    before = {k: v.clone() for k, v in strategy.student.state_dict().items()}
+    rng = torch.get_rng_state()
+    # The model is not compiled (prepare did not), so this runs warm_up's step and its undoing quickly.
+    Runtime(runtime.device, runtime.precision, runtime.channels_last, compile=True).warm_up(
+        strategy, data, augment, cfg.trainer.batch_size)
+    after = strategy.student.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # BatchNorm statistics included
+    assert all(p.grad is None for p in strategy.parameters())
+    assert torch.equal(rng, torch.get_rng_state())
+    assert not any(strategy.teacher_outputs.cache.dir.glob("epoch_*"))
+
+
+@pytest.mark.slow
+def test_compile_is_in_place_so_checkpoints_do_not_change(tmp_path):
+    torch.manual_seed(0)
+    eager = build_model("cnn_student", 3, 8, 10)
+    compiled = Runtime(torch.device("cpu"), "fp32", True, compile=True).prepare(build_model("cnn_student", 3, 8, 10))
+    compiled.load_state_dict(eager.state_dict())
+    assert type(compiled) is type(eager) and list(compiled.state_dict()) == list(eager.state_dict())
+    x = torch.randn(4, 3, 8, 8)
+    assert torch.allclose(compiled(x.contiguous(memory_format=torch.channels_last)), eager(x), atol=1e-4)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -29,23 +28,26 @@ class BatchAugment:
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None, train: bool = True) -> Tensor:
-        if train and self.crop_padding:
-            x = self._random_crop(x, generator)
-        if train and self.hflip:
-            flip = torch.rand(len(x), generator=generator, device=x.device) < 0.5
-            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        if train and (self.crop_padding or self.hflip):
+            x = self._crop_and_flip(x, generator)
         if self.mean.device != x.device:  # move the constants once, not every batch
             self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
         return (x.float() / 255 - self.mean) / self.std
 
-    def _random_crop(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
-        """Pad every side by crop_padding, then cut an H x W window at a random offset per sample."""
+    def _crop_and_flip(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Random crop (as if zero-padded by crop_padding, then cut at a random offset per sample) and
+        random flip, in one gather: each output pixel reads its source pixel, or 0 in the padding.
+        The same as padding, slicing and flipping, without the padded copy or an index per channel."""
         n, c, h, w = x.shape
-        pad = self.crop_padding
-        padded = F.pad(x, (pad, pad, pad, pad))
-        dy, dx = torch.randint(0, 2 * pad + 1, (2, n, 1), generator=generator, device=x.device)
-        rows = (dy + torch.arange(h, device=x.device)).view(n, 1, h, 1)
-        cols = (dx + torch.arange(w, device=x.device)).view(n, 1, 1, w)
-        samples = torch.arange(n, device=x.device).view(n, 1, 1, 1)
-        channels = torch.arange(c, device=x.device).view(1, c, 1, 1)
-        return padded[samples, channels, rows, cols]
+        pad, device = self.crop_padding, x.device
+        dy, dx = (torch.randint(0, 2 * pad + 1, (2, n, 1), generator=generator, device=device) if pad
+                  else torch.zeros(2, n, 1, dtype=torch.long, device=device))
+        rows = dy - pad + torch.arange(h, device=device)  # (n, h) source rows
+        cols = dx - pad + torch.arange(w, device=device)  # (n, w) source columns
+        if self.hflip:
+            flip = torch.rand(n, generator=generator, device=device) < 0.5
+            cols = torch.where(flip.view(n, 1), cols.flip(1), cols)
+        inside = ((rows >= 0) & (rows < h)).view(n, h, 1) & ((cols >= 0) & (cols < w)).view(n, 1, w)
+        source = rows.clamp(0, h - 1).view(n, h, 1) * w + cols.clamp(0, w - 1).view(n, 1, w)
+        out = x.reshape(n, c, h * w).gather(2, source.view(n, 1, h * w).expand(n, c, h * w))
+        return out.view(n, c, h, w) * inside.view(n, 1, h, w)

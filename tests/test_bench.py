@@ -1,0 +1,30 @@
+"""`make bench` runs: its tiny mode goes through every part and writes bench.json (timings not asserted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench.py"
+
+
+def test_bench_runs_in_tiny_mode_and_writes_bench_json(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(BENCH), "--tiny", "--out", str(out)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    assert result["settings_name"] == "tiny"
+    (pair,) = result["pairs"]
+    for key in ("a_live", "a_warm_cache", "b_ratio", "b_target", "c_speedup_live"):
+        assert pair[key] > 0, key
+    # The sweep pays for the teacher once: the first job records every epoch, the others read them.
+    jobs = pair["b_sweep_jobs"]
+    assert jobs[0]["recorded_epochs"] == result["settings"]["epochs"]
+    assert all(j["cache_hit_epochs"] == result["settings"]["epochs"] and j["recorded_epochs"] == 0 for j in jobs[1:])
+    assert result["augmentation"]["d_vs_pil"] > 0 and result["peak_rss_mb"]["whole process"] > 0
+    assert "(a) KD / student, warm cache" in proc.stdout and "wrote" in proc.stdout
+    assert not list(tmp_path.glob("outputs"))  # everything it ran lived in a temporary directory
