@@ -74,6 +74,8 @@ def time_model(model: torch.nn.Module, runtime: Runtime, input_shape: tuple[int,
 def _time_model(model: torch.nn.Module, runtime: Runtime, input_shape: tuple[int, ...]) -> float:
     model.eval()
     x = torch.randn(1, *input_shape, device=runtime.device)
+    if runtime.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     with runtime.autocast():
         for _ in range(WARMUP):
             model(x)
@@ -95,7 +97,8 @@ class LatencyMeter:
         self._cache: dict[tuple, Latency] = {}
         self.problems: list[str] = []  # checkpoints that could not be measured, and why
 
-    def measure(self, checkpoint: Path, run_device: str, precision: str = "fp32") -> Latency | None:
+    def measure(self, checkpoint: Path, run_device: str, precision: str = "fp32",
+                channels_last: bool = False) -> Latency | None:
         try:
             payload = load_checkpoint(checkpoint)
         except CheckpointError as exc:
@@ -104,11 +107,12 @@ class LatencyMeter:
         meta = payload["model"]
         device, label = usable_device(run_device)
         precision = precision if device.type == torch.device(run_device or "cpu").type else "fp32"
-        key = (meta["arch"], meta["in_channels"], meta["image_size"], meta["num_classes"], label, precision)
+        key = (meta["arch"], meta["in_channels"], meta["image_size"], meta["num_classes"], label, precision,
+               channels_last)
         if key not in self._cache:
             model = build_model(meta["arch"], meta["in_channels"], meta["image_size"], meta["num_classes"])
             model.load_state_dict(payload["state_dict"])
-            runtime = Runtime(device, precision)
+            runtime = Runtime(device, precision, channels_last)
             seconds = time_model(runtime.prepare(model), runtime, (meta["in_channels"], meta["image_size"],
                                                                    meta["image_size"]))
             self._cache[key] = Latency(seconds * 1e3, 1.0 / seconds, label)

@@ -17,6 +17,7 @@ from rich.table import Table as RichTable
 
 from kdrun.console import console
 from kdrun.report.aggregate import Group, Stat, Study, TeacherRef, display_name, format_value, swept_keys
+from kdrun.report.jobs import JobRecord
 from kdrun.report.latency import Latency, LatencyMeter
 
 ACC = "test acc %"
@@ -134,22 +135,37 @@ def comparison_table(study: Study, meter: LatencyMeter | None = None) -> Table:
                    "on the device the run used (the CPU with one thread; the CPU also when that device is missing)."]
     if meter is not None and meter.problems:
         notes += [f"Not measured: {p}" for p in meter.problems]
-    return Table("comparison", columns, rows, csv_columns, csv_rows, notes)
+    title = "comparison"
+    devices = {r["latency_device"] for r in csv_rows if r["latency_device"]}
+    if len(devices) <= 1:  # one device for all: say it once, in the title
+        title += f" (latency at batch 1 on {devices.pop()})" if devices else ""
+        rows = [row[:-1] for row in rows]
+        columns = columns[:-1]
+    return Table(title, columns, rows, csv_columns, csv_rows, notes)
 
 
 def _teacher_latency(ref: TeacherRef, meter: LatencyMeter | None) -> Latency | None:
+    """One teacher's; an ensemble (strategy=multi_teacher records "a.pt,b.pt") runs each member in turn."""
     if meter is None or ref.job is None:
         return None
-    m = ref.job.metrics
-    return meter.measure(ref.job.resolve(ref.paths[0]), m.get("device", "cpu"), m.get("precision", "fp32"))
+    members = [meter.measure(ref.job.resolve(path), *_runtime_of(ref.job)) for path in ref.paths[0].split(",")]
+    if None in members:
+        return None
+    ms = sum(member.ms for member in members)
+    return Latency(ms, 1e3 / ms, members[0].device)
 
 
 def _group_latency(group: Group, meter: LatencyMeter | None) -> Latency | None:
     if meter is None:
         return None
     job = group.jobs[0]
-    return meter.measure(job.path / "checkpoints" / "last.pt", job.metrics.get("device", "cpu"),
-                         job.metrics.get("precision", "fp32"))
+    return meter.measure(job.path / "checkpoints" / "last.pt", *_runtime_of(job))
+
+
+def _runtime_of(job: JobRecord) -> tuple[str, str, bool]:
+    """How the job ran its models: device, precision, memory format."""
+    return (job.metrics.get("device", "cpu"), job.metrics.get("precision", "fp32"),
+            bool(job.config.get("device.channels_last", False)))
 
 
 # --- sweeps: accuracy against a swept scalar, and two scalars as a grid -------------------------------
@@ -162,10 +178,11 @@ def sweep_file_stem(keys: list[str]) -> str:
     return "sweep_" + "_x_".join(display_name(k) for k in keys)
 
 
-def reference_rows(study: Study) -> list[tuple[str, str, Stat, Stat | None]]:
-    """(role, model, test acc, best-epoch acc) of the teachers and the from-scratch students."""
-    rows = [("teacher", ref.arch, ref.stat(), None) for ref in study.teachers]
-    rows += [("scratch", g.arch, g.stat("final_test_acc"), g.stat("best_test_acc")) for g in study.scratch_refs]
+def reference_rows(study: Study) -> list[tuple[str, str, Stat, Stat | None, str]]:
+    """(role, model, test acc, best-epoch acc, seeds) of the teachers and the from-scratch students."""
+    rows = [("teacher", ref.arch, ref.stat(), None, "") for ref in study.teachers]
+    rows += [("scratch", g.arch, g.stat("final_test_acc"), g.stat("best_test_acc"), seeds_text(g))
+             for g in study.scratch_refs]
     return rows
 
 
@@ -175,10 +192,10 @@ def sweep_table(study: Study, key: str) -> Table:
     names = [display_name(k) for k in (*series, key)]
     columns = ["row", "model", *names, ACC, BEST, "n", "seeds"]
     rows, csv_rows = [], []
-    for role, model, acc, best in reference_rows(study):
-        rows.append([role, model, *([""] * len(names)), acc.text(), best.text() if best else "", str(acc.n), ""])
+    for role, model, acc, best, seeds in reference_rows(study):
+        rows.append([role, model, *([""] * len(names)), acc.text(), best.text() if best else "", str(acc.n), seeds])
         csv_rows.append({"row": role, "model": model, **stat_fields("test_acc", acc),
-                         **stat_fields("best_test_acc", best), "n": acc.n})
+                         **stat_fields("best_test_acc", best), "n": acc.n, "seeds": seeds})
     ordered = sorted(study.subjects, key=lambda g: tuple(_sort_key(g.setting.get(k)) for k in (*series, key)))
     for group in ordered:
         values = [format_value(group.setting.get(k)) for k in (*series, key)]
@@ -202,7 +219,7 @@ def grid_table(study: Study, x_key: str, y_key: str) -> Table:
     columns = [f"{y_name} \\ {x_name}", *(format_value(x) for x in xs)]
     rows = [[format_value(y), *(_grid_cell(cells.get((x, y))) for x in xs)] for y in ys]
     csv_rows = [{"row": role, "model": model, **stat_fields("test_acc", acc), **stat_fields("best_test_acc", best),
-                 "n": acc.n} for role, model, acc, best in reference_rows(study)]
+                 "n": acc.n, "seeds": seeds} for role, model, acc, best, seeds in reference_rows(study)]
     for (x, y), g in sorted(cells.items()):
         acc, best = g.stat("final_test_acc"), g.stat("best_test_acc")
         csv_rows.append({"row": g.strategy, "model": g.arch, x_name: format_value(x), y_name: format_value(y),
@@ -211,7 +228,7 @@ def grid_table(study: Study, x_key: str, y_key: str) -> Table:
     csv_columns = ["row", "model", x_name, y_name, "test_acc_mean", "test_acc_std", "best_test_acc_mean",
                    "best_test_acc_std", "n", "seeds"]
     notes = [f"Cells: {ACC} (the final epoch's), mean ± sample std (n seeds)."]
-    notes += [f"{role} {model}: {acc} {ACC}" for role, model, acc, _ in reference_rows(study)]
+    notes += [f"{role} {model}: {acc} {ACC}" for role, model, acc, _, _ in reference_rows(study)]
     return Table(f"{y_name} × {x_name}: {_subject_text(study)}", columns, rows, csv_columns, csv_rows, notes)
 
 
