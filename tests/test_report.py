@@ -265,7 +265,7 @@ def test_the_report_command_combines_runs_and_sweeps_from_separate_invocations(t
     assert rows[0]["latency_ms"] != rows[2]["latency_ms"]  # teacher and student measured apart
 
     md = (out / "comparison.md").read_text()
-    assert "| model | trained as | params | size MB | test acc % | best-epoch acc % | n | latency ms | images/s |" in md
+    assert "| model | trained as | params | size MB | test acc % | n | latency ms | images/s |" in md
     sweep_rows = read_csv(out / "temperature_sweep.csv")
     assert [r["row"] for r in sweep_rows] == ["teacher", "scratch", "kd", "kd", "kd"]
     assert_png(out / "temperature_sweep.png")
