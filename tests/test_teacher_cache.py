@@ -42,7 +42,8 @@ def training_views(cfg, data, augment, runtime: Runtime, epochs: int):
     n, batch_size = len(data.train_y), cfg.trainer.batch_size
     generator = data_generator(cfg.data_seed, runtime.device)
     for epoch in range(1, epochs + 1):
-        for index in batch_indices(n, batch_size, generator=generator, drop_last=drops_last(n, batch_size)):
+        for index in batch_indices(n, batch_size, generator=generator, drop_last=drops_last(n, batch_size),
+                                   device=runtime.device):
             yield Batch(augment(data.train_x[index], generator, train=True), data.train_y[index], index, epoch)
 
 
@@ -212,3 +213,25 @@ def test_compile_is_in_place_so_checkpoints_do_not_change(tmp_path):
     assert type(compiled) is type(eager) and list(compiled.state_dict()) == list(eager.state_dict())
     x = torch.randn(4, 3, 8, 8)
     assert torch.allclose(compiled(x.contiguous(memory_format=torch.channels_last)), eager(x), atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_a_gpu_steps_between_an_epochs_ends_copy_nothing_between_host_and_device(tmp_path):
+    cfg = compose_cfg(tmp_path, "device=cuda", "dataset.train_size=330", "batch_size=32")  # 10 steps an epoch
+    data, augment, runtime, teacher = setup(cfg)
+    batches = list(training_views(cfg, data, augment, runtime, epochs=1))
+    recording = build_teacher_outputs(cfg, data, runtime, teacher)
+    for batch in batches:
+        recording(batch)
+    live = build_teacher_outputs(compose_cfg(tmp_path, "device=cuda", "teacher.cache=false"), data, runtime, teacher)
+    cached = build_teacher_outputs(cfg, data, runtime, teacher)
+    for name, outputs in (("live", live), ("cached", cached)):
+        outputs(batches[0])  # a cached epoch moves to the device here, in one copy per tensor
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for batch in batches[1:-1]:
+                outputs(batch)
+            torch.cuda.synchronize()
+        copies = [e.name for e in prof.events() if "HtoD" in e.name or "DtoH" in e.name]
+        assert copies == [], (name, copies)
+    assert cached.summary()["teacher_cache_hits"] == 1

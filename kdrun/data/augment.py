@@ -24,30 +24,49 @@ class BatchAugment:
             raise ValueError(f"mean and std need one value per channel and std > 0, got {mean} and {std}")
         self.crop_padding = int(crop_padding)
         self.hflip = bool(hflip)
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        # normalised = x * scale + shift, with x in 0..255: (x / 255 - mean) / std in two passes, not four
+        mean, std = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+        self.scale = (1 / (255 * std)).view(1, -1, 1, 1)
+        self.shift = (-mean / std).view(1, -1, 1, 1)
+        self._patterns: dict[tuple, tuple[Tensor, Tensor]] = {}  # (h, w, device) -> see crop_patterns
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None, train: bool = True) -> Tensor:
         if train and (self.crop_padding or self.hflip):
             x = self._crop_and_flip(x, generator)
-        if self.mean.device != x.device:  # move the constants once, not every batch
-            self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
-        return (x.float() / 255 - self.mean) / self.std
+        if self.scale.device != x.device:  # move the constants once, not every batch
+            self.scale, self.shift = self.scale.to(x.device), self.shift.to(x.device)
+        return torch.mul(x, self.scale).add_(self.shift)
 
     def _crop_and_flip(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
         """Random crop (as if zero-padded by crop_padding, then cut at a random offset per sample) and
-        random flip, in one gather: each output pixel reads its source pixel, or 0 in the padding.
-        The same as padding, slicing and flipping, without the padded copy or an index per channel."""
+        random flip, as one gather: each sample draws one of the crop_patterns."""
         n, c, h, w = x.shape
-        pad, device = self.crop_padding, x.device
-        dy, dx = (torch.randint(0, 2 * pad + 1, (2, n, 1), generator=generator, device=device) if pad
-                  else torch.zeros(2, n, 1, dtype=torch.long, device=device))
-        rows = dy - pad + torch.arange(h, device=device)  # (n, h) source rows
-        cols = dx - pad + torch.arange(w, device=device)  # (n, w) source columns
+        k, device = 2 * self.crop_padding + 1, x.device
+        pattern = torch.zeros(n, dtype=torch.long, device=device)
+        if self.crop_padding:
+            dy, dx = torch.randint(0, k, (2, n), generator=generator, device=device)
+            pattern = dy * k + dx
         if self.hflip:
             flip = torch.rand(n, generator=generator, device=device) < 0.5
-            cols = torch.where(flip.view(n, 1), cols.flip(1), cols)
-        inside = ((rows >= 0) & (rows < h)).view(n, h, 1) & ((cols >= 0) & (cols < w)).view(n, 1, w)
-        source = rows.clamp(0, h - 1).view(n, h, 1) * w + cols.clamp(0, w - 1).view(n, 1, w)
-        out = x.reshape(n, c, h * w).gather(2, source.view(n, 1, h * w).expand(n, c, h * w))
-        return out.view(n, c, h, w) * inside.view(n, 1, h, w)
+            pattern = pattern * 2 + flip
+        key = (h, w, device)
+        if key not in self._patterns:
+            self._patterns[key] = self.crop_patterns(h, w, device)
+        source, inside = (table[pattern] for table in self._patterns[key])
+        out = x.reshape(n, c, h * w).gather(2, source.unsqueeze(1).expand(n, c, h * w))
+        return (out * inside.unsqueeze(1)).view(n, c, h, w)
+
+    def crop_patterns(self, h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """For each crop offset (dy, dx), and flip if hflip: which pixel of an H x W image each output pixel
+        reads (int64, (patterns, H*W)), and whether it lies inside the image rather than in the padding
+        (uint8). Pattern number: dy * (2p+1) + dx, then times 2 plus the flip."""
+        pad, k = self.crop_padding, 2 * self.crop_padding + 1
+        offsets = torch.arange(k, device=device) - pad
+        rows = offsets.repeat_interleave(k).view(-1, 1) + torch.arange(h, device=device)  # (k*k, h)
+        cols = offsets.repeat(k).view(-1, 1) + torch.arange(w, device=device)  # (k*k, w)
+        if self.hflip:
+            rows, cols = rows.repeat_interleave(2, 0), cols.repeat_interleave(2, 0)
+            cols[1::2] = cols[1::2].flip(1)
+        inside = ((rows >= 0) & (rows < h)).unsqueeze(2) & ((cols >= 0) & (cols < w)).unsqueeze(1)
+        source = rows.clamp(0, h - 1).unsqueeze(2) * w + cols.clamp(0, w - 1).unsqueeze(1)
+        return source.flatten(1), inside.flatten(1).to(torch.uint8)
