@@ -21,7 +21,7 @@ from kdrun.console import console
 from kdrun.data import DatasetNotFoundError
 from kdrun.errors import Interrupted, KdrunError
 from kdrun.report.tables import print_run_summary
-from kdrun.resume import register_resolvers, resume_command
+from kdrun.resume import check_resume_argument, is_completed, register_resolvers, resume_command
 from kdrun.run import record_failure, run_experiment
 
 # Errors whose message is the whole story: print it, no traceback.
@@ -62,7 +62,7 @@ def _hydra_main(cfg: DictConfig) -> dict | None:
             console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
         else:
             console.print(traceback.format_exc())
-        if (run_dir / "checkpoints" / "last.pt").is_file():
+        if (run_dir / "checkpoints" / "last.pt").is_file() and not is_completed(run_dir):
             console.print(f"to go on from the last checkpoint: [bold]{resume_command(resume_target, multirun)}[/]",
                           soft_wrap=True)
         if not multirun:
@@ -81,6 +81,11 @@ def _record(run_dir: Path, exc: BaseException, overrides: list[str], **kwargs) -
 
 
 def main() -> None:
+    try:
+        check_resume_argument(sys.argv[1:])  # before Hydra makes any directory
+    except KdrunError as exc:
+        console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        sys.exit(2)
     _hydra_main()
     if _failed_jobs:
         console.print(f"[bold red]{len(_failed_jobs)} job(s) failed:[/] " + "; ".join(_failed_jobs))

@@ -55,6 +55,15 @@ def output_dir(resume, default: str, *, sweep: bool) -> str:
     return str(path)
 
 
+def check_resume_argument(argv: list[str]) -> None:
+    """Check a `resume=DIR` on the command line before Hydra resolves (and creates) any directory."""
+    sweep = "-m" in argv or "--multirun" in argv
+    for arg in argv:
+        key, _, value = arg.lstrip("+").partition("=")
+        if key == "resume" and value not in ("", "null", "auto"):
+            output_dir(value, "", sweep=sweep)
+
+
 def claim_new_dir(base: str) -> str:
     """`base`, else `base-1`, `base-2`, ...: the first one this process creates. mkdir either creates a
     directory or fails, so two processes never get the same one."""

@@ -28,11 +28,11 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) ->
     validate(cfg)
     check_can_start(cfg, run_dir)
     resume = cfg.resume is not None
-    if resume and is_completed(run_dir):
-        console.print(f"[green]already completed:[/] {run_dir} (its metrics.json); skipping it")
-        return read_summary(run_dir)
     if resume:
         check_same_config(cfg, run_dir)
+        if is_completed(run_dir):
+            console.print(f"[green]already completed:[/] {run_dir} (its metrics.json); skipping it", soft_wrap=True)
+            return read_summary(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     logger = build_logger(cfg.logger, run_dir)  # before any training: a missing tensorboard fails fast

@@ -131,9 +131,14 @@ def cache_lock(cache_dir: Path) -> Iterator[None]:
 
     The kernel drops the lock when its holder dies, even by SIGKILL, so it never goes stale.
     """
-    cache_dir.parent.mkdir(parents=True, exist_ok=True)
     lock_path = cache_dir.with_name(f"{cache_dir.name}.lock")
-    with open(lock_path, "a") as lock:
+    try:
+        cache_dir.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(lock_path, "a")
+    except OSError:  # a read-only shared cache: reading needs no lock, and writing fails with its own message
+        yield
+        return
+    with lock:
         if fcntl is not None:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -188,7 +193,11 @@ def load_cached(cache_dir: Path, recipe: dict, data: DatasetSplits, runtime: Run
         except (CheckpointError, RuntimeError) as exc:  # a whole file that still does not load
             problem = str(exc)
     quarantine = cache_dir.with_name(f"{cache_dir.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
-    os.rename(cache_dir, quarantine)
+    try:
+        os.rename(cache_dir, quarantine)
+    except OSError as exc:
+        raise CheckpointError(f"cached teacher {cache_dir} is not trusted: {problem}. It could not be moved "
+                              f"aside ({exc.strerror}); remove it, and kdrun trains a new one") from exc
     console.print(f"[bold red]cached teacher {cache_dir} is not trusted:[/] {problem}. "
                   f"Moved it to {quarantine.name}; training a new one.", soft_wrap=True)
     return None
