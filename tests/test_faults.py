@@ -566,10 +566,10 @@ def test_an_interrupted_teacher_training_resumes_from_its_partial_directory(tmp_
 def test_concurrent_runs_train_a_missing_teacher_once_and_never_share_a_run_directory(tmp_path):
     args = ["dataset=digits", "teacher=mlp", "student=cnn_student", "epochs=1", "teacher.epochs=3",
             "trainer.progress=false"]
-    # Take every time-stamped run directory of the next two minutes: the runs must find new ones.
+    # Take every time-stamped run directory of the next ten minutes: the runs must find new ones.
     now = datetime.now()
     taken = [tmp_path / "outputs" / "runs" / f"{t:%Y-%m-%d}" / f"{t:%H-%M-%S}_kd_cnn_student"
-             for t in (now + timedelta(seconds=s) for s in range(120))]
+             for t in (now + timedelta(seconds=s) for s in range(600))]
     for d in taken:
         d.mkdir(parents=True)
     procs = [start(tmp_path, *args), start(tmp_path, *args)]
