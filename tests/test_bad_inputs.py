@@ -4,7 +4,6 @@ itself is covered where it matters (test_cli.py has more)."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import pickle
 import re
