@@ -29,7 +29,10 @@ demo:
 # trained from scratch on the same seeds, and the teacher (trained once, then cached).
 # Scratch ignores T, so it runs as its own 3-job sweep rather than 15 repeats; then
 # kdrun-report puts both sweeps in one table and plot (temperature_sweep.md/.png).
+# One torch thread unless you say otherwise: the digits models are tiny, and on a busy
+# 2-core machine two threads waiting for each other made this demo over 4x slower.
 SWEEP_DEMO_DIR := outputs/sweeps/sweep-demo/$(shell date +%Y-%m-%d_%H-%M-%S)
+sweep-demo: export OMP_NUM_THREADS ?= 1
 sweep-demo:
 	$(KDRUN) -m experiment=quickstart strategy=scratch seed=0,1,2 hydra.sweep.dir=$(SWEEP_DEMO_DIR)/scratch
 	$(KDRUN) -m experiment=quickstart T=1,2,4,8,16 seed=0,1,2 hydra.sweep.dir=$(SWEEP_DEMO_DIR)/kd
