@@ -200,7 +200,7 @@ class OutputCache:
             f.write(header)
             f.write(payload)
 
-    def _damaged(self, path: Path, why: str) -> EpochOutputs | None:
+    def _damaged(self, path: Path, why: str) -> None:
         console.print(f"[yellow]teacher-output cache:[/] {path} is damaged ({why}); "
                       "recomputing that epoch from the teacher")
         return None
@@ -229,12 +229,10 @@ class TeacherOutputs:
         self._mismatches: Tensor | None = None  # views unlike the cached ones, counted on the device
 
     def __call__(self, batch: Batch) -> Tensor:
-        if batch.epoch == 0:
-            if not self.live_needed:  # nothing to compile: every epoch comes from the cache
-                return torch.zeros(len(batch.x), self.fmt.num_classes, device=batch.x.device)
-            return self.fmt.decode(*self.fmt.encode(self.live(batch.x)))
-        if self.cache is None:
-            return self.fmt.decode(*self.fmt.encode(self.live(batch.x)))
+        if batch.epoch == 0 and not self.live_needed:  # a warm-up with nothing to compile: all epochs are cached
+            return torch.zeros(len(batch.x), self.fmt.num_classes, device=batch.x.device)
+        if batch.epoch == 0 or self.cache is None:
+            return self.fmt.round(self.live(batch.x))
         if batch.epoch != self._epoch:
             self._begin(batch.epoch, batch.x.device)
         checks = view_checks(batch.x)
