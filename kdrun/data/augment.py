@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -24,18 +25,18 @@ class BatchAugment:
             raise ValueError(f"mean and std need one value per channel and std > 0, got {mean} and {std}")
         self.crop_padding = int(crop_padding)
         self.hflip = bool(hflip)
-        # normalised = x * scale + shift, with x in 0..255: (x / 255 - mean) / std in two passes, not four
+        # normalised = x * scale + shift, with x in 0..255: (x / 255 - mean) / std in fewer passes
         mean, std = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
         self.scale = (1 / (255 * std)).view(1, -1, 1, 1)
         self.shift = (-mean / std).view(1, -1, 1, 1)
-        self._patterns: dict[tuple, tuple[Tensor, Tensor]] = {}  # (h, w, device) -> see crop_patterns
+        self._patterns: dict[tuple, Tensor] = {}  # (h, w, device) -> crop_patterns
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None, train: bool = True) -> Tensor:
         if train and (self.crop_padding or self.hflip):
             x = self._crop_and_flip(x, generator)
         if self.scale.device != x.device:  # move the constants once, not every batch
             self.scale, self.shift = self.scale.to(x.device), self.shift.to(x.device)
-        return torch.mul(x, self.scale).add_(self.shift)
+        return x.float().mul_(self.scale).add_(self.shift)
 
     def _crop_and_flip(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
         """Random crop (as if zero-padded by crop_padding, then cut at a random offset per sample) and
@@ -52,14 +53,14 @@ class BatchAugment:
         key = (h, w, device)
         if key not in self._patterns:
             self._patterns[key] = self.crop_patterns(h, w, device)
-        source, inside = (table[pattern] for table in self._patterns[key])
-        out = x.reshape(n, c, h * w).gather(2, source.unsqueeze(1).expand(n, c, h * w))
-        return (out * inside.unsqueeze(1)).view(n, c, h, w)
+        source = self._patterns[key].index_select(0, pattern)
+        planes = F.pad(x.reshape(n, c, h * w), (0, 1))  # a 0 after each plane: what the padding reads
+        return planes.gather(2, source.unsqueeze(1).expand(n, c, h * w)).view(n, c, h, w)
 
-    def crop_patterns(self, h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        """For each crop offset (dy, dx), and flip if hflip: which pixel of an H x W image each output pixel
-        reads (int64, (patterns, H*W)), and whether it lies inside the image rather than in the padding
-        (uint8). Pattern number: dy * (2p+1) + dx, then times 2 plus the flip."""
+    def crop_patterns(self, h: int, w: int, device: torch.device) -> Tensor:
+        """For each crop offset (dy, dx), and flip if hflip, the pixel of an H x W image that each output
+        pixel reads, or H*W where it falls in the padding: int64 (patterns, H*W). Pattern number:
+        dy * (2p+1) + dx, then times 2 plus the flip."""
         pad, k = self.crop_padding, 2 * self.crop_padding + 1
         offsets = torch.arange(k, device=device) - pad
         rows = offsets.repeat_interleave(k).view(-1, 1) + torch.arange(h, device=device)  # (k*k, h)
@@ -69,4 +70,4 @@ class BatchAugment:
             cols[1::2] = cols[1::2].flip(1)
         inside = ((rows >= 0) & (rows < h)).unsqueeze(2) & ((cols >= 0) & (cols < w)).unsqueeze(1)
         source = rows.clamp(0, h - 1).unsqueeze(2) * w + cols.clamp(0, w - 1).unsqueeze(1)
-        return source.flatten(1), inside.flatten(1).to(torch.uint8)
+        return torch.where(inside, source, h * w).flatten(1)
