@@ -33,6 +33,11 @@ class Runtime:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
+    def synchronize(self) -> None:
+        """Wait for the device's queued work (a no-op on the CPU), e.g. before reading a clock."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def grad_scaler(self) -> torch.amp.GradScaler:
         """A GradScaler that is only active for fp16, where small gradients underflow."""
         return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")

@@ -257,6 +257,7 @@ class _Fit:
                 self._save_last()
                 if interrupt.requested:
                     return False
+        runtime.synchronize()  # the epoch's time includes the device work still queued
         totals.seconds += time.perf_counter() - t0
         self.watch.check(self._kept())
         return True
