@@ -290,3 +290,14 @@ def test_cli_self(tmp_path, teachers):
     assert {"loss_ce", "loss_head0_kd", "loss_head1_hint", "head0_test_acc", "head1_test_acc"} <= set(epochs[0])
     assert set(summary["head_test_acc"]) == {"head0", "head1"}
     assert_saved_student_is_plain(run_dir, "resnet8")
+
+
+def test_vector_stages_work_too_self_on_an_mlp_and_a_hint_between_mlps():
+    torch.manual_seed(0)
+    mlp = build_model("mlp", 1, 8, 10)
+    strategy = SelfDistillation(mlp, stage_shapes("mlp", 1, 8, 10), KD_OBJECTIVE, ce_weight=1.0, hint_weight=1.0)
+    out = strategy.step(batch())
+    assert set(out.losses) == {"ce", "head0_ce", "head0_kd", "head0_hint"}
+    loss = OmegaConf.merge(compose_cfg().loss, {"hint_weight": 1.0, "hint_student_stage": 0})
+    terms = plan_feature_terms(loss, "mlp", "mlp", DIGITS)
+    assert terms.hint_shapes == ((256,), (256,))
