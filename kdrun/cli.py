@@ -15,6 +15,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from rich.markup import escape
 
 from kdrun.config import check_known_keys
 from kdrun.console import console
@@ -49,7 +50,7 @@ def _hydra_main(cfg: DictConfig) -> dict | None:
     except Interrupted as exc:
         command = resume_command(resume_target, multirun)
         _record(run_dir, exc, overrides, status="interrupted", resume=command)
-        console.print(f"[bold yellow]{exc}[/]\nto resume: [bold]{command}[/]", soft_wrap=True)
+        console.print(f"[bold yellow]{escape(str(exc))}[/]\nto resume: [bold]{escape(command)}[/]", soft_wrap=True)
         sys.exit(INTERRUPTED)  # in a sweep too: Ctrl-C stops the sweep, not one job
     except KeyboardInterrupt:  # before training began (loading data, building models): nothing to save
         console.print("[bold yellow]interrupted[/] before training began; nothing was saved", soft_wrap=True)
@@ -59,11 +60,11 @@ def _hydra_main(cfg: DictConfig) -> dict | None:
         if not multirun and not isinstance(exc, USER_ERRORS):
             raise
         if isinstance(exc, USER_ERRORS):
-            console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         else:
-            console.print(traceback.format_exc())
+            console.print(traceback.format_exc(), markup=False, highlight=False)
         if (run_dir / "checkpoints" / "last.pt").is_file() and not is_completed(run_dir):
-            console.print(f"to go on from the last checkpoint: [bold]{resume_command(resume_target, multirun)}[/]",
+            console.print(f"to go on from the last checkpoint: [bold]{escape(resume_command(resume_target, multirun))}[/]",
                           soft_wrap=True)
         if not multirun:
             sys.exit(2)
@@ -77,18 +78,18 @@ def _record(run_dir: Path, exc: BaseException, overrides: list[str], **kwargs) -
     try:
         record_failure(run_dir, exc, overrides, **kwargs)
     except OSError as write_error:
-        console.print(f"[red]could not record the failure in metrics.json:[/] {write_error}", soft_wrap=True)
+        console.print(f"[red]could not record the failure in metrics.json:[/] {escape(str(write_error))}", soft_wrap=True)
 
 
 def main() -> None:
     try:
         check_resume_argument(sys.argv[1:])  # before Hydra makes any directory
     except KdrunError as exc:
-        console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(2)
     _hydra_main()
     if _failed_jobs:
-        console.print(f"[bold red]{len(_failed_jobs)} job(s) failed:[/] " + "; ".join(_failed_jobs))
+        console.print(f"[bold red]{len(_failed_jobs)} job(s) failed:[/] " + escape("; ".join(_failed_jobs)))
         sys.exit(1)
 
 

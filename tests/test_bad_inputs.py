@@ -25,16 +25,12 @@ from kdrun.models import build_model
 from kdrun.resume import check_resume_argument, claim_new_dir, output_dir
 from kdrun.run import record_failure, run_experiment
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # in-process training: one thread is faster here
+
 BASE = ["dataset=digits", "dataset.limit_train=200", "dataset.limit_test=100", "student=mlp", "strategy=scratch",
         "epochs=1", "trainer.progress=false"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def compose_cfg(*overrides: str, choices: bool = False):

@@ -37,6 +37,8 @@ from kdrun.runtime import Runtime, seed_everything
 from kdrun.strategies.scratch import Scratch
 from kdrun.trainer import Trainer, TrainerConfig
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # in-process training: one thread is faster here
+
 # A scratch run of ~90 steps per epoch that saves last.pt every 5 steps: long enough to be
 # killed mid-epoch, short enough for the suite.
 RUN = ["dataset=digits", "student=cnn_student", "strategy=scratch", "optim=adamw", "epochs=2", "batch_size=16",
@@ -203,13 +205,6 @@ def test_a_killed_multirun_resumes_skipping_finished_jobs(tmp_path):
 # ---- 1b. resume in-process: a crash at an exact step ------------------------------------------
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """In-process training on one thread: faster on a shared machine, and steadier."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
