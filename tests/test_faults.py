@@ -184,12 +184,12 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path):
 def test_a_killed_multirun_resumes_skipping_finished_jobs(tmp_path):
     sweep = [*RUN, "epochs=1", "seed=0,1"]
     proc = start(tmp_path, "-m", *sweep)
-    job1_last = lambda: next(tmp_path.glob("outputs/sweeps/*/*/1_*/checkpoints/last.pt"), None)  # noqa: E731
+    job1_last = lambda: next(tmp_path.glob("outputs/sweeps/*/*/1/checkpoints/last.pt"), None)  # noqa: E731
     wait_for(lambda: job1_last() and mid_epoch(job1_last(), 1)(), proc=proc)
     proc.kill()
     finish(proc)
     (sweep_dir,) = tmp_path.glob("outputs/sweeps/*/*")
-    (job0,) = sweep_dir.glob("0_*")
+    job0 = sweep_dir / "0"
     assert json.loads((job0 / "metrics.json").read_text())["status"] == "completed"
     job0_files = {p: p.stat().st_mtime_ns for p in (job0 / "metrics.json", job0 / "checkpoints" / "last.pt")}
 
