@@ -9,9 +9,11 @@ Measured on this machine, in one run, on synthetic data with CIFAR shapes (so it
   (e) the process's peak memory
 plus the device options (memory format, precision, compile) on one student step.
 
-Runs are real kdrun runs (run_experiment, as the CLI calls it); a run's step time is its epoch's
-training time (metrics.jsonl "seconds", evaluation excluded) over its steps. The first epoch of every
-run, and a whole run before any of them, are warm-ups; every number is a median over repetitions.
+Runs are real kdrun runs (run_experiment, as the CLI calls it), each teacher trained first into kdrun's
+teacher cache (not timed), as a sweep finds it. A run's step time is its epoch's training time
+(metrics.jsonl "seconds", evaluation excluded) over its steps. The first epoch of every run, and a whole
+run before any of them, are warm-ups; every number is a median over repetitions. Student-only runs
+alternate with the sweep's jobs, so that a change in the machine's load weighs on both alike.
 Prints a table and writes bench.json. `--tiny` runs every part at toy sizes in seconds (the test suite
 does; its timings mean nothing).
 """
@@ -35,7 +37,6 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 from rich.table import Table
 
-from kdrun.checkpoint import save_checkpoint
 from kdrun.console import console
 from kdrun.data import BatchAugment, load_dataset, num_batches
 from kdrun.models import build_model
@@ -59,8 +60,8 @@ class Settings:
     reps: int  # repetitions of the micro-benchmarks (augmentation, device options)
 
 
-FULL = Settings(pairs=(("resnet56", "resnet20"), ("cnn_teacher", "cnn_student")), train_size=1024, test_size=256,
-                batch_size=128, epochs=3, students=5, temperatures=(1, 2, 4, 8, 16), plain_epochs=3,
+FULL = Settings(pairs=(("resnet56", "resnet20"), ("cnn_teacher", "cnn_student")), train_size=1536, test_size=256,
+                batch_size=128, epochs=4, students=5, temperatures=(1, 2, 4, 8, 16), plain_epochs=3,
                 augment_images=2048, reps=5)
 TINY = Settings(pairs=(("cnn_teacher", "cnn_student"),), train_size=32, test_size=16, batch_size=16, epochs=2,
                 students=1, temperatures=(1, 4), plain_epochs=2, augment_images=32, reps=1)
@@ -97,9 +98,10 @@ class Bench:
 
     def compose(self, *overrides: str):
         s = self.s
+        # teacher.epochs=1 and a gentle lr: the teacher's training is setup, and no run may diverge
         common = ["dataset=synthetic", f"dataset.train_size={s.train_size}", f"dataset.test_size={s.test_size}",
-                  f"batch_size={s.batch_size}", f"epochs={s.epochs}", "trainer.progress=false",
-                  f"paths.outputs={self.root}"]
+                  f"batch_size={s.batch_size}", f"epochs={s.epochs}", "teacher.epochs=1", "optim.lr=0.01",
+                  "trainer.progress=false", f"paths.outputs={self.root}"]
         with initialize_config_module(config_module="kdrun.conf", version_base="1.3"):
             return compose(config_name="config", overrides=[*common, *overrides])
 
@@ -113,23 +115,32 @@ class Bench:
         steps = num_batches(self.s.train_size, self.s.batch_size, drop_last=self.s.train_size > self.s.batch_size)
         return Run(wall, [r["seconds"] / steps for r in records], [r["seconds"] for r in records], summary)
 
-    def teacher_checkpoint(self, arch: str) -> Path:
-        """A teacher at its initial weights: what it knows does not change what it costs."""
-        path = self.root / f"{arch}.pt"
-        torch.manual_seed(0)
-        save_checkpoint(path, build_model(arch, 3, 32, 10), epoch=0, test_acc=0.0)
-        return path
+    def train_teacher(self, *overrides: str) -> None:
+        """Put the teacher in kdrun's teacher cache (teacher.epochs=1: what it knows does not change what
+        it costs), as a sweep finds it after its first run; not timed."""
+        from kdrun.teachers import resolve_teacher
+
+        cfg = self.compose(*overrides)
+        data = load_dataset(cfg.dataset, self.runtime.device)
+        augment = BatchAugment(cfg.dataset.augment.crop_padding, cfg.dataset.augment.hflip, data.mean, data.std)
+        resolve_teacher(cfg, data, augment, self.runtime)
 
     # ---- (a), (b) and kdrun's side of (c) ---------------------------------------------------------
 
     def pair(self, teacher: str, student: str) -> dict:
         s = self.s
-        kd = ["strategy=kd", f"teacher={teacher}", f"student={student}",
-              f"teacher.checkpoint={self.teacher_checkpoint(teacher)}"]
-        students = [self.run(f"{student}_alone_seed{seed}", "strategy=scratch", f"student={student}", f"seed={seed}")
-                    for seed in range(s.students)]
+        kd = ["strategy=kd", f"teacher={teacher}", f"student={student}"]
+        self.train_teacher(*kd)
+        # Student-only runs alternate with the sweep's jobs, so a machine that gets busier or quieter
+        # meanwhile weighs on both sides alike.
+        students, sweep = [], []
+        for i in range(max(s.students, len(s.temperatures))):
+            if i < s.students:
+                students.append(self.run(f"{student}_alone_seed{i}", "strategy=scratch", f"student={student}",
+                                         f"seed={i}"))
+            if i < len(s.temperatures):
+                sweep.append(self.run(f"{teacher}_{student}_T{s.temperatures[i]}", *kd, f"T={s.temperatures[i]}"))
         live = self.run(f"{teacher}_{student}_live", *kd, "teacher.cache=false")
-        sweep = [self.run(f"{teacher}_{student}_T{T}", *kd, f"T={T}") for T in s.temperatures]
         self.memory[f"after {teacher}->{student} runs"] = peak_rss_mb()
 
         student_step = median(x for r in students for x in r.step_s)
