@@ -202,7 +202,7 @@ class OutputCache:
 
     def _damaged(self, path: Path, why: str) -> None:
         console.print(f"[yellow]teacher-output cache:[/] {path} is damaged ({why}); "
-                      "recomputing that epoch from the teacher")
+                      "recomputing that epoch from the teacher", soft_wrap=True)
         return None
 
 
@@ -293,7 +293,7 @@ class TeacherOutputs:
             self.cache.save(self._epoch, outputs)
         except OSError as exc:  # a full disk: the run goes on without recording
             console.print(f"[yellow]teacher-output cache:[/] could not save epoch {self._epoch} ({exc}); "
-                          "this run records no more epochs")
+                          "this run records no more epochs", soft_wrap=True)
             self.samples_per_epoch = None
             return
         self.recorded += 1
@@ -355,7 +355,7 @@ def build_teacher_outputs(cfg, data: DatasetSplits, runtime: Runtime, teacher: n
     need, free = missing * cache.epoch_bytes, _free_bytes(cache.dir)
     console.print(f"[green]teacher outputs[/] cached in {cache.dir}: {epochs} epochs x {n} samples x {fmt.describe()} "
                   f"= {_size(epochs * cache.epoch_bytes)} on disk; {epochs - missing} epochs there, "
-                  f"{_size(need)} to record ({_size(free)} free)")
+                  f"{_size(need)} to record ({_size(free)} free)", soft_wrap=True)
     if missing and need + DISK_MARGIN > free:
         raise TeacherCacheError(
             f"the teacher-output cache needs {_size(need)} more in {cache.dir}, but only {_size(free)} is free there "
