@@ -24,7 +24,7 @@ from kdrun.errors import ConfigError
 # Keys that may differ between a run and its resume: they say where files are or how the run
 # is watched, not what is trained. The device may change too (a resume checks the device type).
 RESUME_MAY_CHANGE = ("resume", "paths", "trainer.progress", "checkpoint", "dataset.root", "dataset.download",
-                     "device", "logger")
+                     "device", "logger", "teacher.cache")
 
 _claimed: dict[str, str] = {}  # base -> directory this process created for it
 

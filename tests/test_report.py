@@ -326,3 +326,19 @@ def test_tensorboard_logs_every_epoch_record(tmp_path):
     events.Reload()
     assert {"loss/total", "loss/ce", "accuracy/test"} <= set(events.Tags()["scalars"])
     assert [(e.step, e.value) for e in events.Scalars("accuracy/test")] == [(1, 51.0), (2, 52.0)]
+
+
+def test_speed_only_keys_do_not_split_seed_groups(tmp_path):
+    """teacher.cache and channels_last change how fast, not what is trained."""
+    from kdrun.report.aggregate import setting
+    from kdrun.report.jobs import read_job
+
+    a, b = make_job(tmp_path / "a", seed=0), make_job(tmp_path / "b", seed=1)
+    config = yaml.safe_load((b / "config.yaml").read_text())
+    config["teacher"]["cache"] = False
+    config.setdefault("device", {})["channels_last"] = True
+    (b / "config.yaml").write_text(yaml.safe_dump(config))
+    assert setting(read_job(a)) == setting(read_job(b))
+    config["loss"]["T"] = 8.0  # a real setting still splits them
+    (b / "config.yaml").write_text(yaml.safe_dump(config))
+    assert setting(read_job(a)) != setting(read_job(b))

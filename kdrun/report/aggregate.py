@@ -19,7 +19,8 @@ SEED_KEYS = ("seed", "data_seed", "teacher.seed")
 # Keys that say where files go, how a run is shown or how fast it runs, not what is
 # trained. A trailing dot covers a whole subtree.
 NOT_SETTINGS = ("name", "paths.", "trainer.progress", "dataset.root", "dataset.download", "logger.", "resume",
-                "checkpoint.", "device.channels_last", "device.compile", "trainer.eval_batch_size")
+                "checkpoint.", "device.channels_last", "device.compile", "trainer.eval_batch_size",
+                "teacher.cache")  # the cache serves the same rounded targets as the live teacher
 # Short keys that conf/config.yaml interpolates into a group: the group key holds the value.
 SHORT_KEYS = {"T": "loss.T", "epochs": "trainer.epochs", "batch_size": "trainer.batch_size"}
 # What a job that distills nothing does not use.
