@@ -1,9 +1,11 @@
 """The interface every model in the zoo shares."""
 
+from abc import ABC, abstractmethod
+
 from torch import Tensor, nn
 
 
-class KDModel(nn.Module):
+class KDModel(nn.Module, ABC):
     """A classifier that can also return its intermediate features.
 
     Subclasses implement `forward_features`; `forward` reuses it so there is
@@ -21,9 +23,9 @@ class KDModel(nn.Module):
         self.num_classes = num_classes
         self.stage_channels = list(stage_channels)
 
+    @abstractmethod
     def forward_features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
         """Return (the output of each stage, the logits)."""
-        raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_features(x)[1]

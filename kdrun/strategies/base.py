@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -23,7 +24,7 @@ class StepOutput:
     losses: dict[str, torch.Tensor]  # weighted terms; the trainer minimises their sum
 
 
-class Strategy:
+class Strategy(ABC):
     """One way of training. The trainer knows nothing about distillation: it asks a
     strategy for the loss of a batch and which parameters to optimise."""
 
@@ -38,8 +39,9 @@ class Strategy:
     def train(self) -> None:
         self.student.train()
 
+    @abstractmethod
     def step(self, batch: Batch) -> StepOutput:
-        raise NotImplementedError
+        """The student's logits and the weighted loss terms for one batch."""
 
     def epoch_metrics(self, evaluate: Callable[[nn.Module], float]) -> dict:
         """Extra per-epoch numbers for metrics.jsonl; `evaluate(model)` gives a model's test accuracy."""
