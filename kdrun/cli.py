@@ -23,6 +23,7 @@ from importlib import resources
 
 from kdrun.console import console
 from kdrun.data import DatasetNotFoundError
+from kdrun.distributed import init_world, launched_by_torchrun, processes_on_command_line, relaunch
 from kdrun.errors import ConfigError, Interrupted, KdrunError
 from kdrun.report.tables import print_run_summary
 from kdrun.resume import check_resume_argument, is_completed, register_resolvers, resume_command
@@ -49,7 +50,7 @@ def _hydra_main(cfg: DictConfig) -> dict | None:
     try:
         label = f"job {hc.job.num} {cfg.strategy.name}" if multirun else cfg.strategy.name
         summary = run_experiment(cfg, run_dir, overrides, label=label)
-        if not multirun:
+        if not multirun and init_world().is_main:
             print_run_summary(summary, run_dir)
         return summary
     except Interrupted as exc:
@@ -110,9 +111,17 @@ def main() -> None:
         import_plugins(plugins_on_command_line(sys.argv[1:]))  # their strategies' keys are known keys too
         check_override_keys(sys.argv[1:], config_groups(), any_strategy_config())
         check_resume_argument(sys.argv[1:])
+        processes = processes_on_command_line(sys.argv[1:])
+        if processes > 1 and ("-m" in sys.argv or "--multirun" in sys.argv):
+            raise ConfigError(f"device.processes={processes} runs one job over several processes; a sweep (-m) "
+                              "runs its jobs through a Hydra launcher instead (hydra/launcher=joblib, submitit_*)")
     except KdrunError as exc:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(2)
+    if processes > 1 and not launched_by_torchrun():
+        relaunch(sys.argv[1:], processes)
+    if not init_world().is_main:  # rank 0 keeps Hydra's own files (.hydra/, the job log) for the run
+        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     _hydra_main()
     if _failed_jobs:
         console.print(f"[bold red]{len(_failed_jobs)} job(s) failed:[/] " + escape("; ".join(_failed_jobs)))

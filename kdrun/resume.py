@@ -19,6 +19,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from kdrun.distributed import current_world
 from kdrun.errors import ConfigError
 from kdrun.schema import keys_with_role
 
@@ -67,6 +68,9 @@ def check_resume_argument(argv: list[str]) -> None:
 def claim_new_dir(base: str) -> str:
     """`base`, else `base-1`, `base-2`, ...: the first one this process creates. mkdir either creates a
     directory or fails, so two processes never get the same one."""
+    world = current_world()
+    if base not in _claimed and not world.is_main:  # one run, one directory: rank 0's
+        _claimed[base] = world.from_main(None)
     if base not in _claimed:
         path = Path(base)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +82,7 @@ def claim_new_dir(base: str) -> str:
             except FileExistsError:
                 n += 1
                 candidate = path.with_name(f"{path.name}-{n}")
-        _claimed[base] = str(candidate)
+        _claimed[base] = world.from_main(str(candidate))
     return _claimed[base]
 
 

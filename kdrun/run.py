@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdrun.console import console
 from kdrun.data import BatchAugment, load_dataset
+from kdrun.distributed import current_world
 from kdrun.errors import DataError
 from kdrun.io import atomic_write_json, atomic_write_text
 from kdrun.report.loggers import build_logger
@@ -41,6 +42,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] = (), la
     With `resume` set, a completed run is skipped and a stopped one goes on from its last.pt.
     """
     method = check_run_config(cfg)
+    world = current_world()  # several processes under torchrun: rank 0 alone writes files
     check_can_start(cfg, run_dir)
     resume = cfg.resume is not None
     if resume:
@@ -48,16 +50,19 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] = (), la
         if is_completed(run_dir):
             console.print(f"[green]already completed:[/] {run_dir} (its metrics.json); skipping it", soft_wrap=True)
             return read_summary(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    logger = build_logger(cfg.logger, run_dir)  # before any training: a missing tensorboard fails fast
+    world.barrier()  # every rank has looked at run_dir before rank 0 writes into it
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    # before any training: a missing tensorboard fails fast
+    logger = build_logger(cfg.logger if world.is_main else OmegaConf.create({"name": "none"}), run_dir)
     runtime = resolve_runtime(cfg.device)
     try:
         data = load_dataset(cfg.dataset, runtime.device)
     except ValueError as exc:  # empty, malformed or inconsistent files: the message names them
         raise DataError(str(exc)) from exc
     augment = BatchAugment(cfg.dataset.augment.crop_padding, cfg.dataset.augment.hflip, data.mean, data.std)
-    trainer = Trainer(trainer_config(cfg, label=label or cfg.strategy.name), cfg.optim, runtime)
+    trainer = Trainer(trainer_config(cfg, label=label or cfg.strategy.name), cfg.optim, runtime, world)
     facts = {"strategy": cfg.strategy.name, "dataset": cfg.dataset.name, "seed": cfg.seed,
              "overrides": list(overrides)}
     if method.distills:
@@ -67,13 +72,16 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] = (), la
         go_on = resume and (out_dir / "checkpoints" / "last.pt").is_file()
         summary = {**trainer.fit(strategy, data, augment, out_dir, on_epoch=logger.log_epoch, resume=go_on),
                    **facts, **extra}
-        atomic_write_json(out_dir / "metrics.json", summary)
+        if world.is_main:
+            atomic_write_json(out_dir / "metrics.json", summary)
         return summary
 
     try:
         summary = method.run(Setup(cfg, data, augment, runtime), run_dir, fit)
     finally:
         logger.close()
+    if not world.is_main:
+        return summary
     atomic_write_json(run_dir / "metrics.json", summary)
     plot_learning_curves(run_dir, f"{cfg.strategy.name}: {summary['arch']} on {cfg.dataset.name} ({run_dir.name})")
     return summary
@@ -83,7 +91,7 @@ def record_failure(run_dir: Path, error: BaseException, overrides: list[str] = (
                    **details) -> None:
     """Leave a metrics.json that says the run failed (or was interrupted) and why, so sweeps can report it.
     A completed run's metrics.json is never replaced."""
-    if is_completed(run_dir):
+    if is_completed(run_dir) or not current_world().is_main:
         return
     atomic_write_json(run_dir / "metrics.json", {
         "status": status,

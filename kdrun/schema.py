@@ -104,6 +104,9 @@ class DeviceKeys:
     precision: str = key(choices=("auto", "fp32", "bf16", "fp16"))  # numerics: results differ in the last bits
     channels_last: bool = key(role="speed")
     compile: bool = key(role="speed")
+    # Same global batch at any count (batch_size is global), so only float reduction order changes.
+    processes: int = key(role="speed", low=1, doc="processes on this machine (one per GPU): relaunches the run "
+                         "through torch.distributed.run; under torchrun, torchrun's own count rules")
 
 
 @dataclass
@@ -133,6 +136,9 @@ class TrainerKeys:
     eval_batch_size: int = key(role="speed", low=1)
     progress: bool = key(role="display")
     on_nonfinite: str = key(choices=("stop", "skip"))
+    sync_bn: bool = key(doc="BatchNorm statistics over the global batch across processes (SyncBatchNorm)")
+    accumulate: int = key(low=1, doc="micro-batches per optimiser step: batch_size stays the global batch")
+    clip_grad_norm: float | None = key(low=0, strict=True, doc="clip the global gradient norm to this; null: off")
 
 
 @dataclass

@@ -18,6 +18,7 @@ import torch
 
 from kdrun.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint, unwrap
 from kdrun.console import console
+from kdrun.distributed import SOLO, World
 from kdrun.errors import CheckpointError
 from kdrun.runtime import Runtime
 from kdrun.strategies.base import Strategy
@@ -64,8 +65,11 @@ class Training:
     steps_per_epoch: int
 
 
-def save_last(path: Path, training: Training, state: TrainState, runtime: Runtime, wall_time_s: float) -> None:
+def save_last(path: Path, training: Training, state: TrainState, runtime: Runtime, wall_time_s: float,
+              world_size: int = 1) -> None:
+    """`state.totals` are the sums over every rank (kdrun.trainer.global_totals)."""
     train = {
+        "world_size": world_size,
         "epoch": state.epoch,
         "step": state.step,
         "steps_per_epoch": training.steps_per_epoch,
@@ -86,8 +90,11 @@ def save_last(path: Path, training: Training, state: TrainState, runtime: Runtim
     save_checkpoint(path, training.strategy.student, epoch=last["epoch"], test_acc=last.get("test_acc"), train=train)
 
 
-def restore(path: Path, training: Training, runtime: Runtime, label: str) -> TrainState:
-    """Load last.pt into the training objects and the RNGs; returns where training stands."""
+def restore(path: Path, training: Training, runtime: Runtime, label: str, world: World = SOLO) -> TrainState:
+    """Load last.pt into the training objects and the RNGs; returns where training stands.
+
+    Any world size resumes it: the data order and views do not depend on it, the weights and optimiser
+    are the same on every rank, and the epoch's running sums (saved summed over ranks) go to rank 0."""
     payload = load_checkpoint(path)
     train = payload.get("train")
     if train is None:
@@ -113,13 +120,19 @@ def restore(path: Path, training: Training, runtime: Runtime, label: str) -> Tra
     restore_rng(train["rng"])
     training.feed.load_state_dict(train["rng"])
     totals = EpochTotals(**train["totals"])
+    if not world.is_main:  # rank 0 carries the sums of the ranks before the stop
+        totals = EpochTotals(term_sums={n: torch.zeros_like(v) for n, v in totals.term_sums.items()},
+                             seconds=totals.seconds, lr=totals.lr)
     totals.correct = torch.as_tensor(totals.correct, dtype=torch.long).to(runtime.device)
     totals.term_sums = {name: value.to(runtime.device) for name, value in totals.term_sums.items()}
     state = TrainState(epoch=train["epoch"], step=train["step"], totals=totals, history=list(train["history"]),
                        best_acc=train["best_acc"], best_epoch=train["best_epoch"],
                        skipped_steps=train["skipped_steps"], wall_time_s=train["wall_time_s"])
-    console.print(f"[green]resuming[/] {label} from {path} ({position(state, training.steps_per_epoch)})",
-                  soft_wrap=True)
+    saved_world = train.get("world_size", 1)
+    across = f"; written by {saved_world} process(es), now {world.size}" if saved_world != world.size else ""
+    if world.is_main:
+        console.print(f"[green]resuming[/] {label} from {path} ({position(state, training.steps_per_epoch)}{across})",
+                      soft_wrap=True)
     return state
 
 

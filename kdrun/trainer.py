@@ -25,6 +25,7 @@ from torch import nn
 from kdrun.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from kdrun.data import BatchAugment, DatasetSplits, iterate_batches
 from kdrun.data.feed import InMemoryFeed
+from kdrun.distributed import SOLO, World, check_divisible
 from kdrun.errors import ConfigError, Interrupted, NonFiniteLoss
 from kdrun.interrupts import InterruptGuard
 from kdrun.io import atomic_write_jsonl
@@ -50,6 +51,9 @@ class TrainerConfig:
     label: str = "train"  # names the run in the bar and the log: "teacher", "kd", ...
     every_steps: int | None = None  # also write last.pt every N steps; None: at the end of each epoch only
     on_nonfinite: str = "stop"  # a NaN or inf loss term: "stop" the run, or "skip" the batch
+    accumulate: int = 1  # micro-batches per optimiser step
+    clip_grad_norm: float | None = None  # the gradient norm is clipped to this
+    sync_bn: bool = False  # BatchNorm over the global batch when there are several processes
 
 
 def trainer_config(cfg: DictConfig, *, label: str, epochs: int | None = None,
@@ -59,15 +63,19 @@ def trainer_config(cfg: DictConfig, *, label: str, epochs: int | None = None,
         epochs=cfg.trainer.epochs if epochs is None else epochs, batch_size=cfg.trainer.batch_size,
         eval_batch_size=cfg.trainer.eval_batch_size, data_seed=cfg.data_seed if data_seed is None else data_seed,
         progress=cfg.trainer.progress, label=label, every_steps=cfg.checkpoint.every_steps,
-        on_nonfinite=cfg.trainer.on_nonfinite)
+        on_nonfinite=cfg.trainer.on_nonfinite, accumulate=cfg.trainer.get("accumulate", 1),
+        clip_grad_norm=cfg.trainer.get("clip_grad_norm"), sync_bn=cfg.trainer.get("sync_bn", False))
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, augment: BatchAugment,
-             runtime: Runtime, batch_size: int = 1024) -> float:
-    """Top-1 accuracy in percent on un-augmented inputs."""
+             runtime: Runtime, batch_size: int = 1024, world: World = SOLO) -> float:
+    """Top-1 accuracy in percent on un-augmented inputs; with several processes each evaluates its share
+    and the counts are summed."""
     was_training = model.training
     model.eval()
+    n = len(y)
+    x, y = world.shard(x), world.shard(y)
     correct = torch.zeros((), dtype=torch.long, device=x.device)
     for xb, yb in iterate_batches(x, y, batch_size, shuffle=False):
         inputs = augment(xb, None, train=False)
@@ -76,12 +84,12 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, augment: BatchA
         with runtime.autocast():
             correct += (model(inputs).argmax(1) == yb).sum()
     model.train(was_training)
-    return 100.0 * correct.item() / len(y)
+    return 100.0 * world.sum(correct).item() / n
 
 
 class Trainer:
-    def __init__(self, cfg: TrainerConfig, optim_cfg, runtime: Runtime):
-        self.cfg, self.optim_cfg, self.runtime = cfg, optim_cfg, runtime
+    def __init__(self, cfg: TrainerConfig, optim_cfg, runtime: Runtime, world: World = SOLO):
+        self.cfg, self.optim_cfg, self.runtime, self.world = cfg, optim_cfg, runtime, world
 
     def fit(self, strategy: Strategy, data: DatasetSplits, augment: BatchAugment, run_dir: Path,
             on_epoch: Callable[[dict], None] | None = None, resume: bool = False) -> dict:
@@ -92,20 +100,25 @@ class Trainer:
         last.pt on Ctrl-C or SIGTERM, NonFiniteLoss on a NaN/inf loss term (with on_nonfinite=stop;
         last.pt then stays the last good one).
         """
-        cfg, runtime, run_dir = self.cfg, self.runtime, Path(run_dir)
+        cfg, runtime, run_dir, world = self.cfg, self.runtime, Path(run_dir), self.world
         check_batchnorm_batches(strategy, len(data.train_y), cfg)
-        feed = InMemoryFeed(data, augment, cfg.batch_size, cfg.data_seed, runtime)
+        check_divisible(cfg.batch_size, len(data.train_y), world, cfg.accumulate, cfg.label)
+        if cfg.sync_bn and world.distributed:
+            use_sync_batchnorm(strategy, runtime)
+        params = [p for p in strategy.parameters() if p.requires_grad]
+        same_start(strategy, world)
+        feed = InMemoryFeed(data, augment, cfg.batch_size, cfg.data_seed, runtime, world)
         optimizer = build_optimizer(strategy.parameters(), self.optim_cfg)
         training = Training(strategy, optimizer,
                             build_scheduler(optimizer, self.optim_cfg, steps_per_epoch=feed.steps_per_epoch,
                                             epochs=cfg.epochs),
                             runtime.grad_scaler(), feed, feed.steps_per_epoch)
         last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
-        st = restore(last_path, training, runtime, cfg.label) if resume else TrainState(totals=EpochTotals.new(runtime.device))
+        st = restore(last_path, training, runtime, cfg.label, world) if resume else TrainState(totals=EpochTotals.new(runtime.device))
         started = time.perf_counter()
         saved_at = (st.epoch, st.step) if resume else None
         policy = NonFinitePolicy(cfg.on_nonfinite)
-        evaluation = Evaluation(data, augment, runtime, cfg.eval_batch_size)
+        evaluation = Evaluation(data, augment, runtime, cfg.eval_batch_size, world)
 
         def kept() -> str:  # what a stopped run leaves to resume from
             if saved_at is None:
@@ -115,16 +128,20 @@ class Trainer:
         def save() -> None:
             nonlocal saved_at
             policy.check(kept())  # never save weights that a NaN has touched
-            save_last(last_path, training, st, runtime, st.wall_time_s + time.perf_counter() - started)
+            saving = TrainState(**{**vars(st), "totals": global_totals(st.totals, world)})  # every rank sums
+            if world.is_main:
+                save_last(last_path, training, saving, runtime, st.wall_time_s + time.perf_counter() - started,
+                          world.size)
             saved_at = (st.epoch, st.step)
 
-        last_path.parent.mkdir(parents=True, exist_ok=True)
-        # metrics.jsonl holds exactly the epochs last.pt knows (a kill can fall between the two writes).
-        atomic_write_jsonl(run_dir / "metrics.jsonl", st.history)
+        if world.is_main:
+            last_path.parent.mkdir(parents=True, exist_ok=True)
+            # metrics.jsonl holds exactly the epochs last.pt knows (a kill can fall between the two writes).
+            atomic_write_jsonl(run_dir / "metrics.jsonl", st.history)
         # With device.compile, compiling happens here, outside the timed epochs.
         runtime.warm_up(strategy, data, augment, cfg.batch_size)
-        report = TrainingReport(cfg.label, cfg.epochs, training.steps_per_epoch, run_dir / "train.log",
-                                live=cfg.progress)
+        report = TrainingReport(cfg.label, cfg.epochs, training.steps_per_epoch,
+                                run_dir / "train.log" if world.is_main else None, live=cfg.progress and world.is_main)
         with report, InterruptGuard() as interrupt:
             report.resumed_at(st.epoch, st.step)
             while st.epoch <= cfg.epochs:
@@ -134,19 +151,23 @@ class Trainer:
                 for batch in feed.batches(st.epoch, st.step):
                     if totals.lr is None:
                         totals.lr = optimizer.param_groups[0]["lr"]
-                    with runtime.autocast():
-                        out = strategy.step(batch)
-                    names = list(out.losses)
-                    values = torch.stack([v.detach().float() for v in out.losses.values()])
                     optimizer.zero_grad(set_to_none=True)
+                    names, values, correct = self._forward_backward(strategy, batch, training.scaler)
+                    stop = interrupt.requested is not None
+                    if world.distributed:  # one all-reduce: the gradients, whether any rank saw a NaN or a signal
+                        bad, stop = average_gradients(params, world, [~torch.isfinite(values).all(), stop])
+                        if bad and bool(torch.isfinite(values).all()):  # another rank's loss: the same verdict here
+                            values = values * float("nan")
                     if policy.admits(st.epoch, st.step + 1, steps_per_epoch, names, values, totals.skipped):
-                        training.scaler.scale(sum(out.losses.values())).backward()
+                        if cfg.clip_grad_norm is not None:
+                            training.scaler.unscale_(optimizer)
+                            torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
                         training.scaler.step(optimizer)
                         training.scaler.update()
                         training.scheduler.step()
                         for name, value in zip(names, values):
                             totals.term_sums[name] = totals.term_sums.get(name, 0) + value
-                        totals.correct += (out.logits.detach().argmax(1) == batch.y).sum()
+                        totals.correct += correct
                         totals.seen += len(batch.y)
                         totals.steps += 1
                     else:
@@ -165,51 +186,141 @@ class Trainer:
                         t0, since = now, st.step
                     global_step = (st.epoch - 1) * steps_per_epoch + st.step
                     periodic = cfg.every_steps and global_step % cfg.every_steps == 0
-                    if st.step < steps_per_epoch and (interrupt.requested or periodic):
+                    if st.step < steps_per_epoch and (stop or periodic):
                         totals.seconds += time.perf_counter() - t0
                         t0 = time.perf_counter()
                         save()
-                        if interrupt.requested:
-                            raise Interrupted(f"interrupted ({interrupt.requested}) at epoch {st.epoch}, step {st.step}/"
+                        if stop:
+                            raise Interrupted(f"interrupted ({interrupt.requested or 'a signal to another process'}) "
+                                              f"at epoch {st.epoch}, step {st.step}/"
                                               f"{steps_per_epoch} of {cfg.label}; saved {last_path}", interrupt.exit_status)
                 runtime.synchronize()  # the epoch's time includes the device work still queued
                 totals.seconds += time.perf_counter() - t0
                 policy.check(kept())
+                st.totals = global_totals(totals, world)
                 record = epoch_record(st, strategy, evaluation, policy.skips)
                 st.history.append(record)
                 st.skipped_steps += totals.skipped
                 if record[evaluation.selects] > st.best_acc:
                     st.best_acc, st.best_epoch = record[evaluation.selects], st.epoch
-                    save_checkpoint(best_path, strategy.student, epoch=st.epoch,
-                                    **{evaluation.selects: record[evaluation.selects]})
+                    if world.is_main:
+                        save_checkpoint(best_path, strategy.student, epoch=st.epoch,
+                                        **{evaluation.selects: record[evaluation.selects]})
                 st.epoch, st.step, st.totals = st.epoch + 1, 0, EpochTotals.new(runtime.device)
                 save()
-                atomic_write_jsonl(run_dir / "metrics.jsonl", st.history)
-                report.epoch_done(record)
-                if on_epoch is not None:
-                    on_epoch(record)
-                if interrupt.requested and st.epoch <= cfg.epochs:
-                    raise Interrupted(f"interrupted ({interrupt.requested}) after epoch {st.epoch - 1} of {cfg.label}; "
+                if world.is_main:
+                    atomic_write_jsonl(run_dir / "metrics.jsonl", st.history)
+                    report.epoch_done(record)
+                    if on_epoch is not None:
+                        on_epoch(record)
+                # A signal that came after the epoch's last step: every rank must agree before stopping.
+                stopping = world.sum(torch.tensor([float(interrupt.requested is not None)])).item() > 0
+                if stopping and st.epoch <= cfg.epochs:
+                    raise Interrupted(f"interrupted ({interrupt.requested or 'a signal to another process'}) after "
+                                      f"epoch {st.epoch - 1} of {cfg.label}; "
                                       f"saved {last_path}", interrupt.exit_status)
-        return fit_summary(st, strategy, evaluation, best_path, cfg, runtime,
-                           st.wall_time_s + time.perf_counter() - started)
+        world.barrier()  # best.pt is on disk before any rank reads it back
+        return {**fit_summary(st, strategy, evaluation, best_path, cfg, runtime,
+                              st.wall_time_s + time.perf_counter() - started), "world_size": world.size}
+
+    def _forward_backward(self, strategy: Strategy, batch: Batch, scaler) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        """The step's loss terms (their mean over trainer.accumulate micro-batches), gradients accumulated,
+        and the count of correct predictions."""
+        k = self.cfg.accumulate
+        micro_batches = [batch] if k == 1 else split_batch(batch, k)
+        total, correct = None, 0
+        for micro in micro_batches:
+            with self.runtime.autocast():
+                out = strategy.step(micro)
+            values = torch.stack([v.detach().float() for v in out.losses.values()])
+            loss = sum(out.losses.values())
+            scaler.scale(loss if k == 1 else loss / k).backward()
+            total = values if total is None else total + values
+            correct = correct + (out.logits.detach().argmax(1) == micro.y).sum()
+        return list(out.losses), total if k == 1 else total / k, correct
+
+
+def split_batch(batch: Batch, k: int) -> list[Batch]:
+    """k equal micro-batches of a batch (the global batch splits evenly: check_divisible)."""
+    parts = zip(batch.x.chunk(k), batch.y.chunk(k), batch.index.chunk(k))
+    return [Batch(x, y, index, batch.epoch) for x, y, index in parts]
+
+
+def average_gradients(params: list[nn.Parameter], world: World, flags: list) -> list[bool]:
+    """Average the gradients over ranks in one all-reduce, carrying `flags` (one per rank, each true or
+    false) along; returns, for each flag, whether any rank raised it.
+
+    Done here rather than by wrapping the student in DistributedDataParallel: strategies call their
+    models' forward_features and several modules (student, hint regressor, peers), which DDP's hooks
+    on forward() do not see. The arithmetic is DDP's: sum, then divide by the world size."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1).float() for g in grads]
+                     + [torch.stack([torch.as_tensor(f, dtype=torch.float32, device=grads[0].device) for f in flags])])
+    world.sum(flat)
+    at = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = (flat[at:at + n] / world.size).view_as(g).to(g.dtype)
+        at += n
+    return [bool(v > 0) for v in flat[at:].tolist()]
+
+
+def global_totals(totals: EpochTotals, world: World) -> EpochTotals:
+    """The epoch's running sums over every rank (each rank's mean terms summed, with its step count)."""
+    if not world.distributed:
+        return totals
+    names = sorted(totals.term_sums)
+    device = totals.correct.device if isinstance(totals.correct, torch.Tensor) else torch.device("cpu")
+    flat = torch.stack([torch.as_tensor(totals.term_sums[n], dtype=torch.float64, device=device) for n in names]
+                       + [torch.as_tensor(float(v), dtype=torch.float64, device=device)
+                          for v in (totals.correct, totals.seen, totals.steps)])
+    world.sum(flat)
+    sums, (correct, seen, steps) = flat[:len(names)], flat[len(names):].tolist()
+    return EpochTotals(term_sums={n: sums[i].float() for i, n in enumerate(names)},
+                       correct=torch.tensor(int(correct), device=device), seen=int(seen), steps=int(steps),
+                       skipped=totals.skipped, seconds=totals.seconds, lr=totals.lr)
+
+
+def use_sync_batchnorm(strategy: Strategy, runtime: Runtime) -> None:
+    """trainer.sync_bn: the student's BatchNorm layers normalise over the global batch."""
+    if runtime.device.type != "cuda":
+        raise ConfigError("trainer.sync_bn=true needs GPUs: torch's SyncBatchNorm runs on CUDA only "
+                          f"(this run is on {runtime.device.type}); set trainer.sync_bn=false")
+    strategy.student = nn.SyncBatchNorm.convert_sync_batchnorm(strategy.student)
+
+
+def same_start(strategy: Strategy, world: World) -> None:
+    """Every rank starts from rank 0's weights (each builds them from the same seed; this makes sure)."""
+    if not world.distributed:
+        return
+    for module in _trained_modules(strategy):
+        for tensor in [*module.parameters(), *module.buffers()]:
+            torch.distributed.broadcast(tensor.data, src=0)
+
+
+def _trained_modules(strategy: Strategy) -> list[nn.Module]:
+    return [m for m in vars(strategy).values() if isinstance(m, nn.Module)
+            and any(p.requires_grad for p in m.parameters())]
 
 
 class Evaluation:
     """Which split each epoch is evaluated on (validation when there is one, else test), and the test
     split's accuracy of any model."""
 
-    def __init__(self, data: DatasetSplits, augment: BatchAugment, runtime: Runtime, batch_size: int):
+    def __init__(self, data: DatasetSplits, augment: BatchAugment, runtime: Runtime, batch_size: int,
+                 world: World = SOLO):
         self.data, self.augment, self.runtime, self.batch_size = data, augment, runtime, batch_size
+        self.world = world
         self.has_val = data.val_y is not None and len(data.val_y) > 0
         self.selects = "val_acc" if self.has_val else "test_acc"
 
     def epoch_acc(self, model: nn.Module) -> float:
         x, y = (self.data.val_x, self.data.val_y) if self.has_val else (self.data.test_x, self.data.test_y)
-        return evaluate(model, x, y, self.augment, self.runtime, self.batch_size)
+        return evaluate(model, x, y, self.augment, self.runtime, self.batch_size, self.world)
 
     def test_acc(self, model: nn.Module) -> float:
-        return evaluate(model, self.data.test_x, self.data.test_y, self.augment, self.runtime, self.batch_size)
+        return evaluate(model, self.data.test_x, self.data.test_y, self.augment, self.runtime, self.batch_size,
+                        self.world)
 
 
 def epoch_record(st: TrainState, strategy: Strategy, evaluation: Evaluation, skips: bool) -> dict:

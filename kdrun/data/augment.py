@@ -31,24 +31,30 @@ class BatchAugment:
         self.shift = (-mean / std).view(1, -1, 1, 1)
         self._patterns: dict[tuple, Tensor] = {}  # (h, w, device) -> crop_patterns
 
-    def __call__(self, x: Tensor, generator: torch.Generator | None = None, train: bool = True) -> Tensor:
+    def __call__(self, x: Tensor, generator: torch.Generator | None = None, train: bool = True,
+                 part: tuple[int, int] | None = None) -> Tensor:
+        """`part=(batch, start)`: x is samples start.. of a batch of `batch` (one process's share): the
+        draws are made for the whole batch and this share's are used, so the views do not depend on how
+        many processes share it."""
         if train and (self.crop_padding or self.hflip):
-            x = self._crop_and_flip(x, generator)
+            x = self._crop_and_flip(x, generator, part or (len(x), 0))
         if self.scale.device != x.device:  # move the constants once, not every batch
             self.scale, self.shift = self.scale.to(x.device), self.shift.to(x.device)
         return x.float().mul_(self.scale).add_(self.shift)
 
-    def _crop_and_flip(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+    def _crop_and_flip(self, x: Tensor, generator: torch.Generator | None, part: tuple[int, int]) -> Tensor:
         """Random crop (as if zero-padded by crop_padding, then cut at a random offset per sample) and
         random flip, as one gather: each sample draws one of the crop_patterns."""
         n, c, h, w = x.shape
         k, device = 2 * self.crop_padding + 1, x.device
+        batch, start = part
+        mine = slice(start, start + n)
         pattern = torch.zeros(n, dtype=torch.long, device=device)
         if self.crop_padding:
-            dy, dx = torch.randint(0, k, (2, n), generator=generator, device=device)
+            dy, dx = torch.randint(0, k, (2, batch), generator=generator, device=device)[:, mine]
             pattern = dy * k + dx
         if self.hflip:
-            flip = torch.rand(n, generator=generator, device=device) < 0.5
+            flip = torch.rand(batch, generator=generator, device=device)[mine] < 0.5
             pattern = pattern * 2 + flip
         key = (h, w, device)
         if key not in self._patterns:

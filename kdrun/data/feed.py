@@ -4,6 +4,10 @@ A feed is what the trainer iterates: `batches(epoch, start_step)` yields the epo
 `start_step` on, `state_dict()` is what last.pt keeps so that a resumed epoch sees the same order and
 views. `InMemoryFeed` serves a split held on the device: each epoch's order is one randperm drawn from
 the data generator when the epoch begins, and the augmentation draws follow from the same generator.
+
+With several processes every rank draws the same global order and augmentation draws (same seed, same
+generator), then keeps its contiguous share of each global batch: the global batch at every step, and
+each sample's view, are those of one process, whatever the world size.
 """
 
 from __future__ import annotations
@@ -15,14 +19,16 @@ import torch
 from kdrun.data.augment import BatchAugment
 from kdrun.data.batches import batch_indices, drops_last, num_batches
 from kdrun.data.datasets import DatasetSplits
+from kdrun.distributed import SOLO, World
 from kdrun.runtime import Runtime, data_generator
 from kdrun.step import Batch
 
 
 class InMemoryFeed:
     def __init__(self, data: DatasetSplits, augment: BatchAugment, batch_size: int, data_seed: int,
-                 runtime: Runtime):
+                 runtime: Runtime, world: World = SOLO):
         self.data, self.augment, self.batch_size, self.runtime = data, augment, batch_size, runtime
+        self.world = world
         self.samples = len(data.train_y)
         self.drop_last = drops_last(self.samples, batch_size)
         self.steps_per_epoch = num_batches(self.samples, batch_size, self.drop_last)
@@ -41,8 +47,10 @@ class InMemoryFeed:
                                    device=self.runtime.device))
         if start_step > 0:
             generator.set_state(now)
-        for index in order[start_step:]:
-            x = self.augment(self.data.train_x[index], generator, train=True)
+        for batch in order[start_step:]:
+            index = self.world.shard(batch)
+            start = self.world.rank * len(index)  # equal shares (kdrun.distributed.check_divisible)
+            x = self.augment(self.data.train_x[index], generator, train=True, part=(len(batch), start))
             if self.runtime.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield Batch(x, self.data.train_y[index], index, epoch)

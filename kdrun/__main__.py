@@ -1,0 +1,5 @@
+"""`python -m kdrun ...` (and so `torchrun --nproc_per_node=N -m kdrun ...`): the same as `kdrun ...`."""
+
+from kdrun.cli import main
+
+main()
