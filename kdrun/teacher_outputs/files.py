@@ -8,6 +8,10 @@
                       when top-k, and a 16-bit checksum of each sample's view (n,).
 Files are read through memory maps, so a sweep's jobs share one copy in the page cache. A file that
 fails its checks is reported (and the caller recomputes it).
+
+    epoch_0001.lock   held (flock) by the one process recording that epoch: jobs running at once that
+                      miss the same epoch record it once; the others run the teacher live for that epoch.
+                      The kernel drops the lock when its holder dies, so it never goes stale.
 """
 
 from __future__ import annotations
@@ -25,6 +29,11 @@ from torch import Tensor
 from kdrun.console import console
 from kdrun.errors import KdrunError
 from kdrun.io import atomic_open, atomic_write_json
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock; the atomic rename still keeps every file whole
+    fcntl = None
 
 # Bump when the bytes of an epoch file, or the way the trainer draws its views (batch_indices,
 # BatchAugment, the drop-last rule), change: old caches then stop matching.
@@ -184,6 +193,18 @@ class OutputCache:
         with atomic_open(self.path(epoch), "wb") as f:
             f.write(header)
             f.write(payload)
+
+    def claim(self, epoch: int):
+        """The lock on recording `epoch` (an open file; close it to release), or None when another process
+        holds it, i.e. is recording that epoch now."""
+        lock = open(self.dir / f"epoch_{epoch:04d}.lock", "a")
+        if fcntl is not None:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                return None
+        return lock
 
     def _damaged(self, path: Path, why: str) -> None:
         console.print(f"[yellow]teacher-output cache:[/] {path} is damaged ({why}); "

@@ -10,6 +10,11 @@ Targets are the teacher's logits rounded to fp16 (kdrun.teacher_outputs.files.Ta
 cached targets go through the same rounding: a run trains on the same numbers with the cache or
 without it. A view whose checksum differs from the stored one means the key missed something that
 shapes the views; the run stops rather than train on another image's targets.
+
+Jobs running at once that miss the same epoch record it once: the one that holds the epoch's lock
+records it, the others run the teacher live for that epoch. With several processes in one run each
+rank computes its share of every batch; rank 0 chooses (cached, record or live) for all, and the
+shares are summed into the one epoch file that rank 0 writes.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from torch import Tensor, nn
 
 from kdrun.console import console
 from kdrun.data import DatasetSplits, drops_last, num_batches
+from kdrun.distributed import SOLO, World, current_world
 from kdrun.errors import ConfigError
 from kdrun.runtime import Runtime
 from kdrun.step import Batch
@@ -42,10 +48,12 @@ class TeacherOutputs:
     """
 
     def __init__(self, teacher: nn.Module, fmt: TargetFormat, cache: OutputCache | None = None,
-                 samples_per_epoch: int | None = None, live_needed: bool = True):
+                 samples_per_epoch: int | None = None, live_needed: bool = True, world: World = SOLO):
         self.teacher = teacher.eval()
-        self.fmt, self.cache = fmt, cache
-        self.samples_per_epoch = samples_per_epoch
+        self.fmt, self.cache, self.world = fmt, cache, world
+        # Views this rank sees per epoch: its equal share (kdrun.distributed.check_divisible).
+        self.samples_per_epoch = None if samples_per_epoch is None else samples_per_epoch // world.size
+        self._lock = None  # the epoch being recorded: its lock file, held until it is saved
         self.live_needed = live_needed  # False when the cache holds every epoch of the run
         self.hits = self.recorded = 0  # epochs read from / written to the cache
         self._epoch: int | None = None
@@ -95,15 +103,41 @@ class TeacherOutputs:
     def _begin(self, epoch: int, device: torch.device) -> None:
         if self._cached is not None:  # an epoch entered mid-way (a resumed run) ends unverified: check what it saw
             self._verify()
-        self._epoch, self._seen, self._recording = epoch, 0, None
-        self._cached = self.cache.load(epoch)
+        self._release()
+        self._epoch, self._seen, self._recording, self._cached = epoch, 0, None, None
+        # Every rank must take the same way through the epoch: rank 0 chooses.
+        choice = self.world.from_main(self._choose(epoch) if self.world.is_main else None)
+        if choice == "cached":
+            self._cached = self.cache.load(epoch)  # None if damaged: the same file fails on every rank
         if self._cached is not None:
             # On a GPU the epoch moves in one copy; on the CPU it stays a view of the memory map.
             self._cached = self._cached.to(device)
             self._mismatches = torch.zeros((), dtype=torch.long, device=device)
             self.hits += 1
-        elif self.samples_per_epoch is not None:
+        elif choice == "record":
             self._recording = EpochOutputs.empty(self.cache.samples, self.fmt, device)
+
+    def _choose(self, epoch: int) -> str:
+        """"cached" (the file is there), "record" (this process holds the epoch's lock) or "live"."""
+        if self.cache.path(epoch).is_file():
+            return "cached"
+        if self.samples_per_epoch is None:  # not recording (a full disk)
+            return "live"
+        lock = self.cache.claim(epoch)
+        if lock is None:
+            console.print(f"[yellow]teacher-output cache:[/] another process is recording epoch {epoch}; "
+                          "this run computes it live", soft_wrap=True)
+            return "live"
+        if self.cache.path(epoch).is_file():  # recorded by another process since the first look
+            lock.close()
+            return "cached"
+        self._lock = lock
+        return "record"
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def _verify(self) -> None:
         mismatches = int(self._mismatches)
@@ -115,14 +149,33 @@ class TeacherOutputs:
 
     def _save(self) -> None:
         outputs, self._recording = self._recording, None
+        outputs = combine_shares(outputs, self.world)
+        self.recorded += 1
+        if not self.world.is_main:
+            return
         try:
             self.cache.save(self._epoch, outputs)
         except OSError as exc:  # a full disk: the run goes on without recording
             console.print(f"[yellow]teacher-output cache:[/] could not save epoch {self._epoch} ({exc}); "
                           "this run records no more epochs", soft_wrap=True)
             self.samples_per_epoch = None
-            return
-        self.recorded += 1
+            self.recorded -= 1
+        finally:
+            self._release()
+
+
+def combine_shares(outputs: EpochOutputs, world: World) -> EpochOutputs:
+    """Each rank filled its own samples and left zeros elsewhere: the sum over ranks is the whole epoch
+    (exact: every entry adds one value to zeros, in a wider type)."""
+    if not world.distributed:
+        return outputs
+    combined = []
+    for t in outputs.tensors():
+        wide = t.to(torch.float32 if t.is_floating_point() else torch.int32)
+        combined.append(world.sum(wide).to(t.dtype))
+    values, *rest = combined
+    classes = rest[0] if outputs.classes is not None else None
+    return EpochOutputs(values, classes, rest[-1])
 
 
 # ---- from a config ------------------------------------------------------------------------------
@@ -193,7 +246,8 @@ def build_teacher_outputs(cfg, data: DatasetSplits, runtime: Runtime, teacher: n
     cache.open()
     drop_last = drops_last(n, batch_size)
     samples = num_batches(n, batch_size, drop_last) * batch_size if drop_last else n
-    return TeacherOutputs(teacher, fmt, cache, samples_per_epoch=samples, live_needed=missing > 0)
+    return TeacherOutputs(teacher, fmt, cache, samples_per_epoch=samples, live_needed=missing > 0,
+                          world=current_world())
 
 
 def _free_bytes(directory: Path) -> int:
