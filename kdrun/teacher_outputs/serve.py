@@ -107,8 +107,10 @@ class TeacherOutputs:
         self._epoch, self._seen, self._recording, self._cached = epoch, 0, None, None
         # Every rank must take the same way through the epoch: rank 0 chooses.
         choice = self.world.from_main(self._choose(epoch) if self.world.is_main else None)
-        if choice == "cached":
-            self._cached = self.cache.load(epoch)  # None if damaged: the same file fails on every rank
+        if choice == "cached" and self._cached is None:  # rank 0 has loaded it already
+            # Intact for rank 0, so for every rank (files are renamed into place whole); were it not,
+            # this rank would run the teacher live, which needs no other rank.
+            self._cached = self.cache.load(epoch)
         if self._cached is not None:
             # On a GPU the epoch moves in one copy; on the CPU it stays a view of the memory map.
             self._cached = self._cached.to(device)
@@ -118,9 +120,12 @@ class TeacherOutputs:
             self._recording = EpochOutputs.empty(self.cache.samples, self.fmt, device)
 
     def _choose(self, epoch: int) -> str:
-        """"cached" (the file is there), "record" (this process holds the epoch's lock) or "live"."""
+        """"cached" (the file is there and intact; loaded), "record" (this process holds the epoch's lock)
+        or "live"."""
         if self.cache.path(epoch).is_file():
-            return "cached"
+            self._cached = self.cache.load(epoch)  # None if damaged (reported): then recorded again
+            if self._cached is not None:
+                return "cached"
         if self.samples_per_epoch is None:  # not recording (a full disk)
             return "live"
         lock = self.cache.claim(epoch)
@@ -128,9 +133,11 @@ class TeacherOutputs:
             console.print(f"[yellow]teacher-output cache:[/] another process is recording epoch {epoch}; "
                           "this run computes it live", soft_wrap=True)
             return "live"
-        if self.cache.path(epoch).is_file():  # recorded by another process since the first look
-            lock.close()
-            return "cached"
+        if self.cache.path(epoch).is_file():  # recorded by another process since the first look?
+            self._cached = self.cache.load(epoch)
+            if self._cached is not None:
+                lock.close()
+                return "cached"
         self._lock = lock
         return "record"
 
