@@ -40,8 +40,9 @@ _failed_jobs: list[str] = []
 register_resolvers()  # hydra.run.dir and hydra.sweep.dir use them
 
 
-@hydra.main(version_base="1.3", config_path="pkg://kdrun.conf", config_name="config")
-def _hydra_main(cfg: DictConfig) -> dict | None:
+def run_job(cfg: DictConfig) -> dict | None:
+    """One Hydra job. A plain module-level function, so that launchers that run jobs in other processes
+    (joblib, submitit) pickle it by reference rather than by value with everything it refers to."""
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     overrides = list(hc.overrides.task)
@@ -77,6 +78,9 @@ def _hydra_main(cfg: DictConfig) -> dict | None:
         # In a sweep one failed job is a row in the summary, not a lost sweep.
         _failed_jobs.append(" ".join(overrides))
         return None
+
+
+_hydra_main = hydra.main(version_base="1.3", config_path="pkg://kdrun.conf", config_name="config")(run_job)
 
 
 def _record(run_dir: Path, exc: BaseException, overrides: list[str], **kwargs) -> None:
