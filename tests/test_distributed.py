@@ -216,7 +216,8 @@ def test_sigterm_on_one_rank_saves_once_and_resume_matches(tmp_path):
     summary = json.loads((tmp_path / "cut" / "metrics.json").read_text())
     assert summary["status"] == "interrupted", output[-3000:]
     assert "a signal to another process" in summary["error"] or "SIGTERM" in summary["error"]
-    run(tmp_path, torchrun(tmp_path, *args, "hydra.run.dir=cut", "resume=cut"))
+    # device.processes=2 starts the two processes through torch.distributed.run, as torchrun would.
+    run(tmp_path, [str(KDRUN), *args, "hydra.run.dir=cut", "resume=cut", "device.processes=2"])
     resumed = json.loads((tmp_path / "cut" / "metrics.json").read_text())
-    assert resumed["status"] == "completed"
+    assert resumed["status"] == "completed" and resumed["world_size"] == 2
     assert max_difference(weights(tmp_path / "whole"), weights(tmp_path / "cut")) <= TOLERANCE
