@@ -221,3 +221,12 @@ def test_sigterm_on_one_rank_saves_once_and_resume_matches(tmp_path):
     resumed = json.loads((tmp_path / "cut" / "metrics.json").read_text())
     assert resumed["status"] == "completed" and resumed["world_size"] == 2
     assert max_difference(weights(tmp_path / "whole"), weights(tmp_path / "cut")) <= TOLERANCE
+
+
+def test_sync_batchnorm_on_cpus_is_refused_with_the_reason():
+    from kdrun.strategies.scratch import Scratch
+    from kdrun.trainer import use_sync_batchnorm
+
+    strategy = Scratch(torch.nn.Sequential(torch.nn.BatchNorm1d(3)))
+    with pytest.raises(ConfigError, match="trainer.sync_bn=true needs GPUs.*on cpu"):
+        use_sync_batchnorm(strategy, Runtime(torch.device("cpu"), "fp32"))
