@@ -54,7 +54,9 @@ def check_choice(value, key: str, allowed) -> str:
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError on the first value that cannot run."""
     check_choice(cfg.dataset.name, "dataset", DATASET_NAMES)
-    check_choice(cfg.student.arch, "student", MODEL_NAMES)
+    from kdrun.model_sources import check_model  # it uses check_choice from here
+
+    check_model(cfg.student, "student")
     check_choice(cfg.strategy.name, "strategy", STRATEGIES)
     check_number(cfg.seed, "seed", low=0, integer=True)
     check_number(cfg.data_seed, "data_seed", low=0, integer=True)
@@ -90,7 +92,9 @@ def validate_distillation(cfg: DictConfig) -> None:
     """The loss group and the strategy's own keys, for every strategy but scratch."""
     name = cfg.strategy.name
     if name == "kd":
-        check_choice(cfg.teacher.arch, "teacher", MODEL_NAMES)
+        from kdrun.model_sources import check_model
+
+        check_model(cfg.teacher, "teacher")
     if name in TEACHER_STRATEGIES:
         check_number(cfg.teacher.epochs, "teacher.epochs", low=1, integer=True)
         check_number(cfg.teacher.seed, "teacher.seed", low=0, integer=True)
@@ -169,7 +173,9 @@ def check_known_keys(cfg: DictConfig, choices: Mapping[str, str | None]) -> None
         if option is None or group.startswith("hydra") or group == "experiment":
             continue  # an experiment sets keys that the other files define
         option_file = conf.joinpath(group, f"{option}.yaml")
-        if option_file.is_file():
+        if option == "custom":
+            known[group] = None  # every key beyond kdrun's is an argument of the user's class
+        elif option_file.is_file():
             known[group] = _merged(known.get(group, {}), _load_yaml(option_file))
         else:
             known[group] = None  # not ours: kdrun cannot know its keys

@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 
 from kdrun.console import console
 from kdrun.data import BatchAugment, DatasetSplits
+from kdrun.model_sources import arch_of, build_configured
 from kdrun.models import build_model
 from kdrun.runtime import Runtime, seed_everything
 from kdrun.strategies.base import Strategy
@@ -23,8 +24,7 @@ from kdrun.strategies.self_distillation import SelfDistillation
 def build_student(cfg, data: DatasetSplits, runtime: Runtime, seed: int | None = None):
     """The student, initialised from `seed` (default cfg.seed), after any teacher training reseeded the RNGs."""
     seed_everything(cfg.seed if seed is None else seed)
-    model = build_model(cfg.student.arch, data.in_channels, data.image_size, data.num_classes)
-    return runtime.prepare(model)
+    return runtime.prepare(build_configured(cfg.student, data, "student"))
 
 
 def with_teacher(cfg: DictConfig, arch: str, checkpoint: str | None = None) -> DictConfig:
@@ -42,7 +42,7 @@ def distill_from(cfg, data: DatasetSplits, runtime: Runtime, teacher, features: 
     from kdrun.teacher_outputs import build_teacher_outputs  # it imports kdrun.teachers: import it here
 
     student = build_student(cfg, data, runtime, seed)
-    distiller = runtime.prepare(FeatureDistiller(features)) if features is not None else None
+    distiller = runtime.prepare(FeatureDistiller(features)).tap(student, teacher.model) if features is not None else None
     # Logit terms need only the teacher's logits, which can be cached; feature terms need its stages, live.
     outputs = build_teacher_outputs(cfg, data, runtime, teacher.model) if features is None else None
     return KD(student, teacher.model, objective=build_objective(cfg.loss), features=distiller,
@@ -57,7 +57,7 @@ def build_strategy(cfg, data: DatasetSplits, augment: BatchAugment, runtime: Run
     if name == "scratch":
         return Scratch(build_student(cfg, data, runtime))
     if name == "kd":
-        features = plan_feature_terms(cfg.loss, cfg.student.arch, cfg.teacher.arch, data)  # before any teacher trains
+        features = plan_feature_terms(cfg.loss, arch_of(cfg.student), arch_of(cfg.teacher), data)  # before any teacher trains
         return distill_from(cfg, data, runtime, resolve_teacher(cfg, data, augment, runtime), features)
     if name == "multi_teacher":
         return build_multi_teacher(cfg, data, augment, runtime)
@@ -67,7 +67,7 @@ def build_strategy(cfg, data: DatasetSplits, augment: BatchAugment, runtime: Run
                  for arch in (cfg.student.arch, *cfg.strategy.peers)]
         return Online(peers, build_objective(cfg.loss))
     if name == "self":
-        shapes = stage_shapes(cfg.student.arch, data.in_channels, data.image_size, data.num_classes)
+        shapes = stage_shapes(arch_of(cfg.student), data.in_channels, data.image_size, data.num_classes)
         strategy = SelfDistillation(build_student(cfg, data, runtime), shapes, build_objective(cfg.loss),
                                     ce_weight=cfg.strategy.ce_weight, hint_weight=cfg.loss.hint_weight)
         runtime.prepare(strategy.heads)
