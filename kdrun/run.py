@@ -35,7 +35,8 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) ->
             return read_summary(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    logger = build_logger(cfg.logger, run_dir)  # before any training: a missing tensorboard fails fast
+    # before any training: a missing tensorboard/mlflow/wandb fails fast
+    logger = build_logger(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True), cfg.paths.outputs)
     runtime = resolve_runtime(cfg.device)
     try:
         data = load_dataset(cfg.dataset, runtime.device)
@@ -62,14 +63,16 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) ->
         go_on = resume and (out_dir / "checkpoints" / "last.pt").is_file()
         return trainer.fit(strategy, data, augment, out_dir, extra=extra, on_epoch=logger.log_epoch, resume=go_on)
 
+    failed = True
     try:
         if cfg.strategy.name == "born_again":  # several fits, one per generation
             summary = fit_generations(cfg, data, augment, runtime, run_dir, fit, extra)
         else:
             summary = fit(build_strategy(cfg, data, augment, runtime), run_dir, extra)
+        plot_learning_curves(run_dir, f"{cfg.strategy.name}: {summary['arch']} on {cfg.dataset.name} ({run_dir.name})")
+        failed = False
     finally:
-        logger.close()
-    plot_learning_curves(run_dir, f"{cfg.strategy.name}: {summary['arch']} on {cfg.dataset.name} ({run_dir.name})")
+        logger.close(failed=failed)  # trackers upload the checkpoints and the report
     return summary
 
 
