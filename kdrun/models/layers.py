@@ -29,6 +29,10 @@ class LayerTap:
             self._outputs[name] = output
         return hook
 
+    def captured(self) -> dict[str, object]:
+        """Every output of the last forward pass, by layer name (layers that did not run are absent)."""
+        return dict(self._outputs)
+
     def outputs(self) -> list[Tensor]:
         missing = [n for n in self.names if n not in self._outputs]
         if missing:
