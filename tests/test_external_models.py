@@ -103,7 +103,7 @@ def test_a_target_student_is_built_through_instantiate_with_the_class_count(tmp_
     run_dir = only_run_dir(tmp_path)
     payload = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert payload["model"]["arch"] == 'custom:tinynets.TinyNet{"width":16}'
-    assert payload["state_dict"]["net.4.weight"].shape == (10, 16)  # digits' 10 classes reached the class
+    assert payload["state_dict"]["net.3.weight"].shape == (10, 16)  # digits' 10 classes reached the class
     assert metrics(run_dir)["params"] == 64 * 16 + 16 + 16 * 10 + 10
 
 
