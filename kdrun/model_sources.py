@@ -12,20 +12,16 @@ import re
 from omegaconf import OmegaConf
 
 from kdrun.errors import ConfigError
-from kdrun.models import MODEL_NAMES, build_model
+from kdrun.models import build_model
 from kdrun.models.external import custom_arch
-
-SOURCES = ("zoo", "torchvision", "timm", "custom")
-INPUT_STATS = ("auto", "imagenet", "dataset")
-# Keys of a model group that configure kdrun; with source=custom every other key is a constructor argument.
-MODEL_KEYS = ("source", "arch", "weights", "pretrained", "finetune_epochs", "input_stats", "_target_",
-              "checkpoint", "epochs", "seed", "cache", "topk")
+from kdrun.schema import INPUT_STATS, SOURCES, model_group_keys
 
 
 def source_of(model_cfg) -> str:
-    from kdrun.config import check_choice  # config imports the strategies, which import this module
-
-    return check_choice(model_cfg.get("source", "zoo"), "model source", SOURCES)
+    source = model_cfg.get("source", "zoo")
+    if source not in SOURCES:
+        raise ConfigError(f"model source {source!r} is not allowed; allowed: {', '.join(SOURCES)}")
+    return source
 
 
 def arch_of(model_cfg) -> str:
@@ -39,23 +35,8 @@ def arch_of(model_cfg) -> str:
             raise ConfigError("student=custom / teacher=custom needs the class to build: "
                               "student._target_=mypkg.nets.TinyNet (it is given num_classes=)")
         values = OmegaConf.to_container(model_cfg, resolve=True)
-        return custom_arch(target, {k: v for k, v in values.items() if k not in MODEL_KEYS})
+        return custom_arch(target, {k: v for k, v in values.items() if k not in model_group_keys()})
     return f"{source}:{model_cfg.arch}"
-
-
-def check_model(model_cfg, role: str) -> str:
-    """Refuse an unknown zoo name or source early, naming what is allowed; returns the arch string."""
-    from kdrun.config import check_choice
-
-    source = source_of(model_cfg)
-    if source == "zoo":
-        check_choice(model_cfg.arch, role, MODEL_NAMES)
-    stats = model_cfg.get("input_stats", "auto")
-    check_choice(stats, f"{role}.input_stats", INPUT_STATS)
-    finetune = model_cfg.get("finetune_epochs", 0)
-    if isinstance(finetune, bool) or not isinstance(finetune, int) or finetune < 0:
-        raise ConfigError(f"{role}.finetune_epochs must be an integer >= 0, got {finetune!r}")
-    return arch_of(model_cfg)
 
 
 def path_safe(arch: str) -> str:

@@ -21,7 +21,7 @@ from kdrun.pretrained import weights_identity
 from kdrun.runtime import seed_everything
 from kdrun.strategies.scratch import Scratch
 from kdrun.teachers import (Teacher, cache_lock, file_sha256, fingerprint, load_cached, teacher_recipe)
-from kdrun.trainer import Trainer, TrainerConfig, evaluate
+from kdrun.trainer import Trainer, evaluate, trainer_config
 
 
 def pretrained_recipe(cfg) -> dict:
@@ -63,13 +63,8 @@ def prepare_teacher(cfg, data, augment, runtime, cache_dir: Path, recipe: dict) 
     if finetune:
         console.print(f"[yellow]fine-tuning[/] pretrained teacher {arch_of(cfg.teacher)} for {finetune} epochs "
                       f"on {cfg.dataset.name}", soft_wrap=True)
-        trainer = Trainer(
-            TrainerConfig(epochs=finetune, batch_size=cfg.trainer.batch_size,
-                          eval_batch_size=cfg.trainer.eval_batch_size, data_seed=cfg.teacher.seed,
-                          progress=cfg.trainer.progress, label="teacher finetune",
-                          every_steps=None, on_nonfinite=cfg.trainer.on_nonfinite),
-            cfg.optim, runtime,
-        )
+        trainer = Trainer(trainer_config(cfg, label=f"fine-tune teacher {arch_of(cfg.teacher)}", epochs=finetune,
+                                         data_seed=cfg.teacher.seed), cfg.optim, runtime)
         trainer.fit(Scratch(model), data, augment, work_dir)
         shutil.rmtree(work_dir / "checkpoints", ignore_errors=True)
     test_acc = evaluate(model, data.test_x, data.test_y, augment, runtime, cfg.trainer.eval_batch_size)

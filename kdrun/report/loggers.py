@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kdrun.config import check_choice
 from kdrun.errors import ConfigError
 
 LOGGERS = ("none", "tensorboard", "mlflow", "wandb")
@@ -61,7 +60,9 @@ class TensorBoardLogger(EpochLogger):
 def build_logger(logger_cfg, run_dir: Path, params: dict | None = None, outputs: str = "outputs") -> EpochLogger:
     """The logger named by the `logger` config group, writing under `run_dir`; trackers also record
     `params` (the resolved config) and, on close, the run's files (kdrun/report/trackers.py)."""
-    name = check_choice(logger_cfg.name, "logger", LOGGERS)
+    name = logger_cfg.name
+    if name not in LOGGERS:
+        raise ConfigError(f"unknown logger {name!r}; allowed: {', '.join(LOGGERS)}")
     if name == "tensorboard":
         return TensorBoardLogger(Path(run_dir) / logger_cfg.log_dir)
     if name == "mlflow":
