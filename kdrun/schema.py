@@ -264,6 +264,17 @@ def _check_model_group(group: dict, role: str) -> dict:
     if source == "zoo" and group.get("arch") not in MODEL_NAMES:
         raise ConfigError(f"{role}.arch: {group.get('arch')!r} is not allowed; allowed: {', '.join(MODEL_NAMES)} "
                           f"(or {role}=torchvision / timm / custom for models beyond the zoo)")
+    if source in SOURCES[1:]:  # before any teacher trains: a typo in a name costs nothing
+        from kdrun.models.external import check_name
+
+        name = group.get("_target_") if source == "custom" else group.get("arch")
+        if not name:
+            raise ConfigError(f"{role}={source} needs the class to build: {role}._target_=mypkg.nets.TinyNet "
+                              f"(it is given num_classes=)")
+        try:
+            check_name(source, name)
+        except ValueError as exc:
+            raise ConfigError(f"{role}: {exc}") from None
     if source == "custom":
         return {k: v for k, v in group.items() if k in model_group_keys()}
     return group

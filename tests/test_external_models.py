@@ -205,3 +205,13 @@ def test_kdrun_layers_lists_names_shapes_and_stages(tmp_path):
     assert "student torchvision:resnet18" in proc.stdout and "teacher cnn_teacher" in proc.stdout
     assert any("layer2" in line and "128x1x1" in line and "stage 1" in line for line in proc.stdout.splitlines())
     assert list(tmp_path.iterdir()) == []  # it writes nothing
+
+
+def test_an_unknown_external_model_is_refused_before_any_teacher_trains(tmp_path):
+    for args, expected in ((["student=torchvision", "student.arch=resnet999"], "unknown torchvision classification model 'resnet999'"),
+                           (["student=custom"], "student=custom needs the class to build: student._target_="),
+                           (["teacher=custom", "teacher._target_=nope.Net"], "_target_='nope.Net' cannot be imported")):
+        proc = run_kdrun(tmp_path, "dataset=digits", "teacher=mlp", "epochs=1", "trainer.progress=false", *args,
+                         check=False)
+        assert proc.returncode == 2 and expected in " ".join(proc.stdout.split()), proc.stdout + proc.stderr
+    assert not (tmp_path / "outputs" / "teachers").exists()

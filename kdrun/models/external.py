@@ -106,6 +106,27 @@ def custom_arch(target: str, kwargs: dict) -> str:
     return f"custom:{target}{json.dumps(kwargs, sort_keys=True, separators=(',', ':'))}" if kwargs else f"custom:{target}"
 
 
+def check_name(source: str, name: str) -> None:
+    """Raise ValueError, naming what exists, unless `name` is a model `source` can build (no model is built)."""
+    if source == "torchvision":
+        import torchvision
+
+        known = torchvision.models.list_models(module=torchvision.models)
+        if name not in known:
+            raise ValueError(f"unknown torchvision classification model {name!r}; some known ones: "
+                             f"{', '.join(n for n in known if n.startswith(('resnet', 'mobilenet', 'efficientnet')))}")
+    elif source == "timm":
+        if not import_timm().is_model(name):
+            raise ValueError(f"unknown timm model {name!r} (timm.list_models() lists them)")
+    else:
+        module_name, _, class_name = name.rpartition(".")
+        try:
+            getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise ValueError(f"custom model _target_={name!r} cannot be imported ({exc}); give an importable "
+                             f"module.Class that accepts num_classes=") from exc
+
+
 def build_external(arch: str, in_channels: int, image_size: int, num_classes: int) -> ExternalModel:
     source, name = arch.split(":", 1)
     if source == "torchvision":
@@ -120,17 +141,13 @@ def build_external(arch: str, in_channels: int, image_size: int, num_classes: in
 def _torchvision(name: str, num_classes: int) -> nn.Module:
     import torchvision
 
-    known = torchvision.models.list_models(module=torchvision.models)
-    if name not in known:
-        raise ValueError(f"unknown torchvision classification model {name!r}; some known ones: "
-                         f"{', '.join(n for n in known if n.startswith(('resnet', 'mobilenet', 'efficientnet')))}")
+    check_name("torchvision", name)
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
 
 
 def _timm(name: str, num_classes: int, in_channels: int) -> nn.Module:
     timm = import_timm()
-    if not timm.is_model(name):
-        raise ValueError(f"unknown timm model {name!r} (timm.list_models() lists them)")
+    check_name("timm", name)
     return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
 
 
@@ -148,12 +165,7 @@ def _custom(spec: str, num_classes: int) -> nn.Module:
 
     brace = spec.find("{")
     target, kwargs = (spec, {}) if brace < 0 else (spec[:brace], json.loads(spec[brace:]))
-    module_name, _, class_name = target.rpartition(".")
-    try:
-        getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise ValueError(f"custom model _target_={target!r} cannot be imported ({exc}); give an importable "
-                         f"module.Class that accepts num_classes=") from exc
+    check_name("custom", target)
     net = instantiate({"_target_": target, **kwargs, "num_classes": num_classes})
     if not isinstance(net, nn.Module):
         raise ValueError(f"custom model _target_={target!r} built a {type(net).__name__}, not an nn.Module")
