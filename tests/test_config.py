@@ -30,7 +30,9 @@ ALL_CHOICES = [(group, option) for group in GROUPS for option in options(group)]
 
 @pytest.mark.parametrize("group,option", ALL_CHOICES, ids=[f"{g}={o}" for g, o in ALL_CHOICES])
 def test_every_config_composes_and_resolves(group, option):
-    cfg = compose_cfg(f"{group}={option}")
+    # custom names its class on the command line: any importable callable that takes num_classes=
+    extra = [f"{group}._target_=torchvision.models.mobilenet_v3_small"] if option == "custom" else []
+    cfg = compose_cfg(f"{group}={option}", *extra)
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     if group not in ("loss",):  # loss=ce needs strategy=scratch, checked below
         validate(cfg)
