@@ -245,11 +245,13 @@ def check_config(cfg: DictConfig, strategy_config: type | None = None) -> None:
     """Raise ConfigError on the first key of `cfg` that is unknown, of the wrong type or out of range.
     `strategy_config` declares the keys of the chosen strategy."""
     node = OmegaConf.to_container(cfg, resolve=True)
-    for role in ("student", "teacher"):
-        group = node.get(role)
-        if isinstance(group, dict):
-            node[role] = _check_model_group(group, role)
+    groups = [role for role in ("student", "teacher") if isinstance(node.get(role), dict)]
+    for role in groups:  # a custom class's arguments are its own to check
+        if node[role].get("source") == "custom":
+            node[role] = {k: v for k, v in node[role].items() if k in model_group_keys()}
     _check_node(node, RootKeys, "", strategy_config)
+    for role in groups:
+        _check_model_name(node[role], role)
 
 
 def model_group_keys() -> set[str]:
@@ -257,9 +259,8 @@ def model_group_keys() -> set[str]:
     return set(_fields(TeacherKeys))
 
 
-def _check_model_group(group: dict, role: str) -> dict:
-    """A zoo arch must be a zoo name (others are checked when their library builds them); returns the
-    group without a custom class's arguments, which only the class can check."""
+def _check_model_name(group: dict, role: str) -> None:
+    """A zoo arch must be a zoo name; a torchvision or timm name must exist there, a custom class import."""
     source = group.get("source", "zoo")
     if source == "zoo" and group.get("arch") not in MODEL_NAMES:
         raise ConfigError(f"{role}.arch: {group.get('arch')!r} is not allowed; allowed: {', '.join(MODEL_NAMES)} "
@@ -275,9 +276,6 @@ def _check_model_group(group: dict, role: str) -> dict:
             check_name(source, name)
         except ValueError as exc:
             raise ConfigError(f"{role}: {exc}") from None
-    if source == "custom":
-        return {k: v for k, v in group.items() if k in model_group_keys()}
-    return group
 
 
 def _check_node(node: dict, schema: type, prefix: str, strategy_config: type | None) -> None:
