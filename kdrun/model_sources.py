@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from kdrun.errors import ConfigError
 from kdrun.models import build_model
 from kdrun.models.external import custom_arch
-from kdrun.schema import INPUT_STATS, SOURCES, model_group_keys
+from kdrun.schema import SOURCES, model_group_keys
 
 
 def source_of(model_cfg) -> str:
