@@ -88,6 +88,11 @@ def claim_new_dir(base: str) -> str:
             except FileExistsError:
                 n += 1
                 candidate = path.with_name(f"{path.name}-{n}")
+            except OSError as exc:  # read-only, a file in the way: inside Hydra's resolver an exception
+                # would become a traceback of Hydra's own, so say it and leave here
+                print(f"error: cannot create the output folder {candidate}: {exc.strerror or exc}; "
+                      f"choose a writable folder with paths.outputs=...", file=sys.stderr)
+                raise SystemExit(2) from exc
         _claimed[base] = str(candidate)
     return _claimed[base]
 

@@ -10,6 +10,7 @@ from kdrun.config import validate
 from kdrun.console import console
 from kdrun.data import BatchAugment, load_dataset
 from kdrun.errors import DataError
+from kdrun.plausibility import check_plausible
 from kdrun.io import atomic_write_json, atomic_write_text
 from kdrun.report.loggers import build_logger
 from kdrun.report.plots import plot_learning_curves
@@ -41,6 +42,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) ->
         data = load_dataset(cfg.dataset, runtime.device)
     except ValueError as exc:  # empty, malformed or inconsistent files: the message names them
         raise DataError(str(exc)) from exc
+    check_plausible(cfg, data)  # values that are legal alone but meaningless for this data
     augment = BatchAugment(cfg.dataset.augment.crop_padding, cfg.dataset.augment.hflip, data.mean, data.std)
     trainer = Trainer(
         TrainerConfig(epochs=cfg.trainer.epochs, batch_size=cfg.trainer.batch_size,

@@ -39,7 +39,7 @@ def summary_rows(jobs: list[JobRecord]) -> tuple[list[str], list[dict]]:
     rows = []
     for job in jobs:
         row = {"job": job.path.name if one_parent else str(job.path), "status": job.status,
-               **{k: job.value_of(k) for k in keys}}
+               **{k: canonical_text(job.value_of(k)) for k in keys}}
         row.update({m: job.metrics.get(m, "") for m in SUMMARY_METRICS})
         row["error"] = job.error
         rows.append(row)
@@ -147,8 +147,9 @@ def write_report(jobs: list[JobRecord], out_dir: Path, *, title: str, measure_la
         failed = Table("failed jobs", ["job", "error"], [[str(j.path), j.error] for j in s.failed], [], [])
         w.sections.append(failed.markdown())
         console.print(f"[bold red]{len(s.failed)} of {len(jobs)} job(s) failed[/] (not in any mean):")
-        for job in s.failed:
-            console.print(f"  {job.path}: {job.error}", markup=False, highlight=False, soft_wrap=True)
+        for job in s.failed:  # the first line: the whole message is in summary.md and report.md
+            console.print(f"  {job.path}: {job.error.splitlines()[0] if job.error else ''}", markup=False,
+                          highlight=False, soft_wrap=True)
     if s.interrupted:
         stopped = Table("interrupted jobs", ["job", "to go on"], [[str(j.path), j.error] for j in s.interrupted],
                         [], [])
