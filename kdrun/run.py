@@ -13,7 +13,7 @@ from kdrun.errors import DataError
 from kdrun.plausibility import check_plausible
 from kdrun.io import atomic_write_json, atomic_write_text
 from kdrun.report.loggers import build_logger
-from kdrun.report.plots import plot_learning_curves
+from kdrun.report.plots import plot_learning_curves, run_title
 from kdrun.resume import check_can_start, check_same_config, is_completed, read_summary
 from kdrun.runtime import resolve_runtime
 from kdrun.strategies import build_strategy
@@ -71,7 +71,8 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) ->
             summary = fit(build_strategy(cfg, data, augment, runtime), run_dir, extra)
     finally:
         logger.close()
-    plot_learning_curves(run_dir, f"{cfg.strategy.name}: {summary['arch']} on {cfg.dataset.name} ({run_dir.name})")
+    plot_learning_curves(run_dir, run_title(cfg.strategy.name, summary["arch"], cfg.dataset.name, cfg.seed,
+                                            extra.get("T")))
     return summary
 
 

@@ -109,10 +109,10 @@ class ReportWriter:
         self.text(f"{stem}.csv", table.csv())
         self.text(f"{stem}.md", table.markdown(image))
         self.sections.append(table.markdown(image))
-        console.print(table.rich())
+        console.print(table.rich(files=f"{stem}.md, {stem}.csv"))
 
     def plot(self, path: Path) -> None:
-        self.files.append(path)
+        self.files += [path, path.with_suffix(".svg")]
 
 
 def write_report(jobs: list[JobRecord], out_dir: Path, *, title: str, measure_latency: bool = True) -> Study:
