@@ -40,7 +40,8 @@ def problems(cfg: DictConfig, data=None) -> list[str]:
                    f"up when training ends; use optim.warmup_epochs < {epochs} (or 0)")
     if data is not None:
         train_size = len(data.train_y)
-        if cfg.trainer.batch_size > train_size:
+        # (A split of one sample is refused where models are built: no batch size can train BatchNorm on it.)
+        if train_size > 1 and cfg.trainer.batch_size > train_size:
             out.append(f"batch_size={cfg.trainer.batch_size} is larger than the training split of "
                        f"{cfg.dataset.name} ({train_size:,} images): each epoch would be one batch of all of them; "
                        f"use batch_size <= {train_size}")
