@@ -90,6 +90,10 @@ def check_checkpoint_file(path: Path) -> None:
         raise CheckpointError(f"checkpoint {str(path)!r} is an empty file (0 bytes), not a kdrun checkpoint; "
                               f"a copy or a save that was cut short?")
     if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            if f.read(4) == b"PK\x03\x04":  # a zip's start without its end: cut short
+                raise CheckpointError(f"{str(path)!r} is not a readable kdrun checkpoint: the archive is incomplete "
+                                      f"(a copy or a save that was cut short?)")
         raise CheckpointError(f"{str(path)!r} is not a kdrun checkpoint: kdrun checkpoints are the zip archives "
                               f"torch.save writes, and this file is not one")
 
