@@ -14,12 +14,15 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 from rich.markup import escape
 
+from importlib import resources
+
 from kdrun.cleanup import discard_unstarted_run
-from kdrun.config import check_known_keys
 from kdrun.console import console
 from kdrun.data import DatasetNotFoundError
 from kdrun.errors import CheckpointError, ConfigError, DataError, Interrupted, KdrunError
@@ -28,6 +31,8 @@ from kdrun.preflight import check_output_locations, check_sweep
 from kdrun.report.tables import print_run_summary
 from kdrun.resume import check_resume_argument, is_completed, register_resolvers, resume_command
 from kdrun.run import record_failure, run_experiment
+from kdrun.schema import check_override_keys
+from kdrun.strategies.catalog import any_strategy_config, import_plugins
 
 # Errors whose message is the whole story: print it, no traceback.
 USER_ERRORS = (KdrunError, DatasetNotFoundError)
@@ -48,9 +53,9 @@ def _hydra_main(cfg: DictConfig) -> dict | None:
     multirun = hc.mode == RunMode.MULTIRUN
     resume_target = Path(hc.sweep.dir).absolute() if multirun else run_dir
     try:
-        check_known_keys(cfg, hc.runtime.choices)
         check_not_known_missing(cfg)  # a sweep looks for a missing dataset once, not once per job
-        summary = run_experiment(cfg, run_dir, overrides)
+        label = f"job {hc.job.num} {cfg.strategy.name}" if multirun else cfg.strategy.name
+        summary = run_experiment(cfg, run_dir, overrides, label=label)
         if not multirun:
             print_run_summary(summary, run_dir)
         return summary
@@ -58,7 +63,7 @@ def _hydra_main(cfg: DictConfig) -> dict | None:
         command = resume_command(resume_target, multirun)
         _record(run_dir, exc, overrides, status="interrupted", resume=command)
         console.print(f"[bold yellow]{escape(str(exc))}[/]\nto resume: [bold]{escape(command)}[/]", soft_wrap=True)
-        sys.exit(INTERRUPTED)  # in a sweep too: Ctrl-C stops the sweep, not one job
+        sys.exit(exc.exit_status)  # in a sweep too: a signal stops the sweep, not one job
     except KeyboardInterrupt:  # before training began (loading data, building models): nothing to save
         console.print("[bold yellow]interrupted[/] before training began; nothing was saved", soft_wrap=True)
         sys.exit(INTERRUPTED)
@@ -94,6 +99,23 @@ def _record(run_dir: Path, exc: BaseException, overrides: list[str], **kwargs) -
         console.print(f"[red]could not record the failure in metrics.json:[/] {escape(str(write_error))}", soft_wrap=True)
 
 
+def config_groups() -> set[str]:
+    """The config groups kdrun ships (dataset, teacher, ...): `group=option` overrides choose in them."""
+    return {p.name for p in resources.files("kdrun.conf").iterdir() if p.is_dir() and not p.name.startswith("_")}
+
+
+def plugins_on_command_line(argv: list[str]) -> list[str]:
+    """The modules a `plugins=[...]` override names (Hydra's own parser reads the list)."""
+    for arg in argv:
+        if arg.lstrip("+").startswith("plugins="):
+            try:
+                value = OverridesParser.create().parse_override(arg).value()
+            except HydraException as exc:
+                raise ConfigError(f"cannot read {arg!r}: {exc}") from exc
+            return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+    return []
+
+
 def main() -> None:
     if "--version" in sys.argv[1:]:  # Hydra's own flag would print Hydra's version
         console.print(f"kdrun {version('kdrun')}", markup=False, highlight=False)
@@ -101,7 +123,11 @@ def main() -> None:
     if any(flag in sys.argv[1:] for flag in ("--cfg", "-c")) and "--resolve" not in sys.argv:
         sys.argv.append("--resolve")  # show the values a run uses, not ${...} interpolations
     try:
-        check_resume_argument(sys.argv[1:])  # before Hydra makes any directory
+        # Before Hydra: a typo gets kdrun's message (not Hydra's advice to add it with +), and a bad
+        # resume=DIR is refused before any directory is made.
+        import_plugins(plugins_on_command_line(sys.argv[1:]))  # their strategies' keys are known keys too
+        check_override_keys(sys.argv[1:], config_groups(), any_strategy_config())
+        check_resume_argument(sys.argv[1:])
         check_output_locations(sys.argv[1:])
         check_sweep(sys.argv[1:])  # every job's config, before Hydra writes any sweep file
     except KdrunError as exc:

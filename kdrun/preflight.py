@@ -16,12 +16,12 @@ from pathlib import Path
 from hydra import compose, initialize_config_module
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
-from kdrun.config import check_known_keys, validate
 from kdrun.errors import ConfigError, KdrunError
 from kdrun.plausibility import check_plausible
 from kdrun.resume import check_can_start, check_same_config
+from kdrun.run import check_run_config
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
 
@@ -57,12 +57,10 @@ def existing_sweep_dir(args: list[str]) -> Path | None:
 
 
 def compose_job(overrides: list[str]) -> DictConfig:
-    """The job config Hydra will hand the job, its unknown keys refused; the hydra node removed."""
+    """The job config Hydra will hand the job: the hydra node removed."""
     cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    choices = OmegaConf.to_container(cfg.hydra.runtime.choices)
     with open_dict(cfg):
         del cfg["hydra"]
-    check_known_keys(cfg, choices)
     return cfg
 
 
@@ -85,7 +83,7 @@ def check_sweep(argv: list[str]) -> int:
             except Exception:  # a composition error (unknown group option, ...): Hydra's message says it best
                 return 0
             try:
-                validate(cfg)
+                check_run_config(cfg)  # types, ranges, known keys, the strategy's own rules
                 check_plausible(cfg, warned=warned)
                 if sweep_dir is not None:
                     check_job_dir(cfg, sweep_dir / str(num))
