@@ -13,9 +13,10 @@ from omegaconf import DictConfig, OmegaConf
 from kdrun.console import console
 from kdrun.data import BatchAugment, load_dataset
 from kdrun.errors import DataError
+from kdrun.plausibility import check_plausible
 from kdrun.io import atomic_write_json, atomic_write_text
 from kdrun.report.loggers import build_logger
-from kdrun.report.plots import plot_learning_curves
+from kdrun.report.plots import plot_learning_curves, run_title
 from kdrun.resume import check_can_start, check_same_config, is_completed, read_summary
 from kdrun.runtime import resolve_runtime
 from kdrun.schema import check_config, check_value
@@ -57,6 +58,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] = (), la
         data = load_dataset(cfg.dataset, runtime.device)
     except ValueError as exc:  # empty, malformed or inconsistent files: the message names them
         raise DataError(str(exc)) from exc
+    check_plausible(cfg, data)  # values that are legal alone but meaningless for this data
     augment = BatchAugment(cfg.dataset.augment.crop_padding, cfg.dataset.augment.hflip, data.mean, data.std)
     trainer = Trainer(trainer_config(cfg, label=label or cfg.strategy.name), cfg.optim, runtime)
     facts = {"strategy": cfg.strategy.name, "dataset": cfg.dataset.name, "seed": cfg.seed,
@@ -75,7 +77,8 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] = (), la
     try:
         summary = method.run(Setup(cfg, data, augment, runtime), run_dir, fit)
         atomic_write_json(run_dir / "metrics.json", summary)
-        plot_learning_curves(run_dir, f"{cfg.strategy.name}: {summary['arch']} on {cfg.dataset.name} ({run_dir.name})")
+        plot_learning_curves(run_dir, run_title(cfg.strategy.name, summary["arch"], cfg.dataset.name, cfg.seed,
+                                                facts.get("T")))
         failed = False
     finally:
         logger.close(failed=failed)  # trackers upload the checkpoints and the report

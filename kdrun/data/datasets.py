@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdrun.errors import ConfigError
+
 from .readers import read_cifar_batch, read_idx
 
 DATASET_NAMES = ("cifar10", "cifar100", "mnist", "fashion_mnist", "digits", "synthetic")
@@ -141,6 +143,10 @@ def _channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 def _root(cfg: Mapping[str, Any]) -> Path:
+    root = _option(cfg, "root", "data")
+    if root is None or not str(root).strip():
+        raise ConfigError(f"dataset.root={root!r} is empty; give the folder that holds (or will hold) the "
+                          f"dataset files, e.g. dataset.root=data")
     return Path(os.path.expanduser(str(_option(cfg, "root", "data")))).absolute()
 
 
@@ -155,16 +161,29 @@ def _find_or_download(
         raise _not_found(name, looked_in, "dataset.download=false", offer_download=True)
     import torchvision.datasets
 
+    root = _root(cfg)
+    candidates = [root / torchvision_class / "raw", root / torchvision_class, root, *root.parents]
+    missing_before = [p for p in candidates if not p.exists()]
     try:
         # Only fetches; the files are then read by our own readers. torchvision
         # parses only files that passed its md5 check, so this is safe too.
-        getattr(torchvision.datasets, torchvision_class)(str(_root(cfg)), download=True)
+        getattr(torchvision.datasets, torchvision_class)(str(root), download=True)
     except (OSError, RuntimeError) as exc:  # URLError is an OSError; torchvision wraps some in RuntimeError
+        remove_empty_dirs(missing_before)
         raise _not_found(name, looked_in, "download failed", f"{type(exc).__name__}: {exc}".strip()) from exc
     found = find()
     if found is None:
         raise _not_found(name, looked_in, f"torchvision.datasets.{torchvision_class} did not leave them there")
     return found
+
+
+def remove_empty_dirs(made_by_download: list[Path]) -> None:
+    """Undo the folders a failed download made (torchvision makes root/<Class>/raw/ or root before
+    fetching), so an offline attempt leaves no empty data/ behind. `made_by_download`: the candidates
+    that did not exist before, deepest first; a folder that now holds anything is kept."""
+    for folder in made_by_download:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _not_found(

@@ -17,7 +17,7 @@ from rich.markup import escape
 
 from kdrun.console import console
 from kdrun.io import atomic_write_text
-from kdrun.report.aggregate import Group, Study, display_name, study
+from kdrun.report.aggregate import Group, Study, canonical, display_name, format_value, study
 from kdrun.report.jobs import JobRecord
 from kdrun.report.latency import LatencyMeter
 from kdrun.report.plots import Reference, Series, plot_heatmap, plot_sweep, reference_text
@@ -29,18 +29,30 @@ SUMMARY_METRICS = ("final_test_acc", "best_test_acc", "params", "teacher_test_ac
 
 
 def summary_rows(jobs: list[JobRecord]) -> tuple[list[str], list[dict]]:
-    """One row per job: job, status, one column per overridden key, metrics, error."""
+    """One row per job: job, status, one column per overridden key, metrics, error.
+
+    The values come from each job's own config.yaml (what it ran), not from .hydra/overrides.yaml,
+    which a later invocation over the same directory may have rewritten."""
     keys = sorted({k for job in jobs for k in job.overrides})
     columns = ["job", "status", *keys, *SUMMARY_METRICS, "error"]
     one_parent = len({job.path.parent for job in jobs}) <= 1
     rows = []
     for job in jobs:
         row = {"job": job.path.name if one_parent else str(job.path), "status": job.status,
-               **{k: job.overrides.get(k, "") for k in keys}}
+               **{k: canonical_text(job.value_of(k)) for k in keys}}
         row.update({m: job.metrics.get(m, "") for m in SUMMARY_METRICS})
         row["error"] = job.error
         rows.append(row)
     return columns, rows
+
+
+def varying(columns: list[str], rows: list[dict], keys: set[str]) -> list[str]:
+    """`columns` without those of `keys` that hold one value in every row (the summary's constants)."""
+    return [c for c in columns if c not in keys or len({canonical_text(row[c]) for row in rows}) > 1]
+
+
+def canonical_text(value) -> str:
+    return format_value(canonical(value))
 
 
 def sweep_series(s: Study, key: str) -> list[Series]:
@@ -97,10 +109,10 @@ class ReportWriter:
         self.text(f"{stem}.csv", table.csv())
         self.text(f"{stem}.md", table.markdown(image))
         self.sections.append(table.markdown(image))
-        console.print(table.rich())
+        console.print(table.rich(files=f"{stem}.md, {stem}.csv"))
 
     def plot(self, path: Path) -> None:
-        self.files.append(path)
+        self.files += [path, path.with_suffix(".svg")]
 
 
 def write_report(jobs: list[JobRecord], out_dir: Path, *, title: str, measure_latency: bool = True) -> Study:
@@ -111,8 +123,9 @@ def write_report(jobs: list[JobRecord], out_dir: Path, *, title: str, measure_la
     w = ReportWriter(out_dir)
 
     columns, rows = summary_rows(jobs)
-    w.text("summary.csv", to_csv(columns, rows))
-    w.text("summary.md", markdown_table(columns, [[row[c] for c in columns] for row in rows]))
+    w.text("summary.csv", to_csv(columns, rows))  # every overridden key; the Markdown keeps what varies
+    shown = varying(columns, rows, {k for job in jobs for k in job.overrides}) if len(rows) > 1 else columns
+    w.text("summary.md", markdown_table(shown, [[row[c] for c in shown] for row in rows]))
 
     notes = notes_on(s)
     if s.groups:
@@ -134,7 +147,15 @@ def write_report(jobs: list[JobRecord], out_dir: Path, *, title: str, measure_la
         failed = Table("failed jobs", ["job", "error"], [[str(j.path), j.error] for j in s.failed], [], [])
         w.sections.append(failed.markdown())
         console.print(f"[bold red]{len(s.failed)} of {len(jobs)} job(s) failed[/] (not in any mean):")
-        for job in s.failed:
+        for job in s.failed:  # the first line: the whole message is in summary.md and report.md
+            console.print(f"  {job.path}: {job.error.splitlines()[0] if job.error else ''}", markup=False,
+                          highlight=False, soft_wrap=True)
+    if s.interrupted:
+        stopped = Table("interrupted jobs", ["job", "to go on"], [[str(j.path), j.error] for j in s.interrupted],
+                        [], [])
+        w.sections.append(stopped.markdown())
+        console.print(f"[bold yellow]{len(s.interrupted)} of {len(jobs)} job(s) interrupted[/] (not in any mean):")
+        for job in s.interrupted:
             console.print(f"  {job.path}: {job.error}", markup=False, highlight=False, soft_wrap=True)
     for note in notes:
         console.print(f"[yellow]note:[/] {escape(note)}")

@@ -16,6 +16,7 @@ from pathlib import Path
 from rich.table import Table as RichTable
 
 from kdrun.console import console
+from kdrun.report.console_table import console_table
 from kdrun.report.aggregate import Group, Stat, Study, TeacherRef, display_name, format_value, swept_keys
 from kdrun.report.jobs import JobRecord
 from kdrun.report.latency import Latency, LatencyMeter
@@ -47,14 +48,10 @@ class Table:
     def csv(self) -> str:
         return to_csv(self.csv_columns, self.csv_rows)
 
-    def rich(self) -> RichTable:
-        table = RichTable(title=self.title)
-        for column in self.columns:
-            numeric = _numeric_column(column)  # numbers never wrap; names fold when the terminal is narrow
-            table.add_column(column, justify="right" if numeric else "left", no_wrap=numeric, overflow="fold")
-        for row in self.rows:
-            table.add_row(*row)
-        return table
+    def rich(self, files: str | None = None) -> RichTable:
+        """The console view (80 columns): see console_table; `files` names where every column is."""
+        return console_table(self.title, self.columns, self.rows, _numeric_column,
+                             f"all columns: {files}" if files else None)
 
 
 def _numeric_column(column: str) -> bool:
@@ -255,7 +252,8 @@ def _subject_text(study: Study) -> str:
 # --- the end of one run ---------------------------------------------------------------------------------
 
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.json", "learning_curves.png", "checkpoints/best.pt",
+RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.json", "learning_curves.png", "learning_curves.svg",
+             "checkpoints/best.pt",
              "checkpoints/last.pt", "tensorboard")
 
 
