@@ -32,8 +32,8 @@ def check_plausible(cfg: DictConfig, data=None, *, warned: set[str] | None = Non
 def problems(cfg: DictConfig, data=None) -> list[str]:
     out = []
     if zero_loss(cfg):
-        out.append(f"loss.alpha=0 and loss.beta=0 with no feature term: the loss is zero whatever the student "
-                   f"predicts, so nothing trains; give loss.alpha (labels) or loss.beta (the teacher) a weight > 0")
+        out.append("loss.alpha=0 and loss.beta=0 with no feature term: the loss is zero whatever the student "
+                   "predicts, so nothing trains; give loss.alpha (labels) or loss.beta (the teacher) a weight > 0")
     epochs, warmup = cfg.trainer.epochs, cfg.optim.warmup_epochs
     if warmup and warmup >= epochs:
         out.append(f"optim.warmup_epochs={warmup} with epochs={epochs}: the learning rate would still be warming "

@@ -26,7 +26,7 @@ from kdrun.preflight import check_output_locations, compose_job
 from kdrun.report.aggregate import group_by_seed, study
 from kdrun.report.build import write_report
 from kdrun.report.command import main as kdrun_report
-from kdrun.report.jobs import find_jobs, read_job, read_sweep
+from kdrun.report.jobs import find_jobs, read_sweep
 from kdrun.report.plots import plot_learning_curves, run_title
 from kdrun.report.tables import comparison_table, sweep_table
 from kdrun.resume import output_dir
