@@ -21,6 +21,8 @@ from kdrun.report.jobs import find_jobs
 
 ROLES = ("teacher", "scratch", "kd", "dkd")
 PUBLISHED_COLUMNS = {"teacher": "teacher_acc", "scratch": "scratch_acc", "kd": "kd_acc", "dkd": "dkd_acc"}
+SOURCE_COLUMNS = {"teacher": "source_teacher_scratch_kd", "scratch": "source_teacher_scratch_kd",
+                  "kd": "source_teacher_scratch_kd", "dkd": "source_dkd"}
 SPREAD_STDS = 2.0
 
 
@@ -30,7 +32,7 @@ class PublishedRow:
     teacher: str
     student: str
     accuracy: dict[str, float | None]  # role -> published %, None where the paper has no number
-    sources: str
+    source: dict[str, str]  # role -> where its number was published
 
 
 def read_published(path: str | Path) -> list[PublishedRow]:
@@ -47,10 +49,10 @@ def read_published(path: str | Path) -> list[PublishedRow]:
                     raise KdrunError(f"{path}:{line}: {column} must be a percentage or empty, got {text!r}") from None
                 if accuracy[role] is not None and not 0 <= accuracy[role] <= 100:
                     raise KdrunError(f"{path}:{line}: {column} must be within 0..100, got {text!r}")
-            sources = "; ".join(v for k, v in record.items() if k.startswith("source") and v)
-            if not sources:
-                raise KdrunError(f"{path}:{line}: the row names no source (source_* columns)")
-            rows.append(PublishedRow(record["pair"], record["teacher"], record["student"], accuracy, sources))
+            source = {role: (record.get(SOURCE_COLUMNS[role]) or "").strip() for role in ROLES}
+            if missing := [SOURCE_COLUMNS[r] for r in ROLES if accuracy[r] is not None and not source[r]]:
+                raise KdrunError(f"{path}:{line}: a published number without its source ({', '.join(missing)})")
+            rows.append(PublishedRow(record["pair"], record["teacher"], record["student"], accuracy, source))
     return rows
 
 
@@ -118,12 +120,6 @@ HEADER = ["pair", "role", "published", "ours last epoch (mean ± std)", "ours be
           "Δ last − published", "verdict", "published in"]
 
 
-def _source(row: PublishedRow, role: str) -> str:
-    if row.accuracy[role] is None:
-        return ""
-    return row.sources.split("; ")[0] if role != "dkd" else row.sources.split("; ")[2]
-
-
 def table_rows(published: list[PublishedRow], root: Path) -> tuple[list[list[str]], list[str]]:
     """Every (pair, role) row whose pair has a directory under `root`, and the warnings."""
     rows, warnings = [], []
@@ -134,7 +130,7 @@ def table_rows(published: list[PublishedRow], root: Path) -> tuple[list[list[str
         cells = pair_cells(row, pair_dir)
         for c in cells:
             rows.append([row.pair, c.role, _fmt(c.published), _stat_text(c.last), _stat_text(c.best),
-                         _fmt(c.delta, signed=True), c.verdict, _source(row, c.role)])
+                         _fmt(c.delta, signed=True), c.verdict, row.source[c.role]])
         if warning := teacher_warning(cells):
             warnings.append(f"{row.pair}: {warning}")
     return rows, warnings
