@@ -17,10 +17,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from rich.markup import escape
 
-from kdrun.config import check_known_keys
+from kdrun.config import TEACHER_STRATEGIES, check_known_keys
 from kdrun.console import console
 from kdrun.data import DatasetNotFoundError
 from kdrun.errors import Interrupted, KdrunError
+from kdrun.recipes import apply_recipes
 from kdrun.report.tables import print_run_summary
 from kdrun.resume import check_resume_argument, is_completed, register_resolvers, resume_command
 from kdrun.run import record_failure, run_experiment
@@ -43,6 +44,8 @@ def _hydra_main(cfg: DictConfig) -> dict | None:
     resume_target = Path(hc.sweep.dir).absolute() if multirun else run_dir
     try:
         check_known_keys(cfg, hc.runtime.choices)
+        for note in apply_recipes(cfg, hc.runtime.choices, overrides, cfg.strategy.name in TEACHER_STRATEGIES):
+            console.print(f"[dim]recipe:[/] {escape(note)}", soft_wrap=True)
         summary = run_experiment(cfg, run_dir, overrides)
         if not multirun:
             print_run_summary(summary, run_dir)
