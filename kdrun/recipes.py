@@ -53,9 +53,11 @@ def chosen_keys(overrides: list[str], experiment: str | None) -> set[str]:
 
 
 def _is_chosen(key: str, chosen: set[str]) -> bool:
-    """A key is chosen if it, a parent of it (a group) or its short key was set."""
+    """A key is chosen if it, a parent (a group), a child (optim.lr for optim) or its short key was set."""
     parts = key.split(".")
     if any(".".join(parts[:i]) in chosen for i in range(1, len(parts) + 1)):
+        return True
+    if any(c.startswith(key + ".") for c in chosen):
         return True
     return SHORT_KEYS.get(key) in chosen
 
