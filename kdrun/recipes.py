@@ -16,6 +16,8 @@ from typing import Mapping
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from kdrun.strategies.catalog import STRATEGIES, strategy_class
+
 SHORT_KEYS = {"loss.T": "T", "trainer.epochs": "epochs", "trainer.batch_size": "batch_size"}
 
 
@@ -72,12 +74,11 @@ def _recipe_of(group: str, option: str | None) -> dict:
     return node.get("recipe") or {}
 
 
-def apply_recipes(cfg: DictConfig, choices: Mapping[str, str | None], overrides: list[str],
-                  trains_teacher: bool) -> list[str]:
+def apply_recipes(cfg: DictConfig, choices: Mapping[str, str | None], overrides: list[str]) -> list[str]:
     """Apply the recipes of the chosen strategy, student and teacher; returns what was applied, for the log."""
     chosen = chosen_keys(overrides, choices.get("experiment"))
     sources = [("strategy", choices.get("strategy")), ("student", choices.get("student"))]
-    if trains_teacher:
+    if cfg.strategy.name in STRATEGIES and strategy_class(cfg.strategy.name).uses_teacher_recipe:
         sources.append(("teacher", choices.get("teacher")))
     applied, decided = [], set()
     for group, option in sources:

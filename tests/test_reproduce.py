@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_module
 
-from kdrun.config import validate
 from kdrun.errors import KdrunError
 from kdrun.report.aggregate import stat
 from kdrun.report.published import Cell, read_published, teacher_warning
 from kdrun.reproduce import preset_teacher
+from kdrun.run import check_run_config as validate
 from kdrun.run import run_experiment
 
 REPO = Path(__file__).resolve().parents[1]
