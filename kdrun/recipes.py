@@ -2,7 +2,7 @@
 
 A config file may hold a `recipe:` block (conf/student/cnn_student.yaml: Adam, without
 which that BatchNorm-free CNN diverges under the default SGD; conf/strategy/online.yaml:
-DML's alpha=beta=1, T=1). Its keys are config keys (`optim`, `loss.alpha`, ...). One applies
+DML's alpha=beta=1, T=1), typed in kdrun/schema.py (Recipe): a whole `optim`, `loss` keys. One applies
 when nothing the user wrote sets that key: no command-line override of it (`optim=...`,
 `optim.lr=...`, `loss.alpha=...`, the short key `T` for `loss.T`) and no experiment
 preset that sets it. Precedence: the strategy's recipe, then the student's, then (for a
@@ -65,13 +65,19 @@ def _is_chosen(key: str, chosen: set[str]) -> bool:
 
 
 def _recipe_of(group: str, option: str | None) -> dict:
+    """The option file's recipe as {dotted key: value}; `optim` stays whole (one optimiser, not a mix)."""
     if option is None:
         return {}
     path = resources.files("kdrun.conf").joinpath(group, f"{option}.yaml")
     if not path.is_file():
         return {}
     node = OmegaConf.to_container(OmegaConf.create(path.read_text()), resolve=False) or {}
-    return node.get("recipe") or {}
+    recipe = node.get("recipe") or {}
+    flat = {"optim": recipe["optim"]} if "optim" in recipe else {}
+    for group_name, keys in recipe.items():
+        if group_name != "optim":
+            flat.update({f"{group_name}.{k}": v for k, v in keys.items()})
+    return flat
 
 
 def apply_recipes(cfg: DictConfig, choices: Mapping[str, str | None], overrides: list[str]) -> list[str]:

@@ -70,7 +70,7 @@ class DatasetKeys:
 @dataclass
 class ModelKeys:
     arch: str = key(choices=lambda: MODEL_NAMES)
-    recipe: dict | None = key(doc="keys this model needs unless the command sets them (kdrun/recipes.py)")
+    recipe: Recipe = key(doc="keys this model needs unless the command sets them (kdrun/recipes.py)")
 
 
 @dataclass
@@ -122,6 +122,14 @@ class OptimKeys:
 
 
 @dataclass
+class Recipe:
+    """What a model or strategy file may carry as defaults (kdrun/recipes.py): a whole optimiser, loss weights."""
+
+    optim: OptimKeys = key()
+    loss: LossKeys = key()
+
+
+@dataclass
 class LoggerKeys:
     name: str = key(role="display", choices=("none", "tensorboard"))
     log_dir: str = key(role="display")
@@ -153,7 +161,7 @@ class StrategyKeys:
     """`name` only: each strategy class declares the rest (Strategy.Config)."""
 
     name: str = key()
-    recipe: dict | None = key(doc="keys this strategy needs unless the command sets them (kdrun/recipes.py)")
+    recipe: Recipe = key(doc="keys this strategy needs unless the command sets them (kdrun/recipes.py)")
 
 
 @dataclass
@@ -311,8 +319,7 @@ def describe(kind: Any) -> str:
     return _NAMES[kind]
 
 
-_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null",
-          dict: "a mapping of keys to values"}
+_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
 _PLURAL = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
 
 
