@@ -28,6 +28,7 @@ from kdrun.data import DatasetNotFoundError
 from kdrun.errors import CheckpointError, ConfigError, DataError, Interrupted, KdrunError
 from kdrun.missing_data import check_not_known_missing, remember_missing
 from kdrun.preflight import check_output_locations, check_sweep
+from kdrun.recipes import apply_recipes
 from kdrun.report.tables import print_run_summary
 from kdrun.resume import check_resume_argument, is_completed, register_resolvers, resume_command
 from kdrun.run import record_failure, run_experiment
@@ -54,6 +55,8 @@ def _hydra_main(cfg: DictConfig) -> dict | None:
     resume_target = Path(hc.sweep.dir).absolute() if multirun else run_dir
     try:
         check_not_known_missing(cfg)  # a sweep looks for a missing dataset once, not once per job
+        for note in apply_recipes(cfg, hc.runtime.choices, overrides):
+            console.print(f"[dim]recipe:[/] {escape(note)}", soft_wrap=True)
         label = f"job {hc.job.num} {cfg.strategy.name}" if multirun else cfg.strategy.name
         summary = run_experiment(cfg, run_dir, overrides, label=label)
         if not multirun:

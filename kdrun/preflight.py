@@ -20,6 +20,7 @@ from omegaconf import DictConfig, open_dict
 
 from kdrun.errors import ConfigError, KdrunError
 from kdrun.plausibility import check_plausible
+from kdrun.recipes import apply_recipes
 from kdrun.resume import check_can_start, check_same_config
 from kdrun.run import check_run_config
 
@@ -57,10 +58,12 @@ def existing_sweep_dir(args: list[str]) -> Path | None:
 
 
 def compose_job(overrides: list[str]) -> DictConfig:
-    """The job config Hydra will hand the job: the hydra node removed."""
+    """The job config the job will run: the hydra node removed, the chosen options' recipes applied."""
     cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    choices = dict(cfg.hydra.runtime.choices)
     with open_dict(cfg):
         del cfg["hydra"]
+    apply_recipes(cfg, choices, overrides)
     return cfg
 
 

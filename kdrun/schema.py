@@ -79,6 +79,7 @@ class ModelKeys:
     pretrained: bool = key(doc="timm's own pretrained weights")
     input_stats: str = key(choices=INPUT_STATS)
     _target_: str | None = key(doc="source=custom: the nn.Module class; other keys are its arguments")
+    recipe: Recipe = key(doc="keys this model needs unless the command sets them (kdrun/recipes.py)")
 
 
 @dataclass
@@ -135,6 +136,14 @@ class OptimKeys:
 
 
 @dataclass
+class Recipe:
+    """What a model or strategy file may carry as defaults (kdrun/recipes.py): a whole optimiser, loss weights."""
+
+    optim: OptimKeys = key()
+    loss: LossKeys = key()
+
+
+@dataclass
 class LoggerKeys:
     name: str = key(role="display", choices=("none", "tensorboard", "mlflow", "wandb"))
     log_dir: str = key(role="display")
@@ -170,6 +179,7 @@ class StrategyKeys:
     """`name` only: each strategy class declares the rest (Strategy.Config)."""
 
     name: str = key()
+    recipe: Recipe = key(doc="keys this strategy needs unless the command sets them (kdrun/recipes.py)")
 
 
 @dataclass
@@ -179,6 +189,7 @@ class RootKeys:
     data_seed: int = key(role="seed", low=0)
     epochs: int = key(low=1)
     batch_size: int = key(low=1)
+    dkd_beta: float = key(low=0, doc="DKD's non-target weight, read by loss=dkd as loss.nckd_weight")
     name: str = key(role="display")
     plugins: list[str] = key(doc="modules imported before the run: a user's strategies or losses register there")
     paths: Paths = key(role="location")

@@ -24,6 +24,7 @@ from kdrun.report.plots import Reference, Series, plot_heatmap, plot_sweep, refe
 from kdrun.report.tables import (
     Table, comparison_table, grid_table, markdown_table, print_paths, sweep_file_stem, sweep_table, to_csv,
 )
+from kdrun.report.teacher_check import study_warnings
 
 SUMMARY_METRICS = ("final_test_acc", "best_test_acc", "params", "teacher_test_acc", "wall_time_s")
 
@@ -90,7 +91,7 @@ def notes_on(s: Study) -> list[str]:
                      f"to the sweep, or pass a scratch run's directory to kdrun-report.")
     if not s.teachers:
         notes.append("No teacher accuracy recorded by these runs, so no teacher reference.")
-    return notes
+    return notes + study_warnings(s)
 
 
 class ReportWriter:

@@ -13,6 +13,7 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table as RichTable
 
 from kdrun.console import console
@@ -20,6 +21,7 @@ from kdrun.report.console_table import console_table
 from kdrun.report.aggregate import Group, Stat, Study, TeacherRef, display_name, format_value, swept_keys
 from kdrun.report.jobs import JobRecord
 from kdrun.report.latency import Latency, LatencyMeter
+from kdrun.report.teacher_check import run_warning
 
 ACC = "test acc %"
 BEST = "best-epoch acc %"
@@ -270,6 +272,8 @@ def print_run_summary(summary: dict, run_dir: Path) -> None:
     table.add_row(f"student {summary['arch']}", f"{summary['params']:,}", f"{summary['size_mb']:.3f}",
                   f"{summary['final_test_acc']:.2f}", f"{summary['best_test_acc']:.2f}")
     console.print(table)
+    if warning := run_warning(summary):
+        console.print(f"[bold yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     print_paths([Path(run_dir) / name for name in RUN_FILES if (Path(run_dir) / name).exists()])
 
 

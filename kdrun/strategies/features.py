@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from kdrun.errors import ConfigError
+from kdrun.feature_scale import scaled_at_weight
 from kdrun.losses import at_loss, hint_loss
 from kdrun.models import build_model
 from kdrun.models.layers import LayerTap, feature_root
@@ -111,7 +112,8 @@ def plan_feature_terms(loss_cfg, student_arch: str, teacher_arch: str, data) -> 
                 if len(shape) != 3:
                     raise ConfigError(f"attention transfer needs spatial feature maps, but {arch} stage {stage} "
                                       f"outputs {describe(shape)}; set loss.at_weight=0 for this pair")
-    return FeatureTerms(float(loss_cfg.hint_weight), hint_stages, hint_shapes, float(loss_cfg.at_weight), at_stages,
+    at_weight = scaled_at_weight(loss_cfg.at_weight, data.image_size)  # kdrun/feature_scale.py: the CIFAR meaning
+    return FeatureTerms(float(loss_cfg.hint_weight), hint_stages, hint_shapes, at_weight, at_stages,
                         named.student_layers, named.teacher_layers)
 
 
