@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from kdrun.config import validate
 from kdrun.console import console
 from kdrun.data import BatchAugment, load_dataset
+from kdrun.data.run_details import check_in_memory, folder_details
 from kdrun.errors import DataError
 from kdrun.io import atomic_write_json, atomic_write_text
 from kdrun.report.loggers import build_logger
@@ -38,9 +39,10 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) ->
     logger = build_logger(cfg.logger, run_dir)  # before any training: a missing tensorboard fails fast
     runtime = resolve_runtime(cfg.device)
     try:
-        data = load_dataset(cfg.dataset, runtime.device)
+        data = load_dataset(cfg.dataset, runtime.device, cfg.data_seed)
     except ValueError as exc:  # empty, malformed or inconsistent files: the message names them
         raise DataError(str(exc)) from exc
+    check_in_memory(data)
     augment = BatchAugment(cfg.dataset.augment.crop_padding, cfg.dataset.augment.hflip, data.mean, data.std)
     trainer = Trainer(
         TrainerConfig(epochs=cfg.trainer.epochs, batch_size=cfg.trainer.batch_size,
@@ -54,11 +56,13 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) ->
         "dataset": cfg.dataset.name,
         "seed": cfg.seed,
         "overrides": list(overrides),
+        **folder_details(data),
     }
     if cfg.strategy.name != "scratch":
         extra.update(T=cfg.loss.T, alpha=cfg.loss.alpha, beta=cfg.loss.beta)
 
     def fit(strategy, out_dir: Path, extra: dict) -> dict:
+        strategy.student.class_names = data.class_names  # saved with its checkpoints (model_meta)
         go_on = resume and (out_dir / "checkpoints" / "last.pt").is_file()
         return trainer.fit(strategy, data, augment, out_dir, extra=extra, on_epoch=logger.log_epoch, resume=go_on)
 
