@@ -290,3 +290,30 @@ def test_imagenet_preset_composes_and_runs_one_step(tmp_path, kdrun):
     kdrun("experiment=imagenet_resnet34_resnet18", f"dataset.root={root}", "dataset.image_size=32",
           "dataset.eval_resize=36", "dataset.in_memory=true", "teacher.weights=null", "epochs=1", "batch_size=4",
           "trainer.progress=false")
+
+
+def test_kdrun_names_streaming_as_not_yet_trainable(tmp_path, kdrun):
+    root = make_folder(tmp_path / "photos", per_class=(4, 2))
+    proc = kdrun("dataset=image_folder", f"dataset.root={root}", "dataset.in_memory=false", "strategy=scratch",
+                 "student=cnn_student", "epochs=1", "trainer.progress=false", check=False)
+    assert proc.returncode != 0 and "set dataset.in_memory=true" in proc.stdout + proc.stderr
+
+
+# ---- failed downloads leave nothing behind (issue 10, item 15) ---------------------------------------------
+
+
+@pytest.mark.parametrize("name, root_exists", [("fashion_mnist", True), ("cifar10", False)])
+def test_a_failed_download_leaves_no_empty_folders(tmp_path, monkeypatch, name, root_exists):
+    import urllib.error
+    import urllib.request
+
+    def urlopen(*args, **kwargs):
+        raise urllib.error.URLError("no network in tests")
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    root = tmp_path / "data"
+    if root_exists:
+        root.mkdir()
+    with pytest.raises(FileNotFoundError, match="download failed"):
+        load_dataset({"name": name, "root": str(root)})
+    assert (list(root.iterdir()) == []) if root_exists else not root.exists()
