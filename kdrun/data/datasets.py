@@ -53,10 +53,10 @@ class DatasetSplits:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    val_x: Tensor | None = None
+    val_x: Tensor | None = None  # a validation split, held out of train, when there is one
     val_y: Tensor | None = None
-    class_names: list[str] | None = None
-    skipped_images: int = 0
+    class_names: list[str] | None = None  # an image folder's classes, in label order
+    skipped_images: int = 0  # unreadable files left out (dataset.on_bad_image=skip)
 
     @property
     def in_channels(self) -> int:
