@@ -317,3 +317,21 @@ def test_a_failed_download_leaves_no_empty_folders(tmp_path, monkeypatch, name, 
     with pytest.raises(FileNotFoundError, match="download failed"):
         load_dataset({"name": name, "root": str(root)})
     assert (list(root.iterdir()) == []) if root_exists else not root.exists()
+
+
+def test_streaming_feed_keeps_the_feed_contract_and_resumes_mid_epoch(tmp_path):
+    from kdrun.data.streaming import StreamingFeed
+
+    root = make_folder(tmp_path / "d")
+    data = streaming(root, val_fraction=0.0, augment={"crop_padding": 2, "hflip": True, "random_resized_crop": False})
+    feed = StreamingFeed(data, batch_size=8)
+    assert feed.steps_per_epoch == 4  # 36 samples: the short last batch is dropped
+    epoch = list(feed.batches(epoch=2))
+    assert sorted(torch.cat([b.index for b in epoch]).tolist()) == sorted(feed.order(2)[:32].tolist())
+    fresh = StreamingFeed(streaming(root, val_fraction=0.0,
+                                    augment={"crop_padding": 2, "hflip": True, "random_resized_crop": False}), 8)
+    fresh.load_state_dict(feed.state_dict())
+    resumed = list(fresh.batches(epoch=2, start_step=2))
+    for a, b in zip(epoch[2:], resumed):
+        assert torch.equal(a.x, b.x) and torch.equal(a.index, b.index) and b.epoch == 2
+    assert not torch.equal(feed.order(1), feed.order(2))

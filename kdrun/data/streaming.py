@@ -1,7 +1,8 @@
 """Folders too large for memory: a DataLoader with worker processes decodes and augments per sample.
 
 `StreamingFolder.batches(order, batch_size, epoch, start_step)` yields the training batches of an
-epoch in the order the trainer drew, `evaluate(split)` the test or validation split in file order.
+epoch in a given order, `evaluate(split)` the test or validation split in file order; `StreamingFeed`
+serves them to the trainer as its feed (kdrun.data.feed's contract).
 Every sample's augmentation draws are a pure function of (data_seed, epoch, sample index), so the
 same order gives the same batches for any number of workers, a resumed epoch, and the
 teacher-output cache.
@@ -17,6 +18,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from kdrun.console import console
+from kdrun.step import Batch
 
 from .batches import drops_last, num_batches
 from .folder_index import FolderSplit
@@ -143,3 +145,29 @@ class StreamingFolder:
                 images, labels, index = images[ok], labels[ok], index[ok]
             x = images.to(self.device, non_blocking=pin).float().mul_(self.scale).add_(self.shift)
             yield x, labels.to(self.device, non_blocking=pin), index
+
+
+class StreamingFeed:
+    """The trainer's feed contract (as kdrun.data.feed.InMemoryFeed) over a StreamingFolder. Each epoch's
+    order is a permutation drawn from (data_seed, epoch) alone, so nothing but the epoch and step needs
+    keeping for a resume: the state dict is empty."""
+
+    def __init__(self, folder: StreamingFolder, batch_size: int, channels_last: bool = False):
+        self.folder, self.batch_size, self.channels_last = folder, batch_size, channels_last
+        self.samples = len(folder.train_y)
+        self.steps_per_epoch = num_batches(self.samples, batch_size, drops_last(self.samples, batch_size))
+
+    def order(self, epoch: int) -> Tensor:
+        return torch.randperm(self.samples, generator=sample_generator(self.folder.data_seed, epoch, -1))
+
+    def batches(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        for x, y, index in self.folder.batches(self.order(epoch), self.batch_size, epoch, start_step):
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield Batch(x, y, index, epoch)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass  # the order and views follow from (data_seed, epoch): nothing to restore
