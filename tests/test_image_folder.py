@@ -15,8 +15,8 @@ from conftest import only_run_dir
 from kdrun.data import load_dataset
 from kdrun.data.folder_cache import cache_key
 from kdrun.data.folder_index import scan_layout, stratified_split
-from kdrun.data.images import BadImageError, fit, read_image, sample_generator
-from kdrun.data.streaming import StreamAugment, StreamingFolder
+from kdrun.data.images import BadImageError, fit, sample_generator
+from kdrun.data.streaming import StreamingFolder
 from kdrun.errors import ConfigError, DataError
 
 CLASSES = ("cat", "dog", "eel")

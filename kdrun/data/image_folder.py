@@ -20,7 +20,6 @@ from .folder_index import FolderLayout, FolderSplit, scan_layout, stratified_spl
 from .images import BadImageError, fit, image_channels, read_image
 from .streaming import StreamAugment, StreamingFolder
 
-FOLDER_DATASETS = ("image_folder", "imagenet")
 VAL_SEED = 0  # the validation split is drawn with a fixed seed: every run holds out the same images
 STATS_SAMPLES = 256  # images (spread over train) that estimate mean/std for a streamed folder
 DEFAULT_VAL_FRACTION = 0.1  # image_folder without a val/ folder
