@@ -337,3 +337,21 @@ def test_streaming_feed_keeps_the_feed_contract_and_resumes_mid_epoch(tmp_path):
     for a, b in zip(epoch[2:], resumed):
         assert torch.equal(a.x, b.x) and torch.equal(a.index, b.index) and b.epoch == 2
     assert not torch.equal(feed.order(1), feed.order(2))
+
+
+def test_a_cached_teacher_is_never_shared_between_two_folders(tmp_path):
+    from omegaconf import OmegaConf
+
+    from kdrun.teachers import teacher_cache_dir
+
+    def cache_dir(root):
+        cfg = OmegaConf.create({"dataset": folder_cfg(root), "paths": {"teachers": "t"},
+                                "teacher": {"arch": "cnn_teacher", "epochs": 1, "seed": 0},
+                                "trainer": {"batch_size": 8}, "optim": {"name": "sgd"}})
+        return teacher_cache_dir(cfg)
+
+    a, b = make_folder(tmp_path / "a"), make_folder(tmp_path / "b", seed=1)
+    assert cache_dir(a) == cache_dir(a) != cache_dir(b)
+    before = cache_dir(b)
+    (b / "train" / "cat" / "extra.png").write_bytes((b / "train" / "cat" / "0001.png").read_bytes())
+    assert cache_dir(b) != before  # the same folder with another file: another teacher

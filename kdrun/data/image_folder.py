@@ -14,8 +14,8 @@ import torch
 
 from kdrun.errors import ConfigError
 
-from .datasets import DatasetSplits, channel_stats
-from .folder_cache import decoded_split
+from .datasets import FOLDER_DATASETS, DatasetSplits, channel_stats
+from .folder_cache import cache_key, decoded_split
 from .folder_index import FolderLayout, FolderSplit, scan_layout, stratified_split
 from .images import BadImageError, fit, image_channels, read_image
 from .streaming import StreamAugment, StreamingFolder
@@ -60,6 +60,15 @@ def open_image_folder(cfg: Mapping[str, Any], device: torch.device | str = "cpu"
                               bool(augment["hflip"])),
         mean=_per_channel(mean, channels, "mean"), std=_per_channel(std, channels, "std"), data_seed=data_seed,
         workers=int(cfg.get("workers") or 0), device=device, skip_bad=skip_bad, name=cfg["name"])
+
+
+def folder_identity(cfg: Mapping[str, Any]) -> dict:
+    """{"files": digest of the training files' paths, sizes and mtimes} for a folder dataset, else {}: what a
+    cached teacher's fingerprint adds, so that two folders (or one whose files changed) never share one."""
+    if cfg.get("name") not in FOLDER_DATASETS or not cfg.get("root"):
+        return {}
+    train = scan_layout(cfg["root"]).train
+    return {"files": cache_key(train, 0, 0, 0)}
 
 
 def _train_and_val(cfg: Mapping[str, Any], layout: FolderLayout) -> tuple[FolderSplit, FolderSplit | None]:
