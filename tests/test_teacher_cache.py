@@ -165,7 +165,7 @@ def test_a_cache_that_would_not_fit_the_disk_is_refused_with_its_size(tmp_path, 
     cfg = compose_cfg(tmp_path, "epochs=240")
     data, _, runtime, teacher = setup(cfg)
     usage = type("usage", (), {"free": 100 * 2**20})
-    monkeypatch.setattr("kdrun.teacher_outputs.shutil.disk_usage", lambda path: usage)
+    monkeypatch.setattr("kdrun.teacher_outputs.serve.shutil.disk_usage", lambda path: usage)
     with pytest.raises(TeacherCacheError, match=r"needs .* more .* only 104.9 MB is free .*teacher.cache=false"):
         build_teacher_outputs(cfg, data, runtime, teacher)
     # 240 epochs x 50 samples x (10 fp16 logits + a 16-bit view checksum) + a 64-byte header per epoch
