@@ -56,7 +56,7 @@ def _hydra_main(cfg: DictConfig) -> dict | None:
         command = resume_command(resume_target, multirun)
         _record(run_dir, exc, overrides, status="interrupted", resume=command)
         console.print(f"[bold yellow]{escape(str(exc))}[/]\nto resume: [bold]{escape(command)}[/]", soft_wrap=True)
-        sys.exit(INTERRUPTED)  # in a sweep too: Ctrl-C stops the sweep, not one job
+        sys.exit(exc.exit_status)  # in a sweep too: a signal stops the sweep, not one job
     except KeyboardInterrupt:  # before training began (loading data, building models): nothing to save
         console.print("[bold yellow]interrupted[/] before training began; nothing was saved", soft_wrap=True)
         sys.exit(INTERRUPTED)

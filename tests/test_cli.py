@@ -166,3 +166,11 @@ def test_a_plain_pip_install_runs_from_any_directory(tmp_path):
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(target)},
                          capture_output=True, text=True, check=True).stdout
     assert str(target) in out and "digits cnn_teacher" in out
+
+
+def test_each_epoch_logs_the_learning_rate_it_trained_with(kdrun, tmp_path):
+    """The lr at the epoch's first step: epoch 1 of a 1-epoch cosine run trained at the base rate, not the
+    0.0 the schedule reaches once the epoch is over."""
+    kdrun(*TINY, "optim.lr=0.03")
+    (record,) = read_jsonl(only_run_dir(tmp_path) / "metrics.jsonl")
+    assert record["lr"] == pytest.approx(0.03)
