@@ -40,8 +40,11 @@ sweep-demo:
 
 # How close KD comes to training the student alone, live and with the teacher-output
 # cache, against a plain PyTorch loop; prints a table, writes bench.json (< 10 min, 2 cores).
+# Then image folders: streaming and in-memory images/s against torchvision's ImageFolder + DataLoader
+# (bench_folders.json).
 bench:
 	$(PY) bench/bench.py --out bench.json
+	$(PY) bench/bench_folders.py --out bench_folders.json
 
 # The RepDistiller/CRD CIFAR-100 table (13 pairs) with DKD, beside the published numbers
 # (results/published/cifar100.csv): per pair the teacher, the student from scratch, KD and DKD,

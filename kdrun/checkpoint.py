@@ -34,12 +34,15 @@ VERSION = 2
 
 
 def model_meta(model: nn.Module) -> dict:
-    return {
+    meta = {
         "arch": model.arch,
         "num_classes": model.num_classes,
         "in_channels": model.in_channels,
         "image_size": model.image_size,
     }
+    if getattr(model, "class_names", None):  # an image folder's classes, in label order
+        meta["class_names"] = list(model.class_names)
+    return meta
 
 
 def unwrap(model: nn.Module) -> nn.Module:

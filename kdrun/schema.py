@@ -48,6 +48,7 @@ def key(*, role: str = "result", low: float | None = None, strict: bool = False,
 class Augment:
     crop_padding: int = key(low=0)
     hflip: bool = key()
+    random_resized_crop: bool = key()  # streamed folders: Inception-style crop to image_size (ImageNet)
 
 
 @dataclass
@@ -61,10 +62,20 @@ class DatasetKeys:
     # synthetic data: its shape and the seed it is drawn from
     num_classes: int = key(low=1)
     image_size: int = key(low=1)
-    channels: int = key(low=1)
+    channels: int | None = key(low=1)  # image folders: null = from the first image
     train_size: int = key(low=1)
     test_size: int = key(low=1)
     seed: int = key(low=0)
+    # image folders (kdrun/data/image_folder.py)
+    eval_resize: int | None = key(low=1)
+    val_fraction: float | None = key(low=0)
+    on_bad_image: str = key(choices=("error", "skip"))
+    in_memory: bool | str = key(role="speed", choices=(True, False, "auto"))
+    memory_gb: float = key(role="speed", low=0)
+    workers: int = key(role="speed", low=0)
+    cache_dir: str = key(role="location")
+    mean: list[float] | None = key()
+    std: list[float] | None = key()
 
 
 SOURCES = ("zoo", "torchvision", "timm", "custom")  # where a teacher/student comes from (kdrun/model_sources.py)

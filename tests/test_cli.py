@@ -116,7 +116,7 @@ def assert_clean_error(proc, *fragments: str) -> None:
     [
         (["teacher=resnet21"], ["Could not find 'teacher/resnet21'", "resnet20", "cnn_teacher"]),
         (["student=tiny"], ["Could not find 'student/tiny'", "resnet8x4"]),
-        (["dataset=imagenet"], ["Could not find 'dataset/imagenet'", "digits"]),
+        (["dataset=svhn"], ["Could not find 'dataset/svhn'", "digits"]),
         (["T=0"], ["T must be > 0, got 0"]),
         (["loss.alpha=-1"], ["loss.alpha must be >= 0, got -1"]),
         (["batch_size=0"], ["batch_size must be >= 1, got 0"]),
