@@ -16,6 +16,7 @@ from typing import Mapping
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from kdrun.data import DATASET_NAMES
+from kdrun.deploy.prune import check_prune_config
 from kdrun.errors import ConfigError
 from kdrun.models import MODEL_NAMES
 from kdrun.optim import OPTIMIZERS, SCHEDULES
@@ -56,6 +57,7 @@ def validate(cfg: DictConfig) -> None:
     check_choice(cfg.dataset.name, "dataset", DATASET_NAMES)
     check_choice(cfg.student.arch, "student", MODEL_NAMES)
     check_choice(cfg.strategy.name, "strategy", STRATEGIES)
+    check_prune_config(cfg.student.get("prune") or {})
     check_number(cfg.seed, "seed", low=0, integer=True)
     check_number(cfg.data_seed, "data_seed", low=0, integer=True)
     check_number(cfg.trainer.epochs, "epochs", low=1, integer=True)

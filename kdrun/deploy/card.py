@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdrun.data import DatasetSplits
+from kdrun.deploy.prune import sparsity
 from kdrun.deploy.student import RunModel
 from kdrun.models import count_parameters
 
@@ -34,6 +35,7 @@ def model_card(run: RunModel, data: DatasetSplits, artefacts: dict, flops: int) 
     return {
         "model": model.arch,
         "params": count_parameters(model),
+        "weight_sparsity": round(sparsity(model), 4),  # zeros among conv/linear weights (unstructured pruning)
         "flops": flops,
         "classes": class_names(data.name, data.num_classes),
         "input": {

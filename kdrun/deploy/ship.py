@@ -10,14 +10,19 @@ from kdrun.deploy.card import card_path, model_card
 from kdrun.deploy.flops import count_flops
 from kdrun.deploy.int8 import calibration_images, quantize_onnx
 from kdrun.deploy.speed import measure_all
-from kdrun.deploy.student import load_run
+from kdrun.data import DatasetSplits
+from kdrun.deploy.student import RunModel, load_run
 from kdrun.io import atomic_write_json
 
 
 def ship_run(run_dir: Path, out_dir: Path, fmt: str, int8: bool, speed: bool) -> dict:
     """Write the run's student to `out_dir`; returns the model card (also written as model_card.json)."""
-    run = load_run(run_dir)
-    data = run.load_data()
+    return ship(load_run(run_dir), out_dir, fmt, int8, speed)
+
+
+def ship(run: RunModel, out_dir: Path, fmt: str, int8: bool, speed: bool, data: DatasetSplits | None = None) -> dict:
+    """`run`'s model to files in `out_dir` (see ship_run); `data`: its dataset, if already loaded."""
+    data = data or run.load_data()
     model = run.raw_model(data)
     shape = (data.in_channels, data.image_size, data.image_size)
     artefacts: dict[str, dict] = {}

@@ -103,7 +103,8 @@ class ReportWriter:
         self.files.append(path)
 
 
-def write_report(jobs: list[JobRecord], out_dir: Path, *, title: str, measure_latency: bool = True) -> Study:
+def write_report(jobs: list[JobRecord], out_dir: Path, *, title: str, measure_latency: bool = True,
+                 deploy: bool = False, robustness: bool = False) -> Study:
     """Write every table and plot for `jobs` into `out_dir`, print the tables, then the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -118,7 +119,19 @@ def write_report(jobs: list[JobRecord], out_dir: Path, *, title: str, measure_la
     if s.groups:
         comparison = comparison_table(s, LatencyMeter() if measure_latency else None)
         comparison.notes += notes
+        deployment = None
+        if deploy:  # imported here: onnx and onnxruntime are an optional extra
+            from kdrun.deploy.report_columns import add_deploy_columns
+            deployment = add_deploy_columns(comparison, s, out_dir)
         w.table("comparison", comparison)
+        if deployment is not None:
+            w.table("deployment", deployment)
+    if robustness and s.groups:
+        from kdrun.deploy.robustness import plot_robustness, robustness_table
+        from kdrun.deploy.robustness_report import robustness_results
+        results = robustness_results(s)
+        w.plot(plot_robustness(out_dir / "robustness.png", results))
+        w.table("robustness", robustness_table(results), image="robustness.png")
     numeric = s.numeric_swept
     for key in numeric:
         stem = sweep_file_stem([key])

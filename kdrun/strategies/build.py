@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 
 from kdrun.console import console
 from kdrun.data import BatchAugment, DatasetSplits
+from kdrun.deploy.prune import prune_student
 from kdrun.models import build_model
 from kdrun.runtime import Runtime, seed_everything
 from kdrun.strategies.base import Strategy
@@ -24,6 +25,7 @@ def build_student(cfg, data: DatasetSplits, runtime: Runtime, seed: int | None =
     """The student, initialised from `seed` (default cfg.seed), after any teacher training reseeded the RNGs."""
     seed_everything(cfg.seed if seed is None else seed)
     model = build_model(cfg.student.arch, data.in_channels, data.image_size, data.num_classes)
+    model = prune_student(model, cfg.student.get("prune"))
     return runtime.prepare(model)
 
 
