@@ -9,11 +9,13 @@ images, a close cousin for colour ones.
 
 from __future__ import annotations
 
+import io
 import math
+
+import numpy as np
 
 import torch
 from torch import Tensor
-from torchvision.io import decode_jpeg, encode_jpeg
 from torchvision.transforms.v2.functional import gaussian_blur
 
 from kdrun.errors import ConfigError
@@ -37,6 +39,18 @@ def _to_uint8(x: Tensor) -> Tensor:
     return (x * 255).round_().clamp_(0, 255).to(torch.uint8)
 
 
+def _jpeg(image: Tensor, quality: int) -> Tensor:
+    """One (C, H, W) uint8 image through a JPEG encode and decode (Pillow; torchvision's codec is deprecated)."""
+    from PIL import Image
+
+    array = image.permute(1, 2, 0).numpy()
+    pil = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+    buffer = io.BytesIO()
+    pil.save(buffer, format="JPEG", quality=quality)
+    decoded = np.asarray(Image.open(io.BytesIO(buffer.getvalue())))
+    return torch.from_numpy(decoded.copy()).reshape(image.shape[1], image.shape[2], -1).permute(2, 0, 1)
+
+
 def corrupt(x: Tensor, name: str, severity: int, seed: int = 0) -> Tensor:
     """`x` (uint8, N x C x H x W, on the CPU) with corruption `name` at `severity` (0 = none)."""
     if name not in PARAMS:
@@ -47,7 +61,7 @@ def corrupt(x: Tensor, name: str, severity: int, seed: int = 0) -> Tensor:
         return x
     c = PARAMS[name][severity - 1]
     if name == "jpeg":
-        return torch.stack([decode_jpeg(encode_jpeg(image, quality=c)) for image in x])
+        return torch.stack([_jpeg(image, c) for image in x])
     xf = x.float() / 255
     if name == "gaussian_noise":
         noise = torch.randn(xf.shape, generator=_generator(seed, name, severity))
