@@ -52,7 +52,7 @@ def _columns(card: dict, other_seeds: list[dict]) -> dict:
     arts = card["artefacts"]
     int8_accs = [c["artefacts"]["int8"]["accuracy"] for c in (card, *other_seeds)]
     fp32_accs = [c["artefacts"]["onnx"]["check"]["accuracy"] for c in (card, *other_seeds)]
-    out = {"mflops": round(card["flops"] / 1e6, 4), "onnx_fp32_kb": round(arts["onnx"]["size_mb"] * 1024, 2),
+    out = {"flops": card["flops"], "onnx_fp32_kb": round(arts["onnx"]["size_mb"] * 1024, 2),
            "onnx_int8_kb": round(arts["int8"]["size_mb"] * 1024, 2),
            "acc_fp32_onnx": round(statistics.fmean(fp32_accs), 3), "acc_int8": round(statistics.fmean(int8_accs), 3)}
     for key, value in card["speed"].items():
@@ -72,19 +72,19 @@ def add_deploy_columns(comparison: Table, s: Study, out_dir: Path) -> Table:
     comparison.csv_columns += keys
     for csv_row, row in zip(comparison.csv_rows, measured):
         csv_row.update({k: (row or {}).get(k, "") for k in keys})
-    columns = ["model", "trained as", "MFLOPs", "KB fp32", "KB int8", "acc int8", "pt ms", "ort ms", "int8 ms"]
+    columns = ["model", "trained as", "FLOPs", "KB fp32", "KB int8", "acc int8", "pt ms", "ort ms", "int8 ms"]
     rows = []
     for csv_row, row in zip(comparison.csv_rows, measured):
         row = row or {}
 
         def get(key, fmt):
             return fmt.format(row[key]) if key in row else "n/a"
-        rows.append([csv_row["model"], csv_row["trained_as"], get("mflops", "{:.2f}"), get("onnx_fp32_kb", "{:.1f}"),
+        rows.append([csv_row["model"], csv_row["trained_as"], get("flops", "{:.3g}"), get("onnx_fp32_kb", "{:.1f}"),
                      get("onnx_int8_kb", "{:.1f}"), get("acc_int8", "{:.2f}"), get("ms_torch_1t_b1", "{:.3f}"),
                      get("ms_onnxruntime_1t_b1", "{:.3f}"), get("ms_onnxruntime_int8_1t_b1", "{:.3f}")])
     notes = ["Batch 1, one CPU thread: pt = PyTorch eager, ort = onnxruntime fp32, int8 = onnxruntime int8 (QDQ, "
              "calibrated on 512 training images). KB = ONNX file size. acc int8 = mean over the group's seeds. "
              "Batch 64 images/s and all-thread figures are in comparison.csv. Unstructured sparsity does not make "
              "dense kernels faster: a pruned model's latency and file size drop only with channel pruning.",
-             "MFLOPs: torch.utils.flop_counter, 2 per multiply-add, at batch 1."]
+             "FLOPs: torch.utils.flop_counter, 2 per multiply-add, one image."]
     return Table("deployment", columns, rows, [], [], notes)

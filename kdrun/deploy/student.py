@@ -99,6 +99,8 @@ def load_run(run_dir: str | Path) -> RunModel:
 def find_run_dirs(path: str | Path) -> list[Path]:
     """`path` itself if it is a run, else every run below it (a sweep), in order."""
     path = Path(path)
+    if not path.exists():
+        raise KdrunError(f"{str(path)!r} does not exist; give a run directory or a sweep directory")
     if not path.is_dir():
         raise KdrunError(f"{str(path)!r} is not a directory; give a run directory or a sweep directory")
     if (path / "config.yaml").is_file():
