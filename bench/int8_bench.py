@@ -78,8 +78,9 @@ def int8_vs_fp32(root: Path, tiny: bool) -> dict:
 
 
 def print_int8(result: dict) -> None:
-    table = Table(title="(f) int8 onnxruntime vs fp32 PyTorch eager (batch 1, 1 thread)")
-    for column in ("model", "acc fp32", "acc int8", "shape", "eager ms", "ort ms", "int8 ms", "speed-up"):
+    table = Table(title="(f) int8 onnxruntime vs fp32 PyTorch eager (ms, batch 1, 1 thread)")
+    # ms per image; x = eager fp32 / int8
+    for column in ("model", "fp32 %", "int8 %", "shape", "eager", "ort", "int8", "x"):
         table.add_column(column, justify="left" if column in ("model", "shape") else "right")
     for arch, m in result["models"].items():
         for shape in ("digits_shape", "cifar_shape"):
