@@ -17,13 +17,16 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from rich.markup import escape
 
-from kdrun.config import check_known_keys
+from importlib import resources
+
 from kdrun.console import console
 from kdrun.data import DatasetNotFoundError
 from kdrun.errors import Interrupted, KdrunError
 from kdrun.report.tables import print_run_summary
 from kdrun.resume import check_resume_argument, is_completed, register_resolvers, resume_command
 from kdrun.run import record_failure, run_experiment
+from kdrun.schema import check_override_keys
+from kdrun.strategies.catalog import any_strategy_config
 
 # Errors whose message is the whole story: print it, no traceback.
 USER_ERRORS = (KdrunError, DatasetNotFoundError)
@@ -42,8 +45,8 @@ def _hydra_main(cfg: DictConfig) -> dict | None:
     multirun = hc.mode == RunMode.MULTIRUN
     resume_target = Path(hc.sweep.dir).absolute() if multirun else run_dir
     try:
-        check_known_keys(cfg, hc.runtime.choices)
-        summary = run_experiment(cfg, run_dir, overrides)
+        label = f"job {hc.job.num} {cfg.strategy.name}" if multirun else cfg.strategy.name
+        summary = run_experiment(cfg, run_dir, overrides, label=label)
         if not multirun:
             print_run_summary(summary, run_dir)
         return summary
@@ -81,9 +84,17 @@ def _record(run_dir: Path, exc: BaseException, overrides: list[str], **kwargs) -
         console.print(f"[red]could not record the failure in metrics.json:[/] {escape(str(write_error))}", soft_wrap=True)
 
 
+def config_groups() -> set[str]:
+    """The config groups kdrun ships (dataset, teacher, ...): `group=option` overrides choose in them."""
+    return {p.name for p in resources.files("kdrun.conf").iterdir() if p.is_dir() and not p.name.startswith("_")}
+
+
 def main() -> None:
     try:
-        check_resume_argument(sys.argv[1:])  # before Hydra makes any directory
+        # Before Hydra: a typo gets kdrun's message (not Hydra's advice to add it with +), and a bad
+        # resume=DIR is refused before any directory is made.
+        check_override_keys(sys.argv[1:], config_groups(), any_strategy_config())
+        check_resume_argument(sys.argv[1:])
     except KdrunError as exc:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(2)

@@ -20,11 +20,11 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from kdrun.errors import ConfigError
+from kdrun.schema import keys_with_role
 
-# Keys that may differ between a run and its resume: they say where files are or how the run
-# is watched, not what is trained. The device may change too (a resume checks the device type).
-RESUME_MAY_CHANGE = ("resume", "paths", "trainer.progress", "checkpoint", "dataset.root", "dataset.download",
-                     "device", "logger", "teacher.cache")
+# Keys that may differ between a run and its resume: they say where files are, how the run is
+# watched or how fast it runs, not what is trained (kdrun.schema roles).
+RESUME_MAY_CHANGE = ("name", *keys_with_role("location", "display", "speed"))
 
 _claimed: dict[str, str] = {}  # base -> directory this process created for it
 

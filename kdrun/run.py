@@ -1,4 +1,8 @@
-"""One experiment, from a composed config to the files of the output contract."""
+"""One experiment, from a composed config to the files of the output contract.
+
+This is the one module that writes metrics.json: a completed fit's summary, a method's final summary
+(born-again adds its table of generations), or a failure.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from kdrun.config import validate
 from kdrun.console import console
 from kdrun.data import BatchAugment, load_dataset
 from kdrun.errors import DataError
@@ -15,17 +18,30 @@ from kdrun.report.loggers import build_logger
 from kdrun.report.plots import plot_learning_curves
 from kdrun.resume import check_can_start, check_same_config, is_completed, read_summary
 from kdrun.runtime import resolve_runtime
-from kdrun.strategies import build_strategy
-from kdrun.strategies.born_again import fit_generations
-from kdrun.trainer import Trainer, TrainerConfig
+from kdrun.deploy.prune import check_prune_config
+from kdrun.schema import check_config
+from kdrun.strategies.base import Setup, Strategy
+from kdrun.strategies.catalog import import_plugins, strategy_class
+from kdrun.trainer import Trainer, trainer_config
 
 
-def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
-    """Validate, load data, build the strategy, train; returns the metrics.json summary.
+def check_run_config(cfg: DictConfig) -> type[Strategy]:
+    """Types, ranges and known keys (kdrun.schema), then how the chosen strategy's keys combine; returns
+    the strategy's class."""
+    import_plugins(cfg.get("plugins"))
+    method = strategy_class(cfg.strategy.name)
+    check_config(cfg, method.Config)
+    method.validate(cfg)
+    check_prune_config(cfg.student.get("prune") or {})  # before any teacher trains
+    return method
+
+
+def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] = (), label: str | None = None) -> dict:
+    """Check the config, load data, build the strategy, train; returns the metrics.json summary.
 
     With `resume` set, a completed run is skipped and a stopped one goes on from its last.pt.
     """
-    validate(cfg)
+    method = check_run_config(cfg)
     check_can_start(cfg, run_dir)
     resume = cfg.resume is not None
     if resume:
@@ -42,33 +58,24 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) ->
     except ValueError as exc:  # empty, malformed or inconsistent files: the message names them
         raise DataError(str(exc)) from exc
     augment = BatchAugment(cfg.dataset.augment.crop_padding, cfg.dataset.augment.hflip, data.mean, data.std)
-    trainer = Trainer(
-        TrainerConfig(epochs=cfg.trainer.epochs, batch_size=cfg.trainer.batch_size,
-                      eval_batch_size=cfg.trainer.eval_batch_size, data_seed=cfg.data_seed,
-                      progress=cfg.trainer.progress, label=cfg.strategy.name,
-                      every_steps=cfg.checkpoint.every_steps, on_nonfinite=cfg.trainer.on_nonfinite),
-        cfg.optim, runtime,
-    )
-    extra = {
-        "strategy": cfg.strategy.name,
-        "dataset": cfg.dataset.name,
-        "seed": cfg.seed,
-        "overrides": list(overrides),
-    }
-    if cfg.strategy.name != "scratch":
-        extra.update(T=cfg.loss.T, alpha=cfg.loss.alpha, beta=cfg.loss.beta)
+    trainer = Trainer(trainer_config(cfg, label=label or cfg.strategy.name), cfg.optim, runtime)
+    facts = {"strategy": cfg.strategy.name, "dataset": cfg.dataset.name, "seed": cfg.seed,
+             "overrides": list(overrides)}
+    if method.distills:
+        facts.update(T=cfg.loss.T, alpha=cfg.loss.alpha, beta=cfg.loss.beta)
 
-    def fit(strategy, out_dir: Path, extra: dict) -> dict:
+    def fit(strategy: Strategy, out_dir: Path, extra: dict) -> dict:
         go_on = resume and (out_dir / "checkpoints" / "last.pt").is_file()
-        return trainer.fit(strategy, data, augment, out_dir, extra=extra, on_epoch=logger.log_epoch, resume=go_on)
+        summary = {**trainer.fit(strategy, data, augment, out_dir, on_epoch=logger.log_epoch, resume=go_on),
+                   **facts, **extra}
+        atomic_write_json(out_dir / "metrics.json", summary)
+        return summary
 
     try:
-        if cfg.strategy.name == "born_again":  # several fits, one per generation
-            summary = fit_generations(cfg, data, augment, runtime, run_dir, fit, extra)
-        else:
-            summary = fit(build_strategy(cfg, data, augment, runtime), run_dir, extra)
+        summary = method.run(Setup(cfg, data, augment, runtime), run_dir, fit)
     finally:
         logger.close()
+    atomic_write_json(run_dir / "metrics.json", summary)
     plot_learning_curves(run_dir, f"{cfg.strategy.name}: {summary['arch']} on {cfg.dataset.name} ({run_dir.name})")
     return summary
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from kdrun.errors import ConfigError
+from kdrun.step import Batch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -62,8 +63,6 @@ class Runtime:
         epoch 0, which the teacher-output cache never records."""
         if not self.compile:
             return
-        from kdrun.strategies.base import Batch  # strategies import this module
-
         n = min(batch_size, len(data.train_y))
         x = augment(data.train_x[:n], None, train=False)
         if self.channels_last:

@@ -15,6 +15,7 @@ training that was interrupted resumes from <fingerprint>.partial/.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import os
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from kdrun.checkpoint import check_fits, load_checkpoint, save_checkpoint
@@ -35,7 +36,8 @@ from kdrun.io import atomic_write_json
 from kdrun.models import build_model, count_parameters, model_size_mb
 from kdrun.runtime import Runtime, seed_everything
 from kdrun.strategies.scratch import Scratch
-from kdrun.trainer import Trainer, TrainerConfig, evaluate
+from kdrun.schema import keys_with_role
+from kdrun.trainer import Trainer, evaluate, trainer_config
 
 try:
     import fcntl
@@ -43,7 +45,7 @@ except ImportError:  # not POSIX: no lock; the atomic rename still keeps the cac
     fcntl = None
 
 # Dataset keys that say where files live, not what the data is.
-_LOCATION_KEYS = ("root", "download")
+_LOCATION_KEYS = tuple(k.removeprefix("dataset.") for k in keys_with_role("location") if k.startswith("dataset."))
 
 
 @dataclass
@@ -62,6 +64,22 @@ class Teacher:
             "teacher_source": self.source,
             "teacher_path": str(self.path),
         }
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode (fixed BatchNorm statistics) and no gradients, for good: how a teacher teaches."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def with_teacher(cfg: DictConfig, arch: str, checkpoint: str | None = None) -> DictConfig:
+    """A copy of `cfg` whose teacher is `arch` (from `checkpoint`, else the cache or trained),
+    so resolve_teacher serves every teacher of a run the same way."""
+    cfg = copy.deepcopy(cfg)
+    cfg.teacher.arch = arch
+    cfg.teacher.checkpoint = checkpoint
+    return cfg
 
 
 def teacher_recipe(cfg) -> dict:
@@ -212,13 +230,8 @@ def train_teacher(cfg, data: DatasetSplits, augment: BatchAugment, runtime: Runt
     if not resume:
         shutil.rmtree(work_dir, ignore_errors=True)
         atomic_write_json(work_dir / "recipe.json", recipe)
-    trainer = Trainer(
-        TrainerConfig(epochs=cfg.teacher.epochs, batch_size=cfg.trainer.batch_size,
-                      eval_batch_size=cfg.trainer.eval_batch_size, data_seed=cfg.teacher.seed,
-                      progress=cfg.trainer.progress, label="teacher",
-                      every_steps=cfg.checkpoint.every_steps, on_nonfinite=cfg.trainer.on_nonfinite),
-        cfg.optim, runtime,
-    )
+    trainer = Trainer(trainer_config(cfg, label=f"teacher {cfg.teacher.arch}", epochs=cfg.teacher.epochs,
+                                     data_seed=cfg.teacher.seed), cfg.optim, runtime)
 
     def fit(resume: bool) -> tuple[nn.Module, dict]:
         seed_everything(cfg.teacher.seed)

@@ -150,8 +150,12 @@ def test_kdrun_eval_needs_an_evaluation_and_a_run(run_dir, tmp_path):
     assert proc.returncode == 2 and "no runs under" in proc.stdout
 
 
-def test_kdrun_refuses_a_bad_prune_kind_before_any_training(tmp_path):
-    proc = run_kdrun(tmp_path, *TINY, "strategy=kd", "student.prune.kind=random", check=False)
+@pytest.mark.parametrize("override, message", [
+    ("student.prune.kind=random", "student.prune.kind: 'random' is not allowed; allowed: none, unstructured, channel"),
+    ("student.prune.amount=1.5", "student.prune.amount must be a number in [0, 1), the fraction to remove; got 1.5"),
+])
+def test_kdrun_refuses_bad_prune_settings_before_any_training(tmp_path, override, message):
+    proc = run_kdrun(tmp_path, *TINY, "strategy=kd", "student.prune.kind=channel", override, check=False)
     assert proc.returncode == 2
-    assert "unknown student.prune.kind 'random'; allowed: none, unstructured, channel" in proc.stdout
+    assert message in proc.stdout
     assert not (tmp_path / "outputs" / "teachers").exists()

@@ -164,8 +164,8 @@ def test_ctrl_c_then_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(
 def test_a_second_ctrl_c_exits_at_once(tmp_path):
     script = textwrap.dedent("""
         import os, signal, sys, time
-        from kdrun.trainer import _InterruptGuard
-        with _InterruptGuard() as guard:
+        from kdrun.interrupts import InterruptGuard
+        with InterruptGuard() as guard:
             os.kill(os.getpid(), signal.SIGINT)
             assert guard.requested, "the first Ctrl-C only asks"
             print("first Ctrl-C survived", flush=True)

@@ -9,7 +9,7 @@ import torch
 
 from kdrun.losses import kd_loss
 from kdrun.models import build_model
-from kdrun.strategies import KD
+from kdrun.strategies.kd import KD
 from kdrun.strategies.base import Batch
 
 

@@ -13,7 +13,8 @@ from kdrun.data import BatchAugment, batch_indices, drops_last, load_dataset
 from kdrun.models import build_model
 from kdrun.run import run_experiment
 from kdrun.runtime import Runtime, data_generator, resolve_runtime
-from kdrun.strategies.base import Batch
+from kdrun.strategies.base import Batch, Setup
+from kdrun.strategies.catalog import strategy_class
 from kdrun.teacher_outputs import (TargetFormat, TeacherCacheError, build_teacher_outputs, cache_key,
                                    output_recipe)
 
@@ -186,12 +187,11 @@ def test_the_live_path_is_lean_and_shares_the_students_batch(tmp_path):
 
 
 def test_warm_up_changes_nothing_and_is_never_recorded(tmp_path):
-    from kdrun.strategies import build_strategy
 
     cfg = compose_cfg(tmp_path)
     data, augment, runtime, _ = setup(cfg)
     cfg.teacher.checkpoint = None
-    strategy = build_strategy(cfg, data, augment, runtime)
+    strategy = strategy_class(cfg.strategy.name).from_config(Setup(cfg, data, augment, runtime))
     before = {k: v.clone() for k, v in strategy.student.state_dict().items()}
     rng = torch.get_rng_state()
     # The model is not compiled (prepare did not), so this runs warm_up's step and its undoing quickly.

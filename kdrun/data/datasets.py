@@ -49,6 +49,8 @@ class DatasetSplits:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    val_x: Tensor | None = None  # a validation split, held out of train, when there is one
+    val_y: Tensor | None = None
 
     @property
     def in_channels(self) -> int:

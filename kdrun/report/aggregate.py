@@ -14,13 +14,12 @@ import statistics
 from dataclasses import dataclass, field
 
 from kdrun.report.jobs import JobRecord
+from kdrun.schema import keys_with_role
 
-SEED_KEYS = ("seed", "data_seed", "teacher.seed")
-# Keys that say where files go, how a run is shown or how fast it runs, not what is
-# trained. A trailing dot covers a whole subtree.
-NOT_SETTINGS = ("name", "paths.", "trainer.progress", "dataset.root", "dataset.download", "logger.", "resume",
-                "checkpoint.", "device.channels_last", "device.compile", "trainer.eval_batch_size",
-                "teacher.cache")  # the cache serves the same rounded targets as the live teacher
+SEED_KEYS = keys_with_role("seed")
+# Keys that say where files go, how a run is shown or how fast it runs, not what is trained
+# (kdrun.schema roles; teacher.cache is speed: the cache serves the live teacher's rounded targets).
+NOT_SETTINGS = keys_with_role("location", "display", "speed")
 # Short keys that conf/config.yaml interpolates into a group: the group key holds the value.
 SHORT_KEYS = {"T": "loss.T", "epochs": "trainer.epochs", "batch_size": "trainer.batch_size"}
 # What a job that distills nothing does not use.

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kdrun.config import check_choice
 from kdrun.errors import ConfigError
 
 LOGGERS = ("none", "tensorboard")
@@ -60,7 +59,8 @@ class TensorBoardLogger(EpochLogger):
 
 def build_logger(logger_cfg, run_dir: Path) -> EpochLogger:
     """The logger named by the `logger` config group, writing under `run_dir`."""
-    name = check_choice(logger_cfg.name, "logger", LOGGERS)
-    if name == "tensorboard":
+    if logger_cfg.name not in LOGGERS:
+        raise ConfigError(f"unknown logger {logger_cfg.name!r}; allowed: {', '.join(LOGGERS)}")
+    if logger_cfg.name == "tensorboard":
         return TensorBoardLogger(Path(run_dir) / logger_cfg.log_dir)
     return EpochLogger()

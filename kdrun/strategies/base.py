@@ -1,37 +1,86 @@
-"""What every way of training shares: one batch in, logits and named loss terms out."""
+"""What every way of training shares, and the registry that `strategy=` picks from.
+
+A strategy is one class in one file: it declares its own config keys (`Config`, a dataclass of
+kdrun.schema keys), checks how they combine with the rest of the config (`validate`), builds
+itself from the config (`from_config`) and registers under its `strategy=` name with `@register`.
+Its `step` turns a batch into the student's logits and named loss terms (mdistiller's contract);
+the trainer minimises their sum. A method that needs several fits (born-again) overrides `run`.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from pathlib import Path
+from typing import Callable, ClassVar, Iterator
 
-import torch
+from omegaconf import DictConfig
 from torch import nn
 
+from kdrun.data import BatchAugment, DatasetSplits
+from kdrun.errors import ConfigError
+from kdrun.runtime import Runtime
+from kdrun.step import Batch, StepOutput
+from kdrun.strategies.objectives import OBJECTIVES
+
+__all__ = ["Batch", "Fit", "STRATEGIES", "Setup", "StepOutput", "Strategy", "register", "strategy_class"]
+
 
 @dataclass
-class Batch:
-    x: torch.Tensor  # augmented, normalised inputs on the device
-    y: torch.Tensor  # labels
-    index: torch.Tensor  # positions of these samples in the training split
-    epoch: int  # 1-based
+class Setup:
+    """What a strategy is built from: the config, the data and where it computes."""
+
+    cfg: DictConfig
+    data: DatasetSplits
+    augment: BatchAugment
+    runtime: Runtime
 
 
-@dataclass
-class StepOutput:
-    logits: torch.Tensor  # the student's, for train accuracy
-    losses: dict[str, torch.Tensor]  # weighted terms; the trainer minimises their sum
+Fit = Callable[["Strategy", Path, dict], dict]  # (strategy, run dir, extra facts) -> metrics.json summary
 
 
 class Strategy(ABC):
     """One way of training. The trainer knows nothing about distillation: it asks a
     strategy for the loss of a batch and which parameters to optimise."""
 
-    name = "base"
+    name: ClassVar[str] = "base"
+    uses_teacher_recipe: ClassVar[bool] = False  # trains teachers with teacher.epochs / teacher.seed
+    # Feature terms (loss.hint_weight, loss.at_weight) this strategy can train; others must be 0.
+    feature_terms: ClassVar[tuple[str, ...]] = ()
+    distills: ClassVar[bool] = True  # learns through the objective the `loss` group names
+
+    @dataclass
+    class Config:
+        """The strategy's own keys (strategy.<key>), beside `name`."""
 
     def __init__(self, student: nn.Module):
         self.student = student  # trained, evaluated and checkpointed
+
+    # ---- from a config -------------------------------------------------------------------------
+
+    @classmethod
+    def validate(cls, cfg: DictConfig) -> None:
+        """Refuse combinations of keys this strategy cannot train (types and ranges are checked already)."""
+        if cls.distills and cfg.loss.name not in OBJECTIVES:
+            raise ConfigError(f"strategy={cls.name} with loss={cfg.loss.name} has no distillation term; use "
+                              f"strategy=scratch to train on the labels, or loss={' or loss='.join(OBJECTIVES)}")
+        for term in ("hint_weight", "at_weight"):
+            if cfg.loss.get(term) and term not in cls.feature_terms:
+                users = [name for name, c in STRATEGIES.items() if term in c.feature_terms]
+                raise ConfigError(f"loss.{term}={cfg.loss[term]} does not apply to strategy={cls.name}; it works "
+                                  f"with strategy={' or '.join(users)}. Set loss.{term}=0")
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, setup: Setup) -> Strategy:
+        """The strategy, its student and whatever it learns from, ready to train."""
+
+    @classmethod
+    def run(cls, setup: Setup, run_dir: Path, fit: Fit) -> dict:
+        """Train: one fit of the strategy into run_dir; returns the metrics.json summary."""
+        return fit(cls.from_config(setup), run_dir, {})
+
+    # ---- training --------------------------------------------------------------------------------
 
     def parameters(self) -> Iterator[nn.Parameter]:
         return self.student.parameters()
@@ -44,7 +93,7 @@ class Strategy(ABC):
         """The student's logits and the weighted loss terms for one batch."""
 
     def epoch_metrics(self, evaluate: Callable[[nn.Module], float]) -> dict:
-        """Extra per-epoch numbers for metrics.jsonl; `evaluate(model)` gives a model's test accuracy."""
+        """Extra per-epoch numbers for metrics.jsonl; `evaluate(model)` gives a model's accuracy."""
         return {}
 
     def summary(self) -> dict:
@@ -61,3 +110,21 @@ class Strategy(ABC):
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what `state_dict` returned."""
+
+
+STRATEGIES: dict[str, type[Strategy]] = {}
+
+
+def register(cls: type[Strategy]) -> type[Strategy]:
+    """Class decorator: make `cls` the strategy that `strategy=<cls.name>` picks."""
+    if cls.name in STRATEGIES and STRATEGIES[cls.name] is not cls:
+        raise ValueError(f"two strategies are named {cls.name!r}: {STRATEGIES[cls.name].__qualname__} and "
+                         f"{cls.__qualname__}")
+    STRATEGIES[cls.name] = cls
+    return cls
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    if name not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {name!r}; allowed: {', '.join(sorted(STRATEGIES))}")
+    return STRATEGIES[name]

@@ -4,28 +4,24 @@ on the logits, plus optional FitNets hints and attention transfer on the feature
 from __future__ import annotations
 
 from itertools import chain
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import torch
 from torch import Tensor, nn
 
-from kdrun.strategies.base import Batch, StepOutput, Strategy
-from kdrun.strategies.features import FeatureDistiller
-from kdrun.strategies.objectives import KDObjective, Objective
-
-if TYPE_CHECKING:
-    from kdrun.teacher_outputs import TeacherOutputs
-
-
-def freeze(model: nn.Module) -> nn.Module:
-    """Eval mode (fixed BatchNorm statistics) and no gradients, for good."""
-    model.eval()
-    model.requires_grad_(False)
-    return model
+from kdrun.strategies.base import Batch, Setup, StepOutput, Strategy, register
+from kdrun.strategies.features import FeatureDistiller, FeatureTerms, plan_feature_terms
+from kdrun.strategies.objectives import KDObjective, Objective, build_objective
+from kdrun.students import build_student
+from kdrun.teacher_outputs import TeacherOutputs, build_teacher_outputs
+from kdrun.teachers import Teacher, freeze, resolve_teacher
 
 
+@register
 class KD(Strategy):
     name = "kd"
+    uses_teacher_recipe = True
+    feature_terms = ("hint_weight", "at_weight")
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, objective: Objective | None = None,
                  alpha: float | None = None, beta: float | None = None, T: float | None = None,
@@ -39,6 +35,24 @@ class KD(Strategy):
         self.objective = objective if objective is not None else KDObjective(alpha, beta, T)
         self.features = features  # owns the hint regressor: trained, never saved with the student
         self.teacher_summary = teacher_summary or {}
+
+    @classmethod
+    def from_config(cls, setup: Setup) -> KD:
+        cfg = setup.cfg
+        features = plan_feature_terms(cfg.loss, cfg.student.arch, cfg.teacher.arch, setup.data)  # before training a teacher
+        return cls.from_teacher(setup, resolve_teacher(cfg, setup.data, setup.augment, setup.runtime), features)
+
+    @staticmethod
+    def from_teacher(setup: Setup, teacher: Teacher, features: FeatureTerms | None, seed: int | None = None) -> KD:
+        """A fresh student (initialised from `seed`, default cfg.seed) that learns from `teacher` with the
+        `loss` group."""
+        cfg, data, runtime = setup.cfg, setup.data, setup.runtime
+        student = build_student(cfg, data, runtime, seed)
+        distiller = runtime.prepare(FeatureDistiller(features)) if features is not None else None
+        # Logit terms need only the teacher's logits, which can be cached; feature terms need its stages, live.
+        outputs = build_teacher_outputs(cfg, data, runtime, teacher.model) if features is None else None
+        return KD(student, teacher.model, objective=build_objective(cfg.loss), features=distiller,
+                  teacher_summary=teacher.summary(), teacher_outputs=outputs)
 
     def parameters(self) -> Iterator[nn.Parameter]:
         if self.features is None:

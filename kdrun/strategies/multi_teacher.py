@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from kdrun.console import console
+from kdrun.errors import ConfigError
 from kdrun.losses import confidence_weights, mixture_logits
-from kdrun.strategies.base import Batch, StepOutput, Strategy
-from kdrun.strategies.kd import freeze
-from kdrun.strategies.objectives import Objective
+from kdrun.models import MODEL_NAMES
+from kdrun.schema import key
+from kdrun.strategies.base import Batch, Setup, StepOutput, Strategy, register
+from kdrun.strategies.objectives import Objective, build_objective
+from kdrun.students import build_student
+from kdrun.teachers import freeze, resolve_teacher, with_teacher
+from kdrun.trainer import evaluate
 
 COMBINES = ("mean", "weighted", "confidence")
 
@@ -41,8 +50,17 @@ class TeacherEnsemble(nn.Module):
         return self.logits(x, 1.0)
 
 
+@register
 class MultiTeacher(Strategy):
     name = "multi_teacher"
+    uses_teacher_recipe = True
+
+    @dataclass
+    class Config:
+        teachers: list[str] = key(choices=lambda: MODEL_NAMES)
+        combine: str = key(choices=COMBINES)
+        weights: list[float] | None = key(low=0)  # combine=weighted: one per teacher, normalised
+        checkpoints: list[str | None] | None = key()  # one path (or null) per teacher, like teacher.checkpoint
 
     def __init__(self, student: nn.Module, ensemble: TeacherEnsemble, objective: Objective,
                  teacher_summary: dict | None = None):
@@ -50,6 +68,55 @@ class MultiTeacher(Strategy):
         self.ensemble = ensemble
         self.objective = objective
         self.teacher_summary = teacher_summary or {}
+
+    @classmethod
+    def validate(cls, cfg: DictConfig) -> None:
+        super().validate(cfg)
+        teachers = list(cfg.strategy.teachers)
+        if not teachers:
+            raise ConfigError("strategy.teachers is empty; name at least one, e.g. strategy.teachers=[resnet56,resnet32x4]")
+        if cfg.strategy.combine == "weighted":
+            weights = cfg.strategy.weights
+            if weights is None or len(weights) != len(teachers):
+                raise ConfigError(f"strategy.weights={weights} gives {0 if weights is None else len(weights)} values "
+                                  f"for {len(teachers)} teachers {teachers}; give one weight per teacher")
+            if not sum(weights) > 0:
+                raise ConfigError(f"strategy.weights={list(weights)} must not all be 0")
+        if cfg.teacher.checkpoint:
+            raise ConfigError("teacher.checkpoint names one teacher; with strategy=multi_teacher give "
+                              "strategy.checkpoints=[path,...], one path (or null) per entry of strategy.teachers")
+        paths = cfg.strategy.checkpoints
+        if paths is not None and len(paths) != len(teachers):
+            raise ConfigError(f"strategy.checkpoints has {len(paths)} entries for {len(teachers)} teachers "
+                              f"{teachers}; give one path (or null) per teacher")
+
+    @classmethod
+    def from_config(cls, setup: Setup) -> MultiTeacher:
+        cfg, data, augment, runtime = setup.cfg, setup.data, setup.augment, setup.runtime
+        archs = list(cfg.strategy.teachers)
+        checkpoints = list(cfg.strategy.checkpoints or [None] * len(archs))
+        teachers = [resolve_teacher(with_teacher(cfg, arch, path), data, augment, runtime)
+                    for arch, path in zip(archs, checkpoints)]
+        weights = list(cfg.strategy.weights) if cfg.strategy.combine == "weighted" else None
+        ensemble = runtime.prepare(TeacherEnsemble([t.model for t in teachers], cfg.strategy.combine, weights))
+        ensemble_acc = evaluate(ensemble, data.test_x, data.test_y, augment, runtime, cfg.trainer.eval_batch_size)
+        each = [{k.removeprefix("teacher_"): v for k, v in t.summary().items()} for t in teachers]
+        console.print(f"[green]teachers[/] {cfg.strategy.combine} of "
+                      + ", ".join(f"{t['arch']} {t['test_acc']:.2f}%" for t in each)
+                      + f": ensemble test acc {ensemble_acc:.2f}%")
+        summary = {
+            # The student learns from the ensemble: it is "the teacher" in tables.
+            "teacher_arch": "+".join(archs),
+            "teacher_test_acc": ensemble_acc,
+            "teacher_params": sum(t["params"] for t in each),
+            "teacher_size_mb": round(sum(t["size_mb"] for t in each), 4),
+            "teacher_source": ",".join(t["source"] for t in each),
+            "teacher_path": ",".join(t["path"] for t in each),
+            "ensemble_test_acc": ensemble_acc,
+            "combine": cfg.strategy.combine,
+            "teachers": each,
+        }
+        return cls(build_student(cfg, data, runtime), ensemble, build_objective(cfg.loss), summary)
 
     def step(self, batch: Batch) -> StepOutput:
         teacher_logits = self.ensemble.logits(batch.x, self.objective.T)

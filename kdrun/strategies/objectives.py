@@ -2,18 +2,55 @@
 
 An objective is called as objective(logits, teacher_logits, labels, epoch) and
 returns weighted terms. Every logit-based strategy (kd, multi_teacher, online,
-born_again, self) uses the one the `loss` group names.
+born_again, self) uses the one the `loss` group names. An objective is one class
+that registers under its `loss.name` with `@register_objective` and builds itself
+from the loss group (`from_config`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
+from omegaconf import DictConfig
 from torch import Tensor
 
+from kdrun.errors import ConfigError
 from kdrun.losses import cross_entropy, dkd_loss, kd_loss
 
 
+class Objective(Protocol):
+    T: float
+
+    def __call__(self, logits: Tensor, teacher_logits: Tensor, labels: Tensor, epoch: int) -> dict[str, Tensor]: ...
+
+
+OBJECTIVES: dict[str, type] = {}
+LABELS_ONLY = "ce"  # loss=ce: cross-entropy alone, what strategy=scratch trains; no distillation term
+
+
+def register_objective(name: str):
+    """Class decorator: `loss.name=<name>` builds this objective with its `from_config(loss_cfg)`."""
+
+    def add(cls: type) -> type:
+        OBJECTIVES[name] = cls
+        return cls
+
+    return add
+
+
+def loss_names() -> tuple[str, ...]:
+    return (*OBJECTIVES, LABELS_ONLY)
+
+
+def build_objective(loss_cfg: DictConfig) -> Objective:
+    if loss_cfg.name not in OBJECTIVES:
+        raise ConfigError(f"loss={loss_cfg.name} has no distillation term; allowed for distillation: "
+                          f"{', '.join(OBJECTIVES)} (strategy=scratch trains on the labels alone)")
+    return OBJECTIVES[loss_cfg.name].from_config(loss_cfg)
+
+
+@register_objective("kd")
 @dataclass(frozen=True)
 class KDObjective:
     """alpha * CE(s, y) + beta * T^2 * KL(softmax(t/T) || softmax(s/T))."""
@@ -22,6 +59,10 @@ class KDObjective:
     beta: float
     T: float
 
+    @classmethod
+    def from_config(cls, loss: DictConfig) -> KDObjective:
+        return cls(loss.alpha, loss.beta, loss.T)
+
     def __call__(self, logits: Tensor, teacher_logits: Tensor, labels: Tensor, epoch: int) -> dict[str, Tensor]:
         return {
             "ce": self.alpha * cross_entropy(logits, labels),
@@ -29,6 +70,7 @@ class KDObjective:
         }
 
 
+@register_objective("dkd")
 @dataclass(frozen=True)
 class DKDObjective:
     """alpha * CE + beta * ramp(epoch) * (tckd_weight * TCKD + nckd_weight * NCKD).
@@ -44,6 +86,10 @@ class DKDObjective:
     nckd_weight: float
     warmup_epochs: int
 
+    @classmethod
+    def from_config(cls, loss: DictConfig) -> DKDObjective:
+        return cls(loss.alpha, loss.beta, loss.T, loss.tckd_weight, loss.nckd_weight, loss.warmup_epochs)
+
     def ramp(self, epoch: int) -> float:
         return min(epoch / self.warmup_epochs, 1.0) if self.warmup_epochs else 1.0
 
@@ -56,12 +102,3 @@ class DKDObjective:
             "nckd": weight * self.nckd_weight * nckd,
         }
 
-
-Objective = KDObjective | DKDObjective
-
-
-def build_objective(loss_cfg) -> Objective:
-    if loss_cfg.name == "dkd":
-        return DKDObjective(loss_cfg.alpha, loss_cfg.beta, loss_cfg.T, loss_cfg.tckd_weight, loss_cfg.nckd_weight,
-                            loss_cfg.warmup_epochs)
-    return KDObjective(loss_cfg.alpha, loss_cfg.beta, loss_cfg.T)

@@ -3,16 +3,22 @@ from the labels and from the other peers' softened, detached outputs. No pretrai
 
 from __future__ import annotations
 
-from itertools import chain
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from omegaconf import DictConfig
 from torch import nn
 
 from kdrun.checkpoint import unwrap
-from kdrun.strategies.base import Batch, StepOutput, Strategy
-from kdrun.strategies.objectives import Objective
+from kdrun.errors import ConfigError
+from kdrun.models import MODEL_NAMES, build_model
+from kdrun.runtime import seed_everything
+from kdrun.schema import key
+from kdrun.strategies.base import Batch, Setup, StepOutput, Strategy, register
+from kdrun.strategies.objectives import Objective, build_objective
 
 
+@register
 class Online(Strategy):
     """Peer 0 is the student: its logits give the train accuracy and it is the saved model.
 
@@ -22,11 +28,29 @@ class Online(Strategy):
 
     name = "online"
 
+    @dataclass
+    class Config:
+        peers: list[str] = key(choices=lambda: MODEL_NAMES)  # the other peers' architectures
+
     def __init__(self, peers: list[nn.Module], objective: Objective):
         super().__init__(peers[0])
         self.peers = nn.ModuleList(peers)
         self.objective = objective
         self.peer_acc: list[float] = []
+
+    @classmethod
+    def validate(cls, cfg: DictConfig) -> None:
+        super().validate(cfg)
+        if not cfg.strategy.peers:
+            raise ConfigError("strategy.peers is empty; name at least one peer, e.g. strategy.peers=[resnet20,resnet8]")
+
+    @classmethod
+    def from_config(cls, setup: Setup) -> Online:
+        cfg, data = setup.cfg, setup.data
+        seed_everything(cfg.seed)  # peers differ: each draws its initial weights in turn, from one seed
+        peers = [setup.runtime.prepare(build_model(arch, data.in_channels, data.image_size, data.num_classes))
+                 for arch in (cfg.student.arch, *cfg.strategy.peers)]
+        return cls(peers, build_objective(cfg.loss))
 
     def parameters(self) -> Iterator[nn.Parameter]:
         return self.peers.parameters()

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from kdrun.losses import cross_entropy
-from kdrun.strategies.base import Batch, StepOutput, Strategy
+from kdrun.strategies.base import Batch, Setup, StepOutput, Strategy, register
+from kdrun.students import build_student
 
 
+@register
 class Scratch(Strategy):
     name = "scratch"
+    distills = False
+
+    @classmethod
+    def from_config(cls, setup: Setup) -> Scratch:
+        return cls(build_student(setup.cfg, setup.data, setup.runtime))
 
     def step(self, batch: Batch) -> StepOutput:
         logits = self.student(batch.x)

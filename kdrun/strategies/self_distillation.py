@@ -11,6 +11,7 @@ network.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from itertools import chain
 from typing import Callable, Iterator
 
@@ -19,9 +20,11 @@ from torch import Tensor, nn
 
 from kdrun.errors import ConfigError
 from kdrun.losses import cross_entropy, hint_loss
-from kdrun.strategies.base import Batch, StepOutput, Strategy
-from kdrun.strategies.features import Shape, describe
-from kdrun.strategies.objectives import Objective
+from kdrun.schema import key
+from kdrun.strategies.base import Batch, Setup, StepOutput, Strategy, register
+from kdrun.strategies.features import Shape, describe, stage_shapes
+from kdrun.strategies.objectives import Objective, build_objective
+from kdrun.students import build_student
 
 
 class AuxiliaryHead(nn.Module):
@@ -58,8 +61,14 @@ class HeadClassifier(nn.Module):
         return self.head(features[self.stage])[1]
 
 
+@register
 class SelfDistillation(Strategy):
     name = "self"
+    feature_terms = ("hint_weight",)  # deep-to-shallow feature hints through each head's adaptation layer
+
+    @dataclass
+    class Config:
+        ce_weight: float = key(low=0)  # the deepest head's cross-entropy
 
     def __init__(self, student: nn.Module, stage_shapes: tuple[Shape, ...], objective: Objective, *,
                  ce_weight: float, hint_weight: float):
@@ -78,6 +87,15 @@ class SelfDistillation(Strategy):
         self.objective = objective
         self.ce_weight, self.hint_weight = ce_weight, hint_weight
         self.head_acc: list[float] = []
+
+    @classmethod
+    def from_config(cls, setup: Setup) -> SelfDistillation:
+        cfg, data, runtime = setup.cfg, setup.data, setup.runtime
+        shapes = stage_shapes(cfg.student.arch, data.in_channels, data.image_size, data.num_classes)
+        strategy = cls(build_student(cfg, data, runtime), shapes, build_objective(cfg.loss),
+                       ce_weight=cfg.strategy.ce_weight, hint_weight=cfg.loss.hint_weight)
+        runtime.prepare(strategy.heads)
+        return strategy
 
     def parameters(self) -> Iterator[nn.Parameter]:
         return chain(self.student.parameters(), self.heads.parameters())

@@ -1,0 +1,55 @@
+"""Training batches for one run: the order of each epoch and its augmented views.
+
+A feed is what the trainer iterates: `batches(epoch, start_step)` yields the epoch's Batches from
+`start_step` on, `state_dict()` is what last.pt keeps so that a resumed epoch sees the same order and
+views. `InMemoryFeed` serves a split held on the device: each epoch's order is one randperm drawn from
+the data generator when the epoch begins, and the augmentation draws follow from the same generator.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from kdrun.data.augment import BatchAugment
+from kdrun.data.batches import batch_indices, drops_last, num_batches
+from kdrun.data.datasets import DatasetSplits
+from kdrun.runtime import Runtime, data_generator
+from kdrun.step import Batch
+
+
+class InMemoryFeed:
+    def __init__(self, data: DatasetSplits, augment: BatchAugment, batch_size: int, data_seed: int,
+                 runtime: Runtime):
+        self.data, self.augment, self.batch_size, self.runtime = data, augment, batch_size, runtime
+        self.samples = len(data.train_y)
+        self.drop_last = drops_last(self.samples, batch_size)
+        self.steps_per_epoch = num_batches(self.samples, batch_size, self.drop_last)
+        self.generator = data_generator(data_seed, runtime.device)
+        self.epoch_start_state: torch.Tensor | None = None  # the generator when the epoch in progress began
+
+    def batches(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        generator = self.generator
+        if start_step == 0:
+            self.epoch_start_state = generator.get_state()
+        # The shuffle is drawn from the generator as it was when the epoch began, so a resumed epoch sees
+        # the same order; the generator then goes on from where it was (its augmentation draws).
+        now = generator.get_state()
+        generator.set_state(self.epoch_start_state)
+        order = list(batch_indices(self.samples, self.batch_size, generator=generator, drop_last=self.drop_last,
+                                   device=self.runtime.device))
+        if start_step > 0:
+            generator.set_state(now)
+        for index in order[start_step:]:
+            x = self.augment(self.data.train_x[index], generator, train=True)
+            if self.runtime.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield Batch(x, self.data.train_y[index], index, epoch)
+
+    def state_dict(self) -> dict:
+        return {"data": self.generator.get_state(), "data_epoch_start": self.epoch_start_state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["data"])
+        self.epoch_start_state = state["data_epoch_start"]

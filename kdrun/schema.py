@@ -1,0 +1,349 @@
+"""Every config key, declared once: its type, what it may be, and its role.
+
+A group's keys are the fields of one dataclass (a strategy's own keys are declared by its class,
+`Strategy.Config`). A field's metadata holds its role and its bounds:
+
+    result    changes what is trained or measured (the default)
+    seed      a random seed: runs that differ only here are repeats of one setting
+    location  where files are read or written
+    display   how a run is shown or logged
+    speed     how fast it runs, never what it computes
+
+Resume checks, the teacher fingerprint and report grouping read the roles through `keys_with_role`
+instead of keeping lists of their own. `check_config` refuses wrong types, out-of-range values and
+unknown keys with a message that names the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Union
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from kdrun.deploy.prune import KINDS as PRUNE_KINDS
+from kdrun.errors import ConfigError
+from kdrun.models import MODEL_NAMES
+
+ROLES = ("result", "seed", "location", "display", "speed")
+
+
+def key(*, role: str = "result", low: float | None = None, strict: bool = False,
+        choices: tuple | Callable[[], tuple] | None = None, doc: str = "") -> Any:
+    """A declared config key: `low` (with `strict`: exclusive) bounds a number, `choices` lists the values
+    allowed (a callable for a registry that fills at import)."""
+    assert role in ROLES, role
+    return field(default=None, metadata={"role": role, "low": low, "strict": strict, "choices": choices,
+                                         "doc": doc})
+
+
+# ---- the groups ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Augment:
+    crop_padding: int = key(low=0)
+    hflip: bool = key()
+
+
+@dataclass
+class DatasetKeys:
+    name: str = key()
+    root: str | None = key(role="location")
+    download: bool = key(role="location")
+    augment: Augment = key()
+    limit_train: int | None = key(low=1)
+    limit_test: int | None = key(low=1)
+    # synthetic data: its shape and the seed it is drawn from
+    num_classes: int = key(low=1)
+    image_size: int = key(low=1)
+    channels: int = key(low=1)
+    train_size: int = key(low=1)
+    test_size: int = key(low=1)
+    seed: int = key(low=0)
+
+
+@dataclass
+class ModelKeys:
+    arch: str = key(choices=lambda: MODEL_NAMES)
+
+
+@dataclass
+class PruneKeys:
+    """Pruning the student before it trains (kdrun/deploy/prune.py)."""
+
+    kind: str = key(choices=PRUNE_KINDS)
+    amount: float = key(low=0)  # below 1: checked with the kind (kdrun.deploy.prune.check_prune_config)
+    checkpoint: str | None = key()
+
+
+@dataclass
+class StudentKeys(ModelKeys):
+    prune: PruneKeys = key()
+
+
+@dataclass
+class TeacherKeys(ModelKeys):
+    checkpoint: str | None = key()
+    epochs: int = key(low=1)
+    seed: int = key(role="seed", low=0)
+    cache: bool = key(role="speed")
+    topk: int | None = key(low=1)
+
+
+@dataclass
+class LossKeys:
+    name: str = key()
+    alpha: float = key(low=0)
+    beta: float = key(low=0)
+    T: float = key(low=0, strict=True)
+    tckd_weight: float = key(low=0)
+    nckd_weight: float = key(low=0)
+    warmup_epochs: int = key(low=0)
+    hint_weight: float = key(low=0)
+    hint_student_stage: int = key()
+    hint_teacher_stage: int = key()
+    at_weight: float = key(low=0)
+    at_student_stages: list[int] | None = key()
+    at_teacher_stages: list[int] | None = key()
+
+
+@dataclass
+class DeviceKeys:
+    name: str = key(choices=("auto", "cpu", "cuda"))
+    precision: str = key(choices=("auto", "fp32", "bf16", "fp16"))  # numerics: results differ in the last bits
+    channels_last: bool = key(role="speed")
+    compile: bool = key(role="speed")
+
+
+@dataclass
+class OptimKeys:
+    name: str = key(choices=("sgd", "adamw"))
+    lr: float = key(low=0, strict=True)
+    betas: list[float] = key()
+    momentum: float = key(low=0)
+    nesterov: bool = key()
+    weight_decay: float = key(low=0)
+    schedule: str = key(choices=("cosine", "multistep", "constant"))
+    milestones: list[int] = key()
+    gamma: float = key(low=0, strict=True)
+    warmup_epochs: float = key(low=0)
+
+
+@dataclass
+class LoggerKeys:
+    name: str = key(role="display", choices=("none", "tensorboard"))
+    log_dir: str = key(role="display")
+
+
+@dataclass
+class TrainerKeys:
+    epochs: int = key(low=1)
+    batch_size: int = key(low=1)
+    eval_batch_size: int = key(role="speed", low=1)
+    progress: bool = key(role="display")
+    on_nonfinite: str = key(choices=("stop", "skip"))
+
+
+@dataclass
+class CheckpointKeys:
+    every_steps: int | None = key(role="location", low=1)
+
+
+@dataclass
+class Paths:
+    outputs: str = key(role="location")
+    teachers: str = key(role="location")
+    teacher_outputs: str = key(role="location")
+
+
+@dataclass
+class StrategyKeys:
+    """`name` only: each strategy class declares the rest (Strategy.Config)."""
+
+    name: str = key()
+
+
+@dataclass
+class RootKeys:
+    T: float = key(low=0, strict=True)
+    seed: int = key(role="seed", low=0)
+    data_seed: int = key(role="seed", low=0)
+    epochs: int = key(low=1)
+    batch_size: int = key(low=1)
+    name: str = key(role="display")
+    plugins: list[str] = key(doc="modules imported before the run: a user's strategies or losses register there")
+    paths: Paths = key(role="location")
+    resume: str | None = key(role="location")
+    dataset: DatasetKeys = key()
+    teacher: TeacherKeys = key()
+    student: StudentKeys = key()
+    loss: LossKeys = key()
+    strategy: StrategyKeys = key()
+    device: DeviceKeys = key()
+    optim: OptimKeys = key()
+    logger: LoggerKeys = key(role="display")
+    trainer: TrainerKeys = key()
+    checkpoint: CheckpointKeys = key(role="location")
+
+
+# ---- reading the declarations ----------------------------------------------------------------------
+
+def _fields(schema: type, strategy_config: type | None = None) -> dict[str, dataclasses.Field]:
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    if schema is StrategyKeys and strategy_config is not None:
+        fields.update({f.name: f for f in dataclasses.fields(strategy_config)})
+    return fields
+
+
+def _hints(schema: type, strategy_config: type | None = None) -> dict[str, Any]:
+    hints = typing.get_type_hints(schema)
+    if schema is StrategyKeys and strategy_config is not None:
+        hints.update(typing.get_type_hints(strategy_config))
+    return hints
+
+
+def declared_keys(strategy_config: type | None = None) -> Iterator[tuple[str, dataclasses.Field]]:
+    """(dotted key, field) for every leaf key, the chosen strategy's own keys included. A group tagged
+    with a role other than result (paths, logger, checkpoint) passes its role to every key in it."""
+
+    def walk(schema: type, prefix: str, forced: str | None):
+        hints = _hints(schema, strategy_config)
+        for name, f in _fields(schema, strategy_config).items():
+            role = forced or f.metadata["role"]
+            if dataclasses.is_dataclass(hints[name]):
+                yield from walk(hints[name], f"{prefix}{name}.", None if role == "result" else role)
+            else:
+                yield f"{prefix}{name}", f if role == f.metadata["role"] else _with_role(f, role)
+
+    yield from walk(RootKeys, "", None)
+
+
+def _with_role(f: dataclasses.Field, role: str) -> dataclasses.Field:
+    copy = dataclasses.field(default=None, metadata={**f.metadata, "role": role})
+    copy.name = f.name
+    return copy
+
+
+def keys_with_role(*roles: str, strategy_config: type | None = None) -> tuple[str, ...]:
+    """Dotted keys whose role is one of `roles` (a group tagged as a whole passes its role down)."""
+    return tuple(k for k, f in declared_keys(strategy_config) if f.metadata["role"] in roles)
+
+
+# ---- checking a config -----------------------------------------------------------------------------
+
+
+def check_config(cfg: DictConfig, strategy_config: type | None = None) -> None:
+    """Raise ConfigError on the first key of `cfg` that is unknown, of the wrong type or out of range.
+    `strategy_config` declares the keys of the chosen strategy."""
+    _check_node(OmegaConf.to_container(cfg, resolve=True), RootKeys, "", strategy_config)
+
+
+def _check_node(node: dict, schema: type, prefix: str, strategy_config: type | None) -> None:
+    fields = _fields(schema, strategy_config)
+    hints = _hints(schema, strategy_config)
+    for name, value in node.items():
+        dotted = f"{prefix}{name}"
+        if name not in fields:
+            raise ConfigError(unknown_key_message(dotted, list(fields)))
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{dotted} is a group of keys ({', '.join(_fields(kind))}), got {value!r}")
+            _check_node(value, kind, f"{dotted}.", strategy_config if kind is StrategyKeys else None)
+        else:
+            check_value(dotted, value, kind, fields[name].metadata)
+
+
+def unknown_key_message(dotted: str, siblings: list[str]) -> str:
+    parent, _, leaf = dotted.rpartition(".")
+    match = difflib.get_close_matches(leaf, siblings, n=1)
+    hint = f"; did you mean {parent + '.' if parent else ''}{match[0]}?" if match else ""
+    where = f"{parent}: {', '.join(siblings)}" if parent else ", ".join(siblings)
+    return f"unknown config key {dotted!r}{hint} (known keys of {where})"
+
+
+def check_value(dotted: str, value: Any, kind: Any, meta: dict) -> None:
+    if not _is_instance(value, kind):
+        raise ConfigError(f"{dotted} must be {describe(kind)}, got {value!r}")
+    if value is None:
+        return
+    choices = meta.get("choices")
+    if callable(choices):
+        choices = choices()
+    for item in value if isinstance(value, list) else [value]:
+        if choices is not None and item not in choices:
+            raise ConfigError(f"{dotted}: {item!r} is not allowed; allowed: {', '.join(map(str, choices))}")
+        if isinstance(item, (int, float)) and not isinstance(item, bool):
+            _check_bounds(dotted, item, meta, nullable=_is_instance(None, kind))
+
+
+def _check_bounds(dotted: str, number: float, meta: dict, nullable: bool) -> None:
+    if not math.isfinite(number):
+        raise ConfigError(f"{dotted} must be a finite number, got {number!r}")
+    low = meta.get("low")
+    if low is not None and (number <= low if meta.get("strict") else number < low):
+        bound = f"{'>' if meta.get('strict') else '>='} {low}" + (" or null" if nullable else "")
+        raise ConfigError(f"{dotted} must be {bound}, got {number!r}")
+
+
+def _is_instance(value: Any, kind: Any) -> bool:
+    origin = typing.get_origin(kind)
+    if origin in (Union, types.UnionType):
+        return any(_is_instance(value, arg) for arg in typing.get_args(kind))
+    if kind is type(None):
+        return value is None
+    if origin is list:
+        (item,) = typing.get_args(kind)
+        return isinstance(value, (list, ListConfig)) and all(_is_instance(v, item) for v in value)
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is str:
+        return isinstance(value, str)
+    return isinstance(value, kind)
+
+
+def describe(kind: Any) -> str:
+    """How a type reads in a message: 'an integer or null', 'a list of numbers', ..."""
+    origin = typing.get_origin(kind)
+    if origin in (Union, types.UnionType):
+        return " or ".join(describe(arg) for arg in typing.get_args(kind))
+    if origin is list:
+        (item,) = typing.get_args(kind)
+        return f"a list of {_PLURAL.get(item) or '(' + describe(item) + ')'}"
+    return _NAMES[kind]
+
+
+_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+_PLURAL = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
+
+
+def check_override_keys(overrides: list[str], groups: set[str], any_strategy: type) -> None:
+    """Refuse `a.b=v` overrides whose key no kdrun config declares, before Hydra sees them (Hydra's own
+    message would suggest forcing the typo in with `+`). Group choices (`loss=dkd`, names in `groups`),
+    `+`/`~` overrides and `hydra.*` are left to Hydra; strategy keys are checked against every
+    strategy's (`any_strategy`), since the chosen one may come from an experiment preset."""
+    for override in overrides:
+        if override.startswith(("+", "~", "-")) or "=" not in override:
+            continue
+        dotted = override.split("=", 1)[0]
+        if dotted.startswith("hydra") or "/" in dotted or dotted in groups:
+            continue
+        schema, prefix = RootKeys, ""
+        for part in dotted.split("."):
+            fields = _fields(schema, any_strategy)
+            if part not in fields:
+                raise ConfigError(unknown_key_message(prefix + part, list(fields)))
+            kind = _hints(schema, any_strategy)[part]
+            if not dataclasses.is_dataclass(kind):
+                break
+            schema, prefix = kind, f"{prefix}{part}."
