@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -144,15 +143,6 @@ def check_export(model: nn.Module, run: Callable[[Tensor], Tensor], x: Tensor, y
     return Check(len(x), max_diff, differs, 100.0 * correct / max(len(x), 1), tolerance)
 
 
-def accuracy(run: Callable[[Tensor], Tensor], x: Tensor, y: Tensor) -> float:
-    correct = sum(int((run(x[i:i + CHECK_BATCH]).argmax(1) == y[i:i + CHECK_BATCH]).sum())
-                  for i in range(0, len(x), CHECK_BATCH))
-    return 100.0 * correct / max(len(x), 1)
-
-
 def file_size_mb(path: Path) -> float:
     return path.stat().st_size / 2**20
 
-
-def as_numpy_uint8(x: Tensor) -> np.ndarray:
-    return x.to(torch.uint8).numpy()

@@ -7,7 +7,7 @@ mCA (mean corruption accuracy) is the mean over the 5 corruptions x 5 severities
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdrun.deploy.robustness import Robustness, evaluate, mean_of, plot_robustness, robustness_table
-from kdrun.deploy.student import load_run, model_from_checkpoint, RawImageModel
+from kdrun.deploy.student import RawImageModel, load_run, model_from_checkpoint
 from kdrun.errors import KdrunError
+from kdrun.io import atomic_write_text
 from kdrun.report.aggregate import Study, swept_keys
 from kdrun.report.tables import Table
 
@@ -44,8 +45,6 @@ def robustness_results(s: Study, seed: int = 0) -> list[Robustness]:
 
 def write_robustness(s: Study, out_dir: Path, seed: int = 0) -> tuple[Table, Path]:
     """robustness.csv/.md/.png (+ .svg) in out_dir; returns the table and the plot's path."""
-    from kdrun.io import atomic_write_text
-
     results = robustness_results(s, seed)
     table = robustness_table(results)
     png = plot_robustness(Path(out_dir) / f"{ROBUSTNESS}.png", results)
