@@ -72,18 +72,20 @@ def add_deploy_columns(comparison: Table, s: Study, out_dir: Path) -> Table:
     comparison.csv_columns += keys
     for csv_row, row in zip(comparison.csv_rows, measured):
         csv_row.update({k: (row or {}).get(k, "") for k in keys})
-    columns = ["model", "trained as", "FLOPs", "KB fp32", "KB int8", "acc int8", "pt ms", "ort ms", "int8 ms"]
+    # Eight columns, the model and how it was trained in one: 80 console columns hold them.
+    columns = ["model", "MFLOPs", "KB", "KB int8", "acc int8", "pt ms", "ort ms", "int8 ms"]
     rows = []
     for csv_row, row in zip(comparison.csv_rows, measured):
         row = row or {}
 
-        def get(key, fmt):
-            return fmt.format(row[key]) if key in row else "n/a"
-        rows.append([csv_row["model"], csv_row["trained_as"], get("flops", "{:.3g}"), get("onnx_fp32_kb", "{:.1f}"),
-                     get("onnx_int8_kb", "{:.1f}"), get("acc_int8", "{:.2f}"), get("ms_torch_1t_b1", "{:.3f}"),
-                     get("ms_onnxruntime_1t_b1", "{:.3f}"), get("ms_onnxruntime_int8_1t_b1", "{:.3f}")])
+        def get(key, fmt, scale=1.0):
+            return fmt.format(row[key] * scale) if key in row else "n/a"
+        rows.append([f"{csv_row['model']} {csv_row['trained_as']}", get("flops", "{:.3f}", 1e-6),
+                     get("onnx_fp32_kb", "{:.1f}"), get("onnx_int8_kb", "{:.1f}"), get("acc_int8", "{:.2f}"),
+                     get("ms_torch_1t_b1", "{:.3f}"), get("ms_onnxruntime_1t_b1", "{:.3f}"),
+                     get("ms_onnxruntime_int8_1t_b1", "{:.3f}")])
     notes = ["Batch 1, one CPU thread: pt = PyTorch eager, ort = onnxruntime fp32, int8 = onnxruntime int8 (QDQ, "
-             "calibrated on 512 training images). KB = ONNX file size. acc int8 = mean over the group's seeds. "
+             "calibrated on 512 training images). KB = ONNX file size (fp32, int8). acc int8 = mean over the group's seeds. "
              "Batch 64 images/s and all-thread figures are in comparison.csv. Unstructured sparsity does not make "
              "dense kernels faster: a pruned model's latency and file size drop only with channel pruning.",
              "FLOPs: torch.utils.flop_counter, 2 per multiply-add, one image."]

@@ -36,7 +36,8 @@ def robustness_results(s: Study, seed: int = 0) -> list[Robustness]:
                 evaluate(ref.arch, raw(model_from_checkpoint(p)), data.test_x, data.test_y, seed) for p in paths]))
     keys = [k for k in swept_keys(s.groups) if k != "strategy.name"]
     for group in s.groups:
-        name = f"{group.arch} {group.strategy} {s.label(group, keys)}".strip()
+        shown = [k for k in keys if group.setting.get(k) is not None]  # scratch has no T
+        name = f"{group.arch} {group.strategy} {s.label(group, shown)}".strip()
         runs = [load_run(job.path) for job in group.jobs]
         results.append(mean_of(name, [evaluate(name, run.raw_model(data), data.test_x, data.test_y, seed)
                                       for run in runs]))
