@@ -13,6 +13,8 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 from rich.markup import escape
@@ -21,12 +23,12 @@ from importlib import resources
 
 from kdrun.console import console
 from kdrun.data import DatasetNotFoundError
-from kdrun.errors import Interrupted, KdrunError
+from kdrun.errors import ConfigError, Interrupted, KdrunError
 from kdrun.report.tables import print_run_summary
 from kdrun.resume import check_resume_argument, is_completed, register_resolvers, resume_command
 from kdrun.run import record_failure, run_experiment
 from kdrun.schema import check_override_keys
-from kdrun.strategies.catalog import any_strategy_config
+from kdrun.strategies.catalog import any_strategy_config, import_plugins
 
 # Errors whose message is the whole story: print it, no traceback.
 USER_ERRORS = (KdrunError, DatasetNotFoundError)
@@ -54,7 +56,7 @@ def _hydra_main(cfg: DictConfig) -> dict | None:
         command = resume_command(resume_target, multirun)
         _record(run_dir, exc, overrides, status="interrupted", resume=command)
         console.print(f"[bold yellow]{escape(str(exc))}[/]\nto resume: [bold]{escape(command)}[/]", soft_wrap=True)
-        sys.exit(INTERRUPTED)  # in a sweep too: Ctrl-C stops the sweep, not one job
+        sys.exit(exc.exit_status)  # in a sweep too: a signal stops the sweep, not one job
     except KeyboardInterrupt:  # before training began (loading data, building models): nothing to save
         console.print("[bold yellow]interrupted[/] before training began; nothing was saved", soft_wrap=True)
         sys.exit(INTERRUPTED)
@@ -89,10 +91,23 @@ def config_groups() -> set[str]:
     return {p.name for p in resources.files("kdrun.conf").iterdir() if p.is_dir() and not p.name.startswith("_")}
 
 
+def plugins_on_command_line(argv: list[str]) -> list[str]:
+    """The modules a `plugins=[...]` override names (Hydra's own parser reads the list)."""
+    for arg in argv:
+        if arg.lstrip("+").startswith("plugins="):
+            try:
+                value = OverridesParser.create().parse_override(arg).value()
+            except HydraException as exc:
+                raise ConfigError(f"cannot read {arg!r}: {exc}") from exc
+            return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+    return []
+
+
 def main() -> None:
     try:
         # Before Hydra: a typo gets kdrun's message (not Hydra's advice to add it with +), and a bad
         # resume=DIR is refused before any directory is made.
+        import_plugins(plugins_on_command_line(sys.argv[1:]))  # their strategies' keys are known keys too
         check_override_keys(sys.argv[1:], config_groups(), any_strategy_config())
         check_resume_argument(sys.argv[1:])
     except KdrunError as exc:

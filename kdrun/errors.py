@@ -26,4 +26,8 @@ class NonFiniteLoss(KdrunError):
 
 
 class Interrupted(KdrunError):
-    """Ctrl-C: the run stopped after a step and saved checkpoints/last.pt to resume from."""
+    """Ctrl-C or SIGTERM: the run stopped after a step and saved checkpoints/last.pt to resume from."""
+
+    def __init__(self, message: str, exit_status: int = 130):
+        super().__init__(message)
+        self.exit_status = exit_status  # 128 + the signal, as shells report it

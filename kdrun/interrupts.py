@@ -15,6 +15,7 @@ SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 class InterruptGuard:
     def __enter__(self) -> InterruptGuard:
         self.requested: str | None = None  # the name of the signal that asked to stop
+        self.exit_status = 130
         self._previous = {}
         if threading.current_thread() is threading.main_thread():
             for sig in SIGNALS:
@@ -27,6 +28,7 @@ class InterruptGuard:
             os.write(2, f"\nsecond {name}: exiting now\n".encode())
             os._exit(128 + signum)
         self.requested = name
+        self.exit_status = 128 + signum
         os.write(2, f"\n{name}: finishing this step, then saving checkpoints/last.pt "
                     f"(send it again to quit at once)\n".encode())
 

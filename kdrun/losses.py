@@ -1,6 +1,6 @@
 """Loss functions: pure tensor maths, no configs.
 
-The convention everywhere in kdrun (see DESIGN.md):
+The convention everywhere in kdrun (docs/design.md, "The loss, one meaning everywhere"):
     loss = alpha * CE(student, y) + beta * T^2 * KL(softmax(t/T) || softmax(s/T))
 
 Logit terms are computed in fp32 under autocast; feature terms follow the

@@ -12,14 +12,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdrun.console import console
 from kdrun.data import BatchAugment, load_dataset
+from kdrun.deploy.prune import check_prune_config
 from kdrun.errors import DataError
 from kdrun.io import atomic_write_json, atomic_write_text
 from kdrun.report.loggers import build_logger
 from kdrun.report.plots import plot_learning_curves
 from kdrun.resume import check_can_start, check_same_config, is_completed, read_summary
 from kdrun.runtime import resolve_runtime
-from kdrun.deploy.prune import check_prune_config
-from kdrun.schema import check_config
+from kdrun.schema import check_config, check_value
 from kdrun.strategies.base import Setup, Strategy
 from kdrun.strategies.catalog import import_plugins, strategy_class
 from kdrun.trainer import Trainer, trainer_config
@@ -28,6 +28,7 @@ from kdrun.trainer import Trainer, trainer_config
 def check_run_config(cfg: DictConfig) -> type[Strategy]:
     """Types, ranges and known keys (kdrun.schema), then how the chosen strategy's keys combine; returns
     the strategy's class."""
+    check_value("plugins", cfg.get("plugins"), list[str], {})
     import_plugins(cfg.get("plugins"))
     method = strategy_class(cfg.strategy.name)
     check_config(cfg, method.Config)

@@ -171,7 +171,7 @@ class Trainer:
                         save()
                         if interrupt.requested:
                             raise Interrupted(f"interrupted ({interrupt.requested}) at epoch {st.epoch}, step {st.step}/"
-                                              f"{steps_per_epoch} of {cfg.label}; saved {last_path}")
+                                              f"{steps_per_epoch} of {cfg.label}; saved {last_path}", interrupt.exit_status)
                 runtime.synchronize()  # the epoch's time includes the device work still queued
                 totals.seconds += time.perf_counter() - t0
                 policy.check(kept())
@@ -190,7 +190,7 @@ class Trainer:
                     on_epoch(record)
                 if interrupt.requested and st.epoch <= cfg.epochs:
                     raise Interrupted(f"interrupted ({interrupt.requested}) after epoch {st.epoch - 1} of {cfg.label}; "
-                                      f"saved {last_path}")
+                                      f"saved {last_path}", interrupt.exit_status)
         return fit_summary(st, strategy, evaluation, best_path, cfg, runtime,
                            st.wall_time_s + time.perf_counter() - started)
 

@@ -115,7 +115,7 @@ def assert_clean_error(proc, *fragments: str) -> None:
         (["teacher=resnet21"], ["Could not find 'teacher/resnet21'", "resnet20", "cnn_teacher"]),
         (["student=tiny"], ["Could not find 'student/tiny'", "resnet8x4"]),
         (["dataset=imagenet"], ["Could not find 'dataset/imagenet'", "digits"]),
-        (["T=0"], ["T (loss.T) must be > 0, got 0"]),
+        (["T=0"], ["T must be > 0, got 0"]),
         (["loss.alpha=-1"], ["loss.alpha must be >= 0, got -1"]),
         (["batch_size=0"], ["batch_size must be >= 1, got 0"]),
         (["loss.tempreature=3"], ["tempreature"]),
@@ -166,3 +166,11 @@ def test_a_plain_pip_install_runs_from_any_directory(tmp_path):
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(target)},
                          capture_output=True, text=True, check=True).stdout
     assert str(target) in out and "digits cnn_teacher" in out
+
+
+def test_each_epoch_logs_the_learning_rate_it_trained_with(kdrun, tmp_path):
+    """The lr at the epoch's first step: epoch 1 of a 1-epoch cosine run trained at the base rate, not the
+    0.0 the schedule reaches once the epoch is over."""
+    kdrun(*TINY, "optim.lr=0.03")
+    (record,) = read_jsonl(only_run_dir(tmp_path) / "metrics.jsonl")
+    assert record["lr"] == pytest.approx(0.03)

@@ -510,3 +510,27 @@ def test_augment_and_batches_on_cuda():
     assert sorted(torch.cat([yb for _, yb in batches]).tolist()) == list(range(64))
     data = load_dataset({"name": "digits"}, "cuda")
     assert data.train_x.device.type == "cuda" and data.test_y.device.type == "cuda"
+
+
+def test_computed_statistics_are_exact_whatever_the_thread_count():
+    """digits' mean/std feed the teacher-output cache key: a float reduction gave std values that moved in
+    the last bits with the thread count, so two identical runs recorded the teacher twice."""
+    import math
+    from fractions import Fraction
+
+    from kdrun.data.datasets import _channel_stats
+
+    x = torch.randint(0, 256, (997, 3, 9, 9), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append(_channel_stats(x))
+    finally:
+        torch.set_num_threads(threads)
+    assert results[0] == results[1]
+    pixels = [int(v) for v in x[:, 1].flatten()]
+    mean = Fraction(sum(pixels), 255 * len(pixels))
+    var = sum((Fraction(v, 255) - mean) ** 2 for v in pixels) / len(pixels)
+    assert results[0][0][1] == float(mean) and results[0][1][1] == math.sqrt(var)

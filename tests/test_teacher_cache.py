@@ -50,14 +50,14 @@ def training_views(cfg, data, augment, runtime: Runtime, epochs: int):
 
 def key_of(cfg, teacher_seed: int = 0) -> str:
     data, _, runtime, teacher = setup(cfg, teacher_seed)
-    return cache_key(output_recipe(cfg, data, runtime, teacher, TargetFormat(data.num_classes, cfg.teacher.topk)))
+    return cache_key(output_recipe(cfg, data, runtime, teacher, TargetFormat(data.num_classes, cfg.teacher.topk, cfg.loss.T)))
 
 
 @pytest.mark.parametrize("topk", [None, 3])
 def test_a_cache_hit_returns_exactly_the_teachers_output_for_that_view(tmp_path, topk):
     cfg = compose_cfg(tmp_path, f"teacher.topk={'null' if topk is None else topk}")
     data, augment, runtime, teacher = setup(cfg)
-    fmt = TargetFormat(data.num_classes, topk)
+    fmt = TargetFormat(data.num_classes, topk, cfg.loss.T)
 
     recording = build_teacher_outputs(cfg, data, runtime, teacher)
     first = [(batch, recording(batch)) for batch in training_views(cfg, data, augment, runtime, epochs=2)]
@@ -85,6 +85,29 @@ def test_top_k_targets_keep_the_top_logits_and_spread_the_rest_evenly():
     mass = lambda t: t.softmax(1)[rest].view(4, 7).sum(1)  # noqa: E731
     assert torch.allclose(mass(targets), mass(logits), rtol=2e-3)  # the rest keeps its probability mass (T=1)
     assert TargetFormat(10, 100).k is None and TargetFormat(10, None).k is None  # few classes: all kept
+
+
+@pytest.mark.parametrize("T", [1.0, 2.0, 4.0, 8.0])
+def test_top_k_targets_are_exact_at_the_runs_temperature(T):
+    """1,000 classes, top 100 kept: at T the stored targets give the full logits' top-k probabilities and
+    the rest's total mass (to fp16), so T^2 * KL between the full and the stored targets is the part of the
+    tail's spread alone; a mass kept at T=1 instead would put the tail 0.03 off at T=4."""
+    torch.manual_seed(0)
+    logits = torch.randn(64, 1000) * 3
+    targets = TargetFormat(1000, 100, T).round(logits)
+    p_full, p_kept = (logits / T).softmax(1), (targets / T).softmax(1)
+    top = logits.topk(100, dim=1).indices
+    rest = torch.ones_like(logits, dtype=torch.bool).scatter(1, top, False)
+    tail = lambda p: p[rest].view(64, 900).sum(1)  # noqa: E731
+    # fp16 keeps a logit below 16 to within 0.004, so probabilities agree to within about 1% / T.
+    assert torch.allclose(p_kept.gather(1, top), p_full.gather(1, top), rtol=1e-2 / T, atol=1e-7)
+    assert torch.allclose(tail(p_kept), tail(p_full), rtol=1e-2 / T)
+    # Against the direct computation of the tail's mass at T:
+    direct = torch.exp(logits.masked_fill(~rest, -torch.inf) / T).sum(1) / torch.exp(logits / T).sum(1)
+    assert torch.allclose(tail(p_kept), direct, rtol=1e-2 / T)
+    if T != 1.0:
+        at_one = TargetFormat(1000, 100, 1.0).round(logits)
+        assert not torch.allclose(tail((at_one / T).softmax(1)), direct, rtol=1e-2)  # the old bias
 
 
 def test_the_key_follows_teacher_data_augmentation_and_data_order_only(tmp_path):
@@ -165,7 +188,7 @@ def test_a_cache_that_would_not_fit_the_disk_is_refused_with_its_size(tmp_path, 
     cfg = compose_cfg(tmp_path, "epochs=240")
     data, _, runtime, teacher = setup(cfg)
     usage = type("usage", (), {"free": 100 * 2**20})
-    monkeypatch.setattr("kdrun.teacher_outputs.shutil.disk_usage", lambda path: usage)
+    monkeypatch.setattr("kdrun.teacher_outputs.serve.shutil.disk_usage", lambda path: usage)
     with pytest.raises(TeacherCacheError, match=r"needs .* more .* only 104.9 MB is free .*teacher.cache=false"):
         build_teacher_outputs(cfg, data, runtime, teacher)
     # 240 epochs x 50 samples x (10 fp16 logits + a 16-bit view checksum) + a 64-byte header per epoch

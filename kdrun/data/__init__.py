@@ -1,5 +1,5 @@
 """Datasets as uint8 tensors on the device, batched by randperm + indexing and
-augmented a whole batch at a time (see DESIGN.md, "Data: tensors, not per-image Python")."""
+augmented a whole batch at a time (docs/design.md, "Data: two paths, one meaning")."""
 
 from .augment import BatchAugment
 from .batches import batch_indices, drops_last, iterate_batches, num_batches

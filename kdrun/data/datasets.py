@@ -3,8 +3,10 @@ int64 labels, and moved to the device; batching and augmentation happen there.""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
@@ -120,8 +122,19 @@ def _check_split(name: str, split_name: str, split: Split, num_classes: int) -> 
 
 
 def _channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    pixels = x.double().div(255).transpose(0, 1).flatten(1)  # (C, N*H*W)
-    return tuple(pixels.mean(1).tolist()), tuple(pixels.std(1, unbiased=False).tolist())
+    """Per-channel mean and (population) std in [0, 1] units, computed exactly from integer pixel counts.
+
+    A float reduction's result depends on the thread count and the order of its partial sums; these
+    values feed the teacher-output cache key, so they must not move in the last bits between runs."""
+    means, stds = [], []
+    for channel in x.transpose(0, 1).reshape(x.shape[1], -1):
+        counts = torch.bincount(channel.cpu(), minlength=256).tolist()
+        n = sum(counts)
+        total = sum(value * count for value, count in enumerate(counts))
+        squares = sum(value * value * count for value, count in enumerate(counts))
+        means.append(float(Fraction(total, 255 * n)))
+        stds.append(math.sqrt(Fraction(n * squares - total * total, (255 * n) ** 2)))
+    return tuple(means), tuple(stds)
 
 
 # ---- files on disk, or torchvision's download ---------------------------------------------------

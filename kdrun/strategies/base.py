@@ -125,6 +125,8 @@ def register(cls: type[Strategy]) -> type[Strategy]:
 
 
 def strategy_class(name: str) -> type[Strategy]:
+    if not isinstance(name, str):
+        raise ConfigError(f"strategy.name must be a string, got {name!r}")
     if name not in STRATEGIES:
         raise ConfigError(f"unknown strategy {name!r}; allowed: {', '.join(sorted(STRATEGIES))}")
     return STRATEGIES[name]

@@ -40,11 +40,18 @@ class TeacherCacheError(KdrunError):
 
 
 class TargetFormat:
-    """How teacher logits are kept: fp16, and above `topk` classes the top k plus one shared logit."""
+    """How teacher logits are kept: fp16, and above `topk` classes the top k plus one shared logit.
 
-    def __init__(self, num_classes: int, topk: int | None):
+    The shared logit s is chosen so that at the run's temperature T the other classes keep exactly their
+    mass: (C - k) * exp(s / T) = sum of exp(l_i / T) over them, i.e. s = T * (logsumexp(l / T) - log(C - k)).
+    At T the top-k probabilities and the rest's total are then those of the full logits (to fp16); only
+    how the rest is shared among its classes (evenly) is lost. A mass kept at T=1 would be off at other T.
+    """
+
+    def __init__(self, num_classes: int, topk: int | None, T: float = 1.0):
         self.num_classes = num_classes
         self.k = topk if topk is not None and topk < num_classes else None
+        self.T = float(T)
         self.width = num_classes if self.k is None else self.k + 1  # values per sample
         self.class_dtype = torch.int16 if num_classes <= 2**15 else torch.int32
 
@@ -57,8 +64,9 @@ class TargetFormat:
         logits = logits.float()
         if self.k is not None:
             top, classes = logits.topk(self.k, dim=1)
-            # One logit for every other class: the log of their mean exp, so that together they keep their mass.
-            others = logits.scatter(1, classes, -math.inf).logsumexp(1, keepdim=True) - math.log(self.num_classes - self.k)
+            # One logit for every other class, keeping their total mass at temperature T (see the class doc).
+            rest = logits.scatter(1, classes, -math.inf) / self.T
+            others = self.T * (rest.logsumexp(1, keepdim=True) - math.log(self.num_classes - self.k))
             return torch.cat([top, others], 1).clamp(-FP16_MAX, FP16_MAX).half(), classes.to(self.class_dtype)
         return logits.clamp(-FP16_MAX, FP16_MAX).half(), None
 
@@ -76,7 +84,7 @@ class TargetFormat:
     def describe(self) -> str:
         if self.k is None:
             return f"{self.num_classes} fp16 logits"
-        return f"top-{self.k} of {self.num_classes} fp16 logits + 1 for the rest"
+        return f"top-{self.k} of {self.num_classes} fp16 logits + 1 for the rest at T={self.T:g}"
 
 
 def view_checks(x: Tensor) -> Tensor:

@@ -145,7 +145,8 @@ def weights_digest(model: nn.Module) -> str:
 
 def output_recipe(cfg, data: DatasetSplits, runtime: Runtime, teacher: nn.Module, fmt: TargetFormat) -> dict:
     """Everything that decides the teacher's outputs for a run's training views; the cache key hashes it.
-    Not in it, because the views do not depend on them: the student, T, alpha, beta, seed, epochs."""
+    Not in it, because the views do not depend on them: the student, alpha, beta, seed, epochs, and T
+    unless only the top-k logits are kept."""
     n, batch_size = len(data.train_y), cfg.trainer.batch_size
     return {
         "version": VERSION,
@@ -157,7 +158,8 @@ def output_recipe(cfg, data: DatasetSplits, runtime: Runtime, teacher: nn.Module
         # The device type fixes the generator's draws; the rest the teacher's numerics.
         "runtime": {"device": runtime.device.type, "precision": runtime.precision,
                     "channels_last": runtime.channels_last, "compile": runtime.compile, "torch": torch.__version__},
-        "targets": {"dtype": "float16", "topk": fmt.k},
+        # Top-k targets keep the rest's mass at the run's T, so T is part of them; full targets do not depend on T.
+        "targets": {"dtype": "float16", "topk": fmt.k, **({"T": fmt.T} if fmt.k is not None else {})},
     }
 
 
@@ -170,7 +172,7 @@ def build_teacher_outputs(cfg, data: DatasetSplits, runtime: Runtime, teacher: n
     topk = cfg.teacher.topk
     if topk is not None and (isinstance(topk, bool) or not isinstance(topk, int) or topk < 1):
         raise ConfigError(f"teacher.topk must be a positive integer or null (keep every class), got {topk!r}")
-    fmt = TargetFormat(data.num_classes, topk)
+    fmt = TargetFormat(data.num_classes, topk, cfg.loss.T)
     if not cfg.teacher.cache:
         return TeacherOutputs(teacher, fmt)
 
