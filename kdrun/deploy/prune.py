@@ -21,7 +21,11 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from kdrun.checkpoint import load_checkpoint
 from kdrun.errors import ConfigError
+from kdrun.models.cnn import SmallCNN
+from kdrun.models.mlp import MLP
+from kdrun.models.resnet import BasicBlock, Bottleneck
 
 KINDS = ("none", "unstructured", "channel")
 
@@ -38,10 +42,6 @@ class ChannelGroup:
 
 
 def channel_groups(model: nn.Module) -> list[ChannelGroup]:
-    from kdrun.models.cnn import SmallCNN
-    from kdrun.models.mlp import MLP
-    from kdrun.models.resnet import BasicBlock, Bottleneck
-
     if isinstance(model, SmallCNN):
         final = -(-model.image_size // 4)
         return [ChannelGroup("conv1", None, "conv2"), ChannelGroup("conv2", None, "fc", final * final)]
@@ -151,13 +151,12 @@ def prune_student(model: nn.Module, prune_cfg) -> nn.Module:
         return model
     kind, amount = check_prune_config(prune_cfg)
     if prune_cfg.get("checkpoint"):
-        from kdrun.deploy.student import model_from_checkpoint
-
-        trained = model_from_checkpoint(prune_cfg["checkpoint"])
-        if trained.arch != model.arch:
-            raise ConfigError(f"student.prune.checkpoint holds a {trained.arch}, but student={model.arch}")
-        shrink_to(model, trained.state_dict())
-        model.load_state_dict(trained.state_dict())
+        payload = load_checkpoint(prune_cfg["checkpoint"])
+        if payload["model"]["arch"] != model.arch:
+            raise ConfigError(f"student.prune.checkpoint holds a {payload['model']['arch']}, "
+                              f"but student={model.arch}")
+        shrink_to(model, payload["state_dict"])
+        model.load_state_dict(payload["state_dict"])
     if kind == "unstructured" and amount:
         prune_unstructured(model, amount)
     elif kind == "channel" and amount:

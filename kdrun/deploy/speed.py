@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.benchmark import Timer
 
 from kdrun.deploy.export import onnx_session
 
@@ -55,12 +54,20 @@ def _images(shape: tuple[int, int, int], batch: int) -> torch.Tensor:
     return torch.randint(0, 256, (batch, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 
 
+def _timer(stmt: str, env: dict, threads: int):
+    # Imported when timing: torch.utils.benchmark loads cpp_extension, which warns about CUDA on every
+    # `kdrun` start on a machine without it.
+    from torch.utils.benchmark import Timer
+
+    return Timer(stmt, globals=env, num_threads=threads)
+
+
 def time_torch(model: nn.Module, shape: tuple[int, int, int], batch: int, threads: int,
                min_run_time: float = MIN_RUN_TIME_S) -> Speed:
     model.eval()
     x = _images(shape, batch)
     with torch.inference_mode():
-        timer = Timer("model(x)", globals={"model": model, "x": x}, num_threads=threads)
+        timer = _timer("model(x)", {"model": model, "x": x}, threads)
         timer.timeit(3)  # warm-up: first calls allocate and pick kernels
         seconds = timer.blocked_autorange(min_run_time=min_run_time).median
     return Speed("torch", threads, batch, seconds)
@@ -70,7 +77,7 @@ def time_onnx(path: Path, shape: tuple[int, int, int], batch: int, threads: int,
               min_run_time: float = MIN_RUN_TIME_S, label: str = "onnxruntime") -> Speed:
     session = onnx_session(path, threads)
     feed = {session.get_inputs()[0].name: _images(shape, batch).numpy()}
-    timer = Timer("session.run(None, feed)", globals={"session": session, "feed": feed}, num_threads=1)
+    timer = _timer("session.run(None, feed)", {"session": session, "feed": feed}, 1)
     timer.timeit(3)
     return Speed(label, threads, batch, timer.blocked_autorange(min_run_time=min_run_time).median)
 

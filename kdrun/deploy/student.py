@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from kdrun.checkpoint import load_checkpoint
 from kdrun.data import DatasetSplits, load_dataset
+from kdrun.deploy.prune import shrink_to
 from kdrun.errors import CheckpointError, KdrunError
 from kdrun.models import KDModel, build_model
 
@@ -63,8 +64,6 @@ class RunModel:
 def model_from_checkpoint(path: Path) -> KDModel:
     """Build the checkpoint's architecture and load its weights (a channel-pruned student is rebuilt
     at its pruned widths, read from the weights' shapes)."""
-    from kdrun.deploy.prune import shrink_to  # pruning imports this module
-
     payload = load_checkpoint(path)
     meta = payload["model"]
     model = build_model(meta["arch"], meta["in_channels"], meta["image_size"], meta["num_classes"])

@@ -16,6 +16,9 @@ from pathlib import Path
 from rich.markup import escape
 
 from kdrun.console import console
+from kdrun.deploy.report_columns import add_deploy_columns
+from kdrun.deploy.robustness import plot_robustness, robustness_table
+from kdrun.deploy.robustness_report import robustness_results
 from kdrun.io import atomic_write_text
 from kdrun.report.aggregate import Group, Study, display_name, study
 from kdrun.report.jobs import JobRecord
@@ -119,16 +122,11 @@ def write_report(jobs: list[JobRecord], out_dir: Path, *, title: str, measure_la
     if s.groups:
         comparison = comparison_table(s, LatencyMeter() if measure_latency else None)
         comparison.notes += notes
-        deployment = None
-        if deploy:  # imported here: onnx and onnxruntime are an optional extra
-            from kdrun.deploy.report_columns import add_deploy_columns
-            deployment = add_deploy_columns(comparison, s, out_dir)
+        deployment = add_deploy_columns(comparison, s, out_dir) if deploy else None
         w.table("comparison", comparison)
         if deployment is not None:
             w.table("deployment", deployment)
     if robustness and s.groups:
-        from kdrun.deploy.robustness import plot_robustness, robustness_table
-        from kdrun.deploy.robustness_report import robustness_results
         results = robustness_results(s)
         w.plot(plot_robustness(out_dir / "robustness.png", results))
         w.table("robustness", robustness_table(results), image="robustness.png")
