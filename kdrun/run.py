@@ -52,7 +52,8 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] = (), la
             return read_summary(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    logger = build_logger(cfg.logger, run_dir)  # before any training: a missing tensorboard fails fast
+    # before any training: a missing tensorboard/mlflow/wandb fails fast
+    logger = build_logger(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True), cfg.paths.outputs)
     runtime = resolve_runtime(cfg.device)
     try:
         data = load_dataset(cfg.dataset, runtime.device)
@@ -72,12 +73,14 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] = (), la
         atomic_write_json(out_dir / "metrics.json", summary)
         return summary
 
+    failed = True
     try:
         summary = method.run(Setup(cfg, data, augment, runtime), run_dir, fit)
+        atomic_write_json(run_dir / "metrics.json", summary)
+        plot_learning_curves(run_dir, f"{cfg.strategy.name}: {summary['arch']} on {cfg.dataset.name} ({run_dir.name})")
+        failed = False
     finally:
-        logger.close()
-    atomic_write_json(run_dir / "metrics.json", summary)
-    plot_learning_curves(run_dir, f"{cfg.strategy.name}: {summary['arch']} on {cfg.dataset.name} ({run_dir.name})")
+        logger.close(failed=failed)  # trackers upload the checkpoints and the report
     return summary
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import TINY, only_run_dir, read_jsonl, run_kdrun
+from conftest import TINY, only_run_dir, read_jsonl
 from kdrun.checkpoint import load_checkpoint, save_checkpoint
 from kdrun.models import build_model
 

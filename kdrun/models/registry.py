@@ -5,6 +5,7 @@ from functools import partial
 
 from kdrun.models.base import KDModel
 from kdrun.models.cnn import cnn_student, cnn_teacher
+from kdrun.models.external import build_external, is_external
 from kdrun.models.mlp import MLP
 from kdrun.models.resnet import cifar_resnet, resnet18, resnet34, resnet50
 
@@ -32,6 +33,10 @@ MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
 
 
 def build_model(name: str, in_channels: int, image_size: int, num_classes: int) -> KDModel:
+    """A zoo model by name, or an external one by its arch string (`torchvision:resnet18`, see external.py)."""
+    if is_external(name):
+        return build_external(name, in_channels, image_size, num_classes)
     if name not in _BUILDERS:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}")
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}, "
+                         f"or torchvision:<name>, timm:<name>, custom:<module.Class>")
     return _BUILDERS[name](arch=name, in_channels=in_channels, image_size=image_size, num_classes=num_classes)
