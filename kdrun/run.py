@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from kdrun.console import console
 from kdrun.data import BatchAugment, load_dataset
 from kdrun.data.run_details import check_in_memory, folder_details
+from kdrun.deploy.prune import check_prune_config
 from kdrun.errors import DataError
 from kdrun.plausibility import check_plausible
 from kdrun.io import atomic_write_json, atomic_write_text
@@ -34,6 +35,7 @@ def check_run_config(cfg: DictConfig) -> type[Strategy]:
     method = strategy_class(cfg.strategy.name)
     check_config(cfg, method.Config)
     method.validate(cfg)
+    check_prune_config(cfg.student.get("prune") or {})  # before any teacher trains
     return method
 
 

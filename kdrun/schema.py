@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator, Union
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from kdrun.deploy.prune import KINDS as PRUNE_KINDS
 from kdrun.errors import ConfigError
 from kdrun.models import MODEL_NAMES
 
@@ -91,6 +92,20 @@ class ModelKeys:
     input_stats: str = key(choices=INPUT_STATS)
     _target_: str | None = key(doc="source=custom: the nn.Module class; other keys are its arguments")
     recipe: Recipe = key(doc="keys this model needs unless the command sets them (kdrun/recipes.py)")
+
+
+@dataclass
+class PruneKeys:
+    """Pruning the student before it trains (kdrun/deploy/prune.py)."""
+
+    kind: str = key(choices=PRUNE_KINDS)
+    amount: float = key(low=0)  # below 1: checked with the kind (kdrun.deploy.prune.check_prune_config)
+    checkpoint: str | None = key()
+
+
+@dataclass
+class StudentKeys(ModelKeys):
+    prune: PruneKeys = key()
 
 
 @dataclass
@@ -207,7 +222,7 @@ class RootKeys:
     resume: str | None = key(role="location")
     dataset: DatasetKeys = key()
     teacher: TeacherKeys = key()
-    student: ModelKeys = key()
+    student: StudentKeys = key()
     loss: LossKeys = key()
     strategy: StrategyKeys = key()
     device: DeviceKeys = key()

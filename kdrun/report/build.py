@@ -16,6 +16,9 @@ from pathlib import Path
 from rich.markup import escape
 
 from kdrun.console import console
+from kdrun.deploy.report_columns import add_deploy_columns
+from kdrun.deploy.robustness import plot_robustness, robustness_table
+from kdrun.deploy.robustness_report import robustness_results
 from kdrun.io import atomic_write_text
 from kdrun.report.aggregate import Group, Study, canonical, display_name, format_value, study
 from kdrun.report.jobs import JobRecord
@@ -116,7 +119,8 @@ class ReportWriter:
         self.files += [path, path.with_suffix(".svg")]
 
 
-def write_report(jobs: list[JobRecord], out_dir: Path, *, title: str, measure_latency: bool = True) -> Study:
+def write_report(jobs: list[JobRecord], out_dir: Path, *, title: str, measure_latency: bool = True,
+                 deploy: bool = False, robustness: bool = False) -> Study:
     """Write every table and plot for `jobs` into `out_dir`, print the tables, then the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -132,7 +136,14 @@ def write_report(jobs: list[JobRecord], out_dir: Path, *, title: str, measure_la
     if s.groups:
         comparison = comparison_table(s, LatencyMeter() if measure_latency else None)
         comparison.notes += notes
+        deployment = add_deploy_columns(comparison, s, out_dir) if deploy else None
         w.table("comparison", comparison)
+        if deployment is not None:
+            w.table("deployment", deployment)
+    if robustness and s.groups:
+        results = robustness_results(s)
+        w.plot(plot_robustness(out_dir / "robustness.png", results))
+        w.table("robustness", robustness_table(results), image="robustness.png")
     numeric = s.numeric_swept
     for key in numeric:
         stem = sweep_file_stem([key])
