@@ -14,13 +14,35 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterable, Iterator
+from typing import IO, Callable, Iterable, Iterator
 
 import torch
 
 from kdrun.errors import WriteError
 
 TMP_SUFFIX = ".tmp"  # temporary siblings are named .<name>.<random>.tmp
+
+
+def atomic_write_via(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """For writers that want a file name (torch.export.save, onnx): `write(tmp)` fills a temporary sibling,
+    which is then fsynced and renamed over `path`, with the umask's mode like every other kdrun file."""
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The temporary name ends like the real one: torch.export.save wants ".pt2".
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX + "".join(path.suffixes))
+        os.fchmod(fd, 0o666 & ~current_umask())
+        os.close(fd)
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise WriteError(_write_message(path, exc)) from exc
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 @contextmanager

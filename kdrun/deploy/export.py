@@ -5,8 +5,6 @@ Every format takes raw uint8 images (N, C, H, W) with a dynamic batch axis; see 
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +13,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from kdrun.io import atomic_write_via
 
 FORMATS = ("onnx", "pt2", "torchscript")
 SUFFIX = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".torchscript.pt"}
@@ -49,21 +48,6 @@ def _example(model: nn.Module) -> Tensor:
     return torch.zeros(2, inner.in_channels, inner.image_size, inner.image_size, dtype=torch.uint8)
 
 
-def write_via_tmp(path: Path, write: Callable[[str], None]) -> None:
-    """For writers that want a file name: write a temporary sibling, fsync, rename (kdrun.io's promise)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary name ends like the real one: torch.export.save wants ".pt2".
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes))
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def export_onnx(model: nn.Module, path: Path) -> None:
     x = _example(model)
     batch = torch.export.Dim("batch", min=1, max=65536)
@@ -76,13 +60,13 @@ def export_onnx(model: nn.Module, path: Path) -> None:
                                         dynamic_shapes={"x": {0: batch}}, verbose=False)
         program.save(tmp)  # weights inside the one file: the models here are small
 
-    write_via_tmp(path, write)
+    atomic_write_via(path, write)
 
 
 def export_pt2(model: nn.Module, path: Path) -> None:
     batch = torch.export.Dim("batch", min=1, max=65536)
     program = torch.export.export(model, (_example(model),), dynamic_shapes={"x": {0: batch}})
-    write_via_tmp(path, lambda tmp: torch.export.save(program, tmp))
+    atomic_write_via(path, lambda tmp: torch.export.save(program, tmp))
 
 
 def export_torchscript(model: nn.Module, path: Path) -> None:
@@ -91,7 +75,7 @@ def export_torchscript(model: nn.Module, path: Path) -> None:
         traced = torch.jit.trace(model, _example(model))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        write_via_tmp(path, lambda tmp: torch.jit.save(traced, tmp))
+        atomic_write_via(path, lambda tmp: torch.jit.save(traced, tmp))
 
 
 EXPORTERS = {"onnx": export_onnx, "pt2": export_pt2, "torchscript": export_torchscript}

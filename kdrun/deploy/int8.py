@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
-from kdrun.deploy.export import write_via_tmp
+from kdrun.io import atomic_write_via
 
 CALIBRATION_IMAGES = 512
 CALIBRATION_BATCH = 64
@@ -58,4 +58,4 @@ def quantize_onnx(fp32_path: Path, int8_path: Path, calibration: np.ndarray) -> 
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=QUANTIZED_OPS)
 
-        write_via_tmp(int8_path, write)
+        atomic_write_via(int8_path, write)
