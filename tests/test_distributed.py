@@ -27,7 +27,7 @@ from kdrun.data.datasets import DatasetSplits
 from kdrun.distributed import World, check_divisible, relaunch_command
 from kdrun.errors import ConfigError
 from kdrun.runtime import Runtime
-from kdrun.teacher_outputs.files import EpochOutputs, OutputCache, TargetFormat
+from kdrun.teacher_outputs.files import OutputCache, TargetFormat
 
 TOLERANCE = 1e-5
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200", "HYDRA_FULL_ERROR": "0"}
