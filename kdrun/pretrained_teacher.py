@@ -21,7 +21,7 @@ from kdrun.pretrained import weights_identity
 from kdrun.runtime import seed_everything
 from kdrun.strategies.scratch import Scratch
 from kdrun.teachers import (Teacher, cache_lock, file_sha256, fingerprint, load_cached, teacher_recipe)
-from kdrun.trainer import Trainer, evaluate, trainer_config
+from kdrun.trainer import Trainer, evaluate_split, trainer_config
 
 
 def pretrained_recipe(cfg) -> dict:
@@ -67,7 +67,7 @@ def prepare_teacher(cfg, data, augment, runtime, cache_dir: Path, recipe: dict) 
                                          data_seed=cfg.teacher.seed), cfg.optim, runtime)
         trainer.fit(Scratch(model), data, augment, work_dir)
         shutil.rmtree(work_dir / "checkpoints", ignore_errors=True)
-    test_acc = evaluate(model, data.test_x, data.test_y, augment, runtime, cfg.trainer.eval_batch_size)
+    test_acc = evaluate_split(model, data, augment, runtime, cfg.trainer.eval_batch_size)
     weights = work_dir / "teacher.pt"
     save_checkpoint(weights, model, epoch=finetune, test_acc=test_acc)
     atomic_write_json(work_dir / "entry.json", {"sha256": file_sha256(weights), "bytes": weights.stat().st_size})

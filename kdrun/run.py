@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from kdrun.console import console
 from kdrun.data import BatchAugment, load_dataset
 from kdrun.distributed import current_world
-from kdrun.data.run_details import check_in_memory, folder_details
+from kdrun.data.run_details import folder_details
 from kdrun.deploy.prune import check_prune_config
 from kdrun.errors import DataError
 from kdrun.plausibility import check_plausible
@@ -67,11 +67,10 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] = (), la
     except ValueError as exc:  # empty, malformed or inconsistent files: the message names them
         raise DataError(str(exc)) from exc
     check_plausible(cfg, data)  # values that are legal alone but meaningless for this data
-    check_in_memory(data)
     augment = BatchAugment(cfg.dataset.augment.crop_padding, cfg.dataset.augment.hflip, data.mean, data.std)
     trainer = Trainer(trainer_config(cfg, label=label or cfg.strategy.name), cfg.optim, runtime, world)
     facts = {"strategy": cfg.strategy.name, "dataset": cfg.dataset.name, "seed": cfg.seed,
-             "overrides": list(overrides), **folder_details(data)}
+             "overrides": list(overrides)}
     if method.distills:
         facts.update(T=cfg.loss.T, alpha=cfg.loss.alpha, beta=cfg.loss.beta)
 
@@ -79,7 +78,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] = (), la
         strategy.student.class_names = data.class_names  # saved with its checkpoints (model_meta)
         go_on = resume and (out_dir / "checkpoints" / "last.pt").is_file()
         summary = {**trainer.fit(strategy, data, augment, out_dir, on_epoch=logger.log_epoch, resume=go_on),
-                   **facts, **extra}
+                   **facts, **folder_details(data), **extra}  # after training: streamed files skipped
         if world.is_main:
             atomic_write_json(out_dir / "metrics.json", summary)
         return summary

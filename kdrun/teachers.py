@@ -39,7 +39,7 @@ from kdrun.models import build_model, count_parameters, model_size_mb
 from kdrun.runtime import Runtime, seed_everything
 from kdrun.strategies.scratch import Scratch
 from kdrun.schema import keys_with_role
-from kdrun.trainer import Trainer, evaluate, trainer_config
+from kdrun.trainer import Trainer, evaluate_split, trainer_config
 
 try:
     import fcntl
@@ -127,7 +127,7 @@ def resolve_teacher(cfg, data: DatasetSplits, augment: BatchAugment, runtime: Ru
     if cfg.teacher.checkpoint:
         path = Path(cfg.teacher.checkpoint)
         model, _ = load_model(path, data, runtime, role="teacher", expect_arch=arch_of(cfg.teacher))
-        acc = evaluate(model, data.test_x, data.test_y, augment, runtime, cfg.trainer.eval_batch_size)
+        acc = evaluate_split(model, data, augment, runtime, cfg.trainer.eval_batch_size)
         return Teacher(model, acc, "checkpoint", path)
     if is_pretrained(cfg.teacher):  # evaluated (or fine-tuned) once, never trained from scratch
         from kdrun.pretrained_teacher import resolve_pretrained_teacher

@@ -24,7 +24,7 @@ from torch import nn
 
 from kdrun.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from kdrun.data import BatchAugment, DatasetSplits, iterate_batches
-from kdrun.data.feed import InMemoryFeed
+from kdrun.data.feed import Data, eval_batches, has_val, make_feed
 from kdrun.distributed import SOLO, World, check_divisible
 from kdrun.errors import ConfigError, Interrupted, NonFiniteLoss
 from kdrun.interrupts import InterruptGuard
@@ -68,30 +68,42 @@ def trainer_config(cfg: DictConfig, *, label: str, epochs: int | None = None,
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, augment: BatchAugment,
-             runtime: Runtime, batch_size: int = 1024, world: World = SOLO) -> float:
-    """Top-1 accuracy in percent on un-augmented inputs; with several processes each evaluates its share
-    and the counts are summed."""
+def accuracy(model: nn.Module, batches, runtime: Runtime, world: World = SOLO) -> float:
+    """Top-1 accuracy in percent over (normalised inputs, labels) batches; with several processes each
+    passes its own share and the counts are summed."""
     was_training = model.training
     model.eval()
-    n = len(y)
-    x, y = world.shard(x), world.shard(y)
-    correct = torch.zeros((), dtype=torch.long, device=x.device)
-    for xb, yb in iterate_batches(x, y, batch_size, shuffle=False):
-        inputs = augment(xb, None, train=False)
+    counts = torch.zeros(2, dtype=torch.long, device=runtime.device)  # correct, seen
+    for inputs, yb in batches:
         if runtime.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with runtime.autocast():
-            correct += (model(inputs).argmax(1) == yb).sum()
+            counts[0] += (model(inputs).argmax(1) == yb).sum()
+        counts[1] += len(yb)
     model.train(was_training)
-    return 100.0 * world.sum(correct).item() / n
+    world.sum(counts)
+    return 100.0 * int(counts[0]) / int(counts[1])
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, augment: BatchAugment,
+             runtime: Runtime, batch_size: int = 1024, world: World = SOLO) -> float:
+    """Top-1 accuracy in percent on un-augmented in-memory inputs (each rank its share)."""
+    x, y = world.shard(x), world.shard(y)
+    return accuracy(model, ((augment(xb, None, train=False), yb)
+                            for xb, yb in iterate_batches(x, y, batch_size, shuffle=False)), runtime, world)
+
+
+def evaluate_split(model: nn.Module, data: Data, augment: BatchAugment, runtime: Runtime, batch_size: int,
+                   split: str = "test", world: World = SOLO) -> float:
+    """Top-1 accuracy in percent on a split ("test" or "val") of in-memory or streamed data."""
+    return accuracy(model, eval_batches(data, augment, split, batch_size, world), runtime, world)
 
 
 class Trainer:
     def __init__(self, cfg: TrainerConfig, optim_cfg, runtime: Runtime, world: World = SOLO):
         self.cfg, self.optim_cfg, self.runtime, self.world = cfg, optim_cfg, runtime, world
 
-    def fit(self, strategy: Strategy, data: DatasetSplits, augment: BatchAugment, run_dir: Path,
+    def fit(self, strategy: Strategy, data: Data, augment: BatchAugment, run_dir: Path,
             on_epoch: Callable[[dict], None] | None = None, resume: bool = False) -> dict:
         """Train for cfg.epochs, evaluating every epoch; returns the facts for metrics.json.
 
@@ -107,7 +119,7 @@ class Trainer:
             use_sync_batchnorm(strategy, runtime)
         params = [p for p in strategy.parameters() if p.requires_grad]
         same_start(strategy, world)
-        feed = InMemoryFeed(data, augment, cfg.batch_size, cfg.data_seed, runtime, world)
+        feed = make_feed(data, augment, cfg.batch_size, cfg.data_seed, runtime, world)
         optimizer = build_optimizer(strategy.parameters(), self.optim_cfg)
         training = Training(strategy, optimizer,
                             build_scheduler(optimizer, self.optim_cfg, steps_per_epoch=feed.steps_per_epoch,
@@ -138,8 +150,9 @@ class Trainer:
             last_path.parent.mkdir(parents=True, exist_ok=True)
             # metrics.jsonl holds exactly the epochs last.pt knows (a kill can fall between the two writes).
             atomic_write_jsonl(run_dir / "metrics.jsonl", st.history)
-        # With device.compile, compiling happens here, outside the timed epochs.
-        runtime.warm_up(strategy, data, augment, cfg.batch_size)
+        # With device.compile, compiling happens here, outside the timed epochs (streamed data: in epoch 1).
+        if isinstance(data, DatasetSplits):
+            runtime.warm_up(strategy, data, augment, cfg.batch_size)
         report = TrainingReport(cfg.label, cfg.epochs, training.steps_per_epoch,
                                 run_dir / "train.log" if world.is_main else None, live=cfg.progress and world.is_main)
         with report, InterruptGuard() as interrupt:
@@ -307,20 +320,18 @@ class Evaluation:
     """Which split each epoch is evaluated on (validation when there is one, else test), and the test
     split's accuracy of any model."""
 
-    def __init__(self, data: DatasetSplits, augment: BatchAugment, runtime: Runtime, batch_size: int,
-                 world: World = SOLO):
+    def __init__(self, data: Data, augment: BatchAugment, runtime: Runtime, batch_size: int, world: World = SOLO):
         self.data, self.augment, self.runtime, self.batch_size = data, augment, runtime, batch_size
         self.world = world
-        self.has_val = data.val_y is not None and len(data.val_y) > 0
+        self.has_val = has_val(data)
         self.selects = "val_acc" if self.has_val else "test_acc"
 
     def epoch_acc(self, model: nn.Module) -> float:
-        x, y = (self.data.val_x, self.data.val_y) if self.has_val else (self.data.test_x, self.data.test_y)
-        return evaluate(model, x, y, self.augment, self.runtime, self.batch_size, self.world)
+        return evaluate_split(model, self.data, self.augment, self.runtime, self.batch_size,
+                              "val" if self.has_val else "test", self.world)
 
     def test_acc(self, model: nn.Module) -> float:
-        return evaluate(model, self.data.test_x, self.data.test_y, self.augment, self.runtime, self.batch_size,
-                        self.world)
+        return evaluate_split(model, self.data, self.augment, self.runtime, self.batch_size, world=self.world)
 
 
 def epoch_record(st: TrainState, strategy: Strategy, evaluation: Evaluation, skips: bool) -> dict:

@@ -294,11 +294,34 @@ def test_imagenet_preset_composes_and_runs_one_step(tmp_path, kdrun):
           "trainer.progress=false")
 
 
-def test_kdrun_names_streaming_as_not_yet_trainable(tmp_path, kdrun):
-    root = make_folder(tmp_path / "photos", per_class=(4, 2))
-    proc = kdrun("dataset=image_folder", f"dataset.root={root}", "dataset.in_memory=false", "strategy=scratch",
-                 "student=cnn_student", "epochs=1", "trainer.progress=false", check=False)
-    assert proc.returncode != 0 and "set dataset.in_memory=true" in proc.stdout + proc.stderr
+def test_kdrun_trains_from_a_stream_and_its_numbers_mean_what_memorys_mean(tmp_path, kdrun):
+    """dataset.in_memory=false: the trainer's streaming feed, a validation split held out of train/, best.pt on
+    it, and a final test accuracy that the in-memory path gives the same weights on the same images."""
+    from kdrun.checkpoint import load_checkpoint
+    from kdrun.data import BatchAugment
+    from kdrun.models import build_model
+    from kdrun.runtime import Runtime
+    from kdrun.trainer import evaluate
+
+    root = make_folder(tmp_path / "photos", per_class=(10, 4))
+    kdrun("dataset=image_folder", f"dataset.root={root}", "dataset.in_memory=false", "dataset.image_size=16",
+          "dataset.val_fraction=0.2", "strategy=scratch", "student=cnn_student", "epochs=2", "batch_size=8",
+          "trainer.progress=false")
+    run_dir = only_run_dir(tmp_path)
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["status"] == "completed" and summary["val_samples"] == 6 and summary["class_names"] == list(CLASSES)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and all("val_acc" in r for r in records)
+
+    memory = load_dataset({"name": "image_folder", "root": str(root), "image_size": 16, "val_fraction": 0.2,
+                           "in_memory": True, "augment": {"crop_padding": 0, "hflip": False}},
+                          data_seed=0)
+    payload = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    model = build_model("cnn_student", memory.in_channels, memory.image_size, memory.num_classes)
+    model.load_state_dict(payload["state_dict"])
+    acc = evaluate(model, memory.test_x, memory.test_y, BatchAugment(0, False, memory.mean, memory.std),
+                   Runtime(torch.device("cpu"), "fp32"))
+    assert acc == pytest.approx(summary["final_test_acc"])
 
 
 # ---- failed downloads leave nothing behind (issue 10, item 15) ---------------------------------------------
@@ -355,3 +378,17 @@ def test_a_cached_teacher_is_never_shared_between_two_folders(tmp_path):
     before = cache_dir(b)
     (b / "train" / "cat" / "extra.png").write_bytes((b / "train" / "cat" / "0001.png").read_bytes())
     assert cache_dir(b) != before  # the same folder with another file: another teacher
+
+
+@pytest.mark.slow
+def test_a_streamed_kd_sweep_records_the_teacher_outputs_once(tmp_path, kdrun):
+    """The teacher-output cache keys a streamed folder by its files and views: the second job reads what the
+    first recorded, and the checksums of the views match (they are a function of data_seed, epoch, index)."""
+    root = make_folder(tmp_path / "photos", per_class=(10, 4))
+    kdrun("-m", "dataset=image_folder", f"dataset.root={root}", "dataset.in_memory=false", "dataset.image_size=16",
+          "strategy=kd", "teacher=mlp", "teacher.epochs=1", "student=cnn_student", "epochs=1", "batch_size=8",
+          "T=2,8", "trainer.progress=false")
+    jobs = sorted((tmp_path / "outputs" / "sweeps").glob("*/*/[0-9]"))
+    summaries = [json.loads((job / "metrics.json").read_text()) for job in jobs]
+    assert [s["teacher_cache_recorded"] for s in summaries] == [1, 0]
+    assert [s["teacher_cache_hits"] for s in summaries] == [0, 1]
