@@ -70,6 +70,10 @@ class DatasetKeys:
 @dataclass
 class ModelKeys:
     arch: str = key(choices=lambda: MODEL_NAMES)
+    # Architecture options (models.MODEL_OPTIONS says which architecture takes which; null = its default).
+    hidden: list[int] | None = key(low=1, doc="mlp: the width of each hidden layer")
+    dropout: float | None = key(low=0, doc="mlp: dropout on the hidden units, in [0, 1)")
+    input_dropout: float | None = key(low=0, doc="mlp: dropout on the input pixels, in [0, 1)")
 
 
 @dataclass
