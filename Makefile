@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 KDRUN := $(VENV)/bin/kdrun
 PYTEST := $(PY) -m pytest
 
-.PHONY: install test test-fast demo sweep-demo bench clean reproduce-hinton reproduce-keras
+.PHONY: install test test-fast demo sweep-demo bench reproduce-cifar100 reproduce-hinton reproduce-keras clean
 
 install:
 	python3 -m venv $(VENV)
@@ -40,8 +40,21 @@ sweep-demo:
 
 # How close KD comes to training the student alone, live and with the teacher-output
 # cache, against a plain PyTorch loop; prints a table, writes bench.json (< 10 min, 2 cores).
+# Then image folders: streaming and in-memory images/s against torchvision's ImageFolder + DataLoader
+# (bench_folders.json).
 bench:
 	$(PY) bench/bench.py --out bench.json
+	$(PY) bench/bench_folders.py --out bench_folders.json
+
+# The RepDistiller/CRD CIFAR-100 table (13 pairs) with DKD, beside the published numbers
+# (results/published/cifar100.csv): per pair the teacher, the student from scratch, KD and DKD,
+# 3 seeds, 240 epochs each; a GPU job. PAIRS=resnet56_resnet20 (space-separated) for a subset;
+# REPRO_SMOKE=1 runs every target a few steps on a tiny subset (synthetic 3x32x32, 100 classes,
+# when CIFAR-100 is not in data/). Tables in outputs/reproduce/cifar100/reproduction.md/.csv.
+PAIRS ?=
+REPRO_OUT ?= outputs/reproduce/cifar100$(if $(REPRO_SMOKE),-smoke)
+reproduce-cifar100:
+	$(PY) -m kdrun.reproduce --pairs "$(PAIRS)" --out $(REPRO_OUT) $(if $(REPRO_SMOKE),--smoke)
 
 # Reproductions that run on a CPU (results/README.md). MNIST by default (downloaded into data/); on a
 # machine without MNIST: REPRO_DATA="dataset=fashion_mnist dataset.root=/usr/share/datasets/fashion-mnist".

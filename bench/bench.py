@@ -7,6 +7,7 @@ Measured on this machine, in one run, on synthetic data with CIFAR shapes (so it
       DataLoader and per-sample transforms, as in the classic tutorials
   (d) batch augmentation throughput against torchvision's per-sample transforms
   (e) the process's peak memory
+  (f) int8 onnxruntime against fp32 PyTorch eager, batch 1, one thread (bench/int8_bench.py)
 plus the device options (memory format, precision, compile) on one student step.
 
 Runs are real kdrun runs (run_experiment, as the CLI calls it), each teacher trained first into kdrun's
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 from rich.table import Table
 
+from int8_bench import int8_vs_fp32, print_int8  # bench/int8_bench.py: part (f)
 from kdrun.console import console
 from kdrun.data import BatchAugment, load_dataset, num_batches
 from kdrun.models import build_model
@@ -422,6 +424,7 @@ def main(argv: list[str] | None = None) -> dict:
             augmentation = bench.augmentation()
             bench.memory["after augmentation"] = peak_rss_mb()
             options = bench.device_options(first[1], args.compile)
+            int8 = int8_vs_fp32(Path(tmp), args.tiny)
         finally:
             console.quiet = quiet
     info["load_avg_end"] = os.getloadavg()
@@ -436,6 +439,7 @@ def main(argv: list[str] | None = None) -> dict:
         "pairs": pairs,
         "augmentation": augmentation,
         "device_options": options,
+        "int8": int8,
         "peak_rss_mb": {**bench.memory, "whole process": peak_rss_mb(),
                         "DataLoader workers (largest)": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024},
         "wall_s": time.perf_counter() - start,
@@ -443,6 +447,7 @@ def main(argv: list[str] | None = None) -> dict:
     if runtime.device.type == "cuda":
         result["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
     print_tables(result)
+    print_int8(int8)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     console.print(f"wrote {args.out}")
     return result

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,8 @@ def model_meta(model: nn.Module) -> dict:
     }
     if getattr(model, "options", None):  # e.g. an MLP's hidden widths: needed to rebuild it
         meta["options"] = dict(model.options)
+    if getattr(model, "class_names", None):  # an image folder's classes, in label order
+        meta["class_names"] = list(model.class_names)
     return meta
 
 
@@ -60,17 +63,17 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **state) -> None:
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Read a kdrun checkpoint without executing anything from it."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    check_checkpoint_file(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
-            f"{str(path)!r} was refused: it holds objects that a weights-only load does not allow "
-            f"(kdrun never unpickles code from a checkpoint). Details: {str(exc).splitlines()[0]}"
+            f"{str(path)!r} was refused: it holds objects that a weights-only load does not allow, so it is not "
+            f"a kdrun checkpoint (kdrun never unpickles code from a checkpoint){_unpickler_detail(exc)}"
         ) from exc
-    except Exception as exc:  # truncated files, zip errors, random bytes
-        raise CheckpointError(f"{str(path)!r} is not a readable kdrun checkpoint: {exc}") from exc
+    except Exception as exc:  # truncated archives, bad zip members
+        raise CheckpointError(f"{str(path)!r} is not a readable kdrun checkpoint "
+                              f"({type(exc).__name__}: {exc or 'no detail'}); a copy cut short?") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a kdrun checkpoint (no '{FORMAT}' format tag)")
     if payload.get("version", 0) > VERSION:
@@ -78,6 +81,33 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{str(path)!r} has checkpoint format version {payload['version']}; this kdrun reads up to {VERSION}"
         )
     return payload
+
+
+def check_checkpoint_file(path: Path) -> None:
+    """Name what the path is when it cannot be a checkpoint: torch's own errors for these cases are
+    empty, about text decoding, or suggest an unsafe load."""
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {str(path)!r} is a directory; give the .pt file inside a run's "
+                              f"checkpoints/ (e.g. checkpoints/best.pt)")
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {str(path)!r} is an empty file (0 bytes), not a kdrun checkpoint; "
+                              f"a copy or a save that was cut short?")
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            if f.read(4) == b"PK\x03\x04":  # a zip's start without its end: cut short
+                raise CheckpointError(f"{str(path)!r} is not a readable kdrun checkpoint: the archive is incomplete "
+                                      f"(a copy or a save that was cut short?)")
+        raise CheckpointError(f"{str(path)!r} is not a kdrun checkpoint: kdrun checkpoints are the zip archives "
+                              f"torch.save writes, and this file is not one")
+
+
+def _unpickler_detail(exc: Exception) -> str:
+    """torch's reason, without its advice to retry with weights_only=False (that would run the file's code)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reason = [line for line in lines if "weights_only" not in line.lower() and "unpickler error" in line.lower()]
+    return f". Details: {reason[0]}" if reason else ""
 
 
 def check_fits(meta: dict, *, role: str, dataset: str, num_classes: int, in_channels: int, path,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+from importlib.metadata import version
 from pathlib import Path
 
 import hydra
@@ -21,9 +22,13 @@ from rich.markup import escape
 
 from importlib import resources
 
+from kdrun.cleanup import discard_unstarted_run
 from kdrun.console import console
 from kdrun.data import DatasetNotFoundError
-from kdrun.errors import ConfigError, Interrupted, KdrunError
+from kdrun.errors import CheckpointError, ConfigError, DataError, Interrupted, KdrunError
+from kdrun.missing_data import check_not_known_missing, remember_missing
+from kdrun.preflight import check_output_locations, check_sweep
+from kdrun.recipes import apply_recipes
 from kdrun.report.tables import print_run_summary
 from kdrun.resume import check_resume_argument, is_completed, register_resolvers, resume_command
 from kdrun.run import record_failure, run_experiment
@@ -32,6 +37,8 @@ from kdrun.strategies.catalog import any_strategy_config, import_plugins
 
 # Errors whose message is the whole story: print it, no traceback.
 USER_ERRORS = (KdrunError, DatasetNotFoundError)
+# Errors raised before the first training step: the run directory then holds nothing worth keeping.
+BEFORE_TRAINING_ERRORS = (ConfigError, DataError, DatasetNotFoundError, CheckpointError)
 INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 _failed_jobs: list[str] = []
@@ -47,6 +54,9 @@ def _hydra_main(cfg: DictConfig) -> dict | None:
     multirun = hc.mode == RunMode.MULTIRUN
     resume_target = Path(hc.sweep.dir).absolute() if multirun else run_dir
     try:
+        check_not_known_missing(cfg)  # a sweep looks for a missing dataset once, not once per job
+        for note in apply_recipes(cfg, hc.runtime.choices, overrides):
+            console.print(f"[dim]recipe:[/] {escape(note)}", soft_wrap=True)
         label = f"job {hc.job.num} {cfg.strategy.name}" if multirun else cfg.strategy.name
         summary = run_experiment(cfg, run_dir, overrides, label=label)
         if not multirun:
@@ -61,7 +71,13 @@ def _hydra_main(cfg: DictConfig) -> dict | None:
         console.print("[bold yellow]interrupted[/] before training began; nothing was saved", soft_wrap=True)
         sys.exit(INTERRUPTED)
     except Exception as exc:
+        if not multirun and cfg.resume is None and isinstance(exc, BEFORE_TRAINING_ERRORS) \
+                and discard_unstarted_run(run_dir):  # nothing ran: leave no folder to be listed as a failed job
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+            sys.exit(2)
         _record(run_dir, exc, overrides)
+        if isinstance(exc, DatasetNotFoundError):
+            remember_missing(cfg, str(hc.job.num) if multirun else run_dir.name)
         if not multirun and not isinstance(exc, USER_ERRORS):
             raise
         if isinstance(exc, USER_ERRORS):
@@ -104,12 +120,19 @@ def plugins_on_command_line(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
+    if "--version" in sys.argv[1:]:  # Hydra's own flag would print Hydra's version
+        console.print(f"kdrun {version('kdrun')}", markup=False, highlight=False)
+        return
+    if any(flag in sys.argv[1:] for flag in ("--cfg", "-c")) and "--resolve" not in sys.argv:
+        sys.argv.append("--resolve")  # show the values a run uses, not ${...} interpolations
     try:
         # Before Hydra: a typo gets kdrun's message (not Hydra's advice to add it with +), and a bad
         # resume=DIR is refused before any directory is made.
         import_plugins(plugins_on_command_line(sys.argv[1:]))  # their strategies' keys are known keys too
         check_override_keys(sys.argv[1:], config_groups(), any_strategy_config())
         check_resume_argument(sys.argv[1:])
+        check_output_locations(sys.argv[1:])
+        check_sweep(sys.argv[1:])  # every job's config, before Hydra writes any sweep file
     except KdrunError as exc:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(2)

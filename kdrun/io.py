@@ -8,18 +8,41 @@ and no temporary file behind.
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterable, Iterator
+from typing import IO, Callable, Iterable, Iterator
 
 import torch
 
 from kdrun.errors import WriteError
 
 TMP_SUFFIX = ".tmp"  # temporary siblings are named .<name>.<random>.tmp
+
+
+def atomic_write_via(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """For writers that want a file name (torch.export.save, onnx): `write(tmp)` fills a temporary sibling,
+    which is then fsynced and renamed over `path`, with the umask's mode like every other kdrun file."""
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The temporary name ends like the real one: torch.export.save wants ".pt2".
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX + "".join(path.suffixes))
+        os.fchmod(fd, 0o666 & ~current_umask())
+        os.close(fd)
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise WriteError(_write_message(path, exc)) from exc
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 @contextmanager
@@ -33,6 +56,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; colleagues share caches and results
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -44,6 +68,13 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
         if isinstance(exc, OSError) and not isinstance(exc, WriteError):
             raise WriteError(_write_message(path, exc)) from exc
         raise
+
+
+def current_umask() -> int:
+    """The process umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _write_message(path: Path, exc: OSError) -> str:
@@ -67,5 +98,9 @@ def atomic_write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None
 
 
 def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
+    """Serialise in memory first: torch's zip writer turns a full disk into an opaque RuntimeError
+    ("inline_container.cc"), whereas a plain write raises the OSError that names the cause."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_open(path, "wb") as f:
-        torch.save(obj, f)
+        f.write(buffer.getbuffer())

@@ -48,11 +48,21 @@ def output_dir(resume, default: str, *, sweep: bool) -> str:
         raise ConfigError(f"resume={resume}: no such directory; give a run directory "
                           f"(outputs/runs/<date>/<time>_<name>) or, with -m, a sweep directory")
     is_sweep = (path / "multirun.yaml").is_file()
+    if not is_sweep and not holds_run(path):
+        raise ConfigError(f"resume={resume} holds no kdrun run or sweep (no config.yaml, .hydra/ or "
+                          f"checkpoints/last.pt; a sweep has multirun.yaml); give a run directory "
+                          f"(outputs/runs/<date>/<time>_<name>) or, with -m, a sweep directory")
     if sweep and not is_sweep and (path / "config.yaml").is_file():
         raise ConfigError(f"resume={resume} is a single run, not a sweep: resume it without -m")
     if not sweep and is_sweep:
         raise ConfigError(f"resume={resume} is a sweep directory: resume it with kdrun -m ... resume={resume}")
     return str(path)
+
+
+def holds_run(path: Path) -> bool:
+    """A run directory: what Hydra (.hydra/) or kdrun (config.yaml, a last.pt) leave in one."""
+    return ((path / ".hydra").is_dir() or (path / "config.yaml").is_file()
+            or (path / "checkpoints" / "last.pt").is_file())
 
 
 def check_resume_argument(argv: list[str]) -> None:
@@ -78,6 +88,11 @@ def claim_new_dir(base: str) -> str:
             except FileExistsError:
                 n += 1
                 candidate = path.with_name(f"{path.name}-{n}")
+            except OSError as exc:  # read-only, a file in the way: inside Hydra's resolver an exception
+                # would become a traceback of Hydra's own, so say it and leave here
+                print(f"error: cannot create the output folder {candidate}: {exc.strerror or exc}; "
+                      f"choose a writable folder with paths.outputs=...", file=sys.stderr)
+                raise SystemExit(2) from exc
         _claimed[base] = str(candidate)
     return _claimed[base]
 

@@ -12,10 +12,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdrun.console import console
 from kdrun.data import BatchAugment, load_dataset
+from kdrun.data.run_details import folder_details
+from kdrun.deploy.prune import check_prune_config
 from kdrun.errors import DataError
+from kdrun.plausibility import check_plausible
 from kdrun.io import atomic_write_json, atomic_write_text
 from kdrun.report.loggers import build_logger
-from kdrun.report.plots import plot_learning_curves
+from kdrun.report.plots import plot_learning_curves, run_title
 from kdrun.resume import check_can_start, check_same_config, is_completed, read_summary
 from kdrun.runtime import resolve_runtime
 from kdrun.schema import check_config, check_value
@@ -32,6 +35,7 @@ def check_run_config(cfg: DictConfig) -> type[Strategy]:
     method = strategy_class(cfg.strategy.name)
     check_config(cfg, method.Config)
     method.validate(cfg)
+    check_prune_config(cfg.student.get("prune") or {})  # before any teacher trains
     return method
 
 
@@ -50,12 +54,14 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] = (), la
             return read_summary(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    logger = build_logger(cfg.logger, run_dir)  # before any training: a missing tensorboard fails fast
+    # before any training: a missing tensorboard/mlflow/wandb fails fast
+    logger = build_logger(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True), cfg.paths.outputs)
     runtime = resolve_runtime(cfg.device)
     try:
-        data = load_dataset(cfg.dataset, runtime.device)
+        data = load_dataset(cfg.dataset, runtime.device, cfg.data_seed)
     except ValueError as exc:  # empty, malformed or inconsistent files: the message names them
         raise DataError(str(exc)) from exc
+    check_plausible(cfg, data)  # values that are legal alone but meaningless for this data
     augment = BatchAugment(cfg.dataset.augment.crop_padding, cfg.dataset.augment.hflip, data.mean, data.std)
     trainer = Trainer(trainer_config(cfg, label=label or cfg.strategy.name), cfg.optim, runtime)
     facts = {"strategy": cfg.strategy.name, "dataset": cfg.dataset.name, "seed": cfg.seed,
@@ -64,18 +70,22 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] = (), la
         facts.update(T=cfg.loss.T, alpha=cfg.loss.alpha, beta=cfg.loss.beta)
 
     def fit(strategy: Strategy, out_dir: Path, extra: dict) -> dict:
+        strategy.student.class_names = data.class_names  # saved with its checkpoints (model_meta)
         go_on = resume and (out_dir / "checkpoints" / "last.pt").is_file()
         summary = {**trainer.fit(strategy, data, augment, out_dir, on_epoch=logger.log_epoch, resume=go_on),
-                   **facts, **extra}
+                   **facts, **folder_details(data), **extra}  # after training: streamed files skipped
         atomic_write_json(out_dir / "metrics.json", summary)
         return summary
 
+    failed = True
     try:
         summary = method.run(Setup(cfg, data, augment, runtime), run_dir, fit)
+        atomic_write_json(run_dir / "metrics.json", summary)
+        plot_learning_curves(run_dir, run_title(cfg.strategy.name, summary["arch"], cfg.dataset.name, cfg.seed,
+                                                facts.get("T")))
+        failed = False
     finally:
-        logger.close()
-    atomic_write_json(run_dir / "metrics.json", summary)
-    plot_learning_curves(run_dir, f"{cfg.strategy.name}: {summary['arch']} on {cfg.dataset.name} ({run_dir.name})")
+        logger.close(failed=failed)  # trackers upload the checkpoints and the report
     return summary
 
 

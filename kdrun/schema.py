@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator, Union
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from kdrun.deploy.prune import KINDS as PRUNE_KINDS
 from kdrun.errors import ConfigError
 from kdrun.models import MODEL_NAMES
 
@@ -48,6 +49,7 @@ def key(*, role: str = "result", low: float | None = None, strict: bool = False,
 class Augment:
     crop_padding: int = key(low=0)
     hflip: bool = key()
+    random_resized_crop: bool = key()  # streamed folders: Inception-style crop to image_size (ImageNet)
 
 
 @dataclass
@@ -61,19 +63,53 @@ class DatasetKeys:
     # synthetic data: its shape and the seed it is drawn from
     num_classes: int = key(low=1)
     image_size: int = key(low=1)
-    channels: int = key(low=1)
+    channels: int | None = key(low=1)  # image folders: null = from the first image
     train_size: int = key(low=1)
     test_size: int = key(low=1)
     seed: int = key(low=0)
+    # image folders (kdrun/data/image_folder.py)
+    eval_resize: int | None = key(low=1)
+    val_fraction: float | None = key(low=0)
+    on_bad_image: str = key(choices=("error", "skip"))
+    in_memory: bool | str = key(role="speed", choices=(True, False, "auto"))
+    memory_gb: float = key(role="speed", low=0)
+    workers: int = key(role="speed", low=0)
+    cache_dir: str = key(role="location")
+    mean: list[float] | None = key()
+    std: list[float] | None = key()
+
+
+SOURCES = ("zoo", "torchvision", "timm", "custom")  # where a teacher/student comes from (kdrun/model_sources.py)
+INPUT_STATS = ("auto", "imagenet", "dataset")
 
 
 @dataclass
 class ModelKeys:
-    arch: str = key(choices=lambda: MODEL_NAMES)
+    arch: str = key(doc="a zoo name, or the torchvision/timm model name when source is not zoo")
+    source: str = key(choices=SOURCES)
+    weights: str | None = key(doc="pretrained weights: a torchvision weights name or a state_dict file")
+    pretrained: bool = key(doc="timm's own pretrained weights")
+    input_stats: str = key(choices=INPUT_STATS)
+    _target_: str | None = key(doc="source=custom: the nn.Module class; other keys are its arguments")
+    recipe: Recipe = key(doc="keys this model needs unless the command sets them (kdrun/recipes.py)")
     # Architecture options (models.MODEL_OPTIONS says which architecture takes which; null = its default).
     hidden: list[int] | None = key(low=1, doc="mlp: the width of each hidden layer")
     dropout: float | None = key(low=0, doc="mlp: dropout on the hidden units, in [0, 1)")
     input_dropout: float | None = key(low=0, doc="mlp: dropout on the input pixels, in [0, 1)")
+
+
+@dataclass
+class PruneKeys:
+    """Pruning the student before it trains (kdrun/deploy/prune.py)."""
+
+    kind: str = key(choices=PRUNE_KINDS)
+    amount: float = key(low=0)  # below 1: checked with the kind (kdrun.deploy.prune.check_prune_config)
+    checkpoint: str | None = key()
+
+
+@dataclass
+class StudentKeys(ModelKeys):
+    prune: PruneKeys = key()
 
 
 @dataclass
@@ -83,6 +119,7 @@ class TeacherKeys(ModelKeys):
     seed: int = key(role="seed", low=0)
     cache: bool = key(role="speed")
     topk: int | None = key(low=1)
+    finetune_epochs: int = key(low=0)
 
 
 @dataclass
@@ -100,6 +137,10 @@ class LossKeys:
     at_weight: float = key(low=0)
     at_student_stages: list[int] | None = key()
     at_teacher_stages: list[int] | None = key()
+    hint_student_layer: str | None = key()
+    hint_teacher_layer: str | None = key()
+    at_student_layers: list[str] | None = key()
+    at_teacher_layers: list[str] | None = key()
 
 
 @dataclass
@@ -125,9 +166,21 @@ class OptimKeys:
 
 
 @dataclass
+class Recipe:
+    """What a model or strategy file may carry as defaults (kdrun/recipes.py): a whole optimiser, loss weights."""
+
+    optim: OptimKeys = key()
+    loss: LossKeys = key()
+
+
+@dataclass
 class LoggerKeys:
-    name: str = key(role="display", choices=("none", "tensorboard"))
+    name: str = key(role="display", choices=("none", "tensorboard", "mlflow", "wandb"))
     log_dir: str = key(role="display")
+    tracking_uri: str | None = key(role="display")  # mlflow
+    experiment: str = key(role="display")  # mlflow
+    project: str = key(role="display")  # wandb
+    mode: str = key(role="display", choices=("auto", "online", "offline"))  # wandb
 
 
 @dataclass
@@ -156,6 +209,7 @@ class StrategyKeys:
     """`name` only: each strategy class declares the rest (Strategy.Config)."""
 
     name: str = key()
+    recipe: Recipe = key(doc="keys this strategy needs unless the command sets them (kdrun/recipes.py)")
 
 
 @dataclass
@@ -165,13 +219,14 @@ class RootKeys:
     data_seed: int = key(role="seed", low=0)
     epochs: int = key(low=1)
     batch_size: int = key(low=1)
+    dkd_beta: float = key(low=0, doc="DKD's non-target weight, read by loss=dkd as loss.nckd_weight")
     name: str = key(role="display")
     plugins: list[str] = key(doc="modules imported before the run: a user's strategies or losses register there")
     paths: Paths = key(role="location")
     resume: str | None = key(role="location")
     dataset: DatasetKeys = key()
     teacher: TeacherKeys = key()
-    student: ModelKeys = key()
+    student: StudentKeys = key()
     loss: LossKeys = key()
     strategy: StrategyKeys = key()
     device: DeviceKeys = key()
@@ -230,7 +285,38 @@ def keys_with_role(*roles: str, strategy_config: type | None = None) -> tuple[st
 def check_config(cfg: DictConfig, strategy_config: type | None = None) -> None:
     """Raise ConfigError on the first key of `cfg` that is unknown, of the wrong type or out of range.
     `strategy_config` declares the keys of the chosen strategy."""
-    _check_node(OmegaConf.to_container(cfg, resolve=True), RootKeys, "", strategy_config)
+    node = OmegaConf.to_container(cfg, resolve=True)
+    groups = [role for role in ("student", "teacher") if isinstance(node.get(role), dict)]
+    for role in groups:  # a custom class's arguments are its own to check
+        if node[role].get("source") == "custom":
+            node[role] = {k: v for k, v in node[role].items() if k in model_group_keys()}
+    _check_node(node, RootKeys, "", strategy_config)
+    for role in groups:
+        _check_model_name(node[role], role)
+
+
+def model_group_keys() -> set[str]:
+    """Every key a teacher/student group declares; with source=custom any other key is a class argument."""
+    return set(_fields(TeacherKeys))
+
+
+def _check_model_name(group: dict, role: str) -> None:
+    """A zoo arch must be a zoo name; a torchvision or timm name must exist there, a custom class import."""
+    source = group.get("source", "zoo")
+    if source == "zoo" and group.get("arch") not in MODEL_NAMES:
+        raise ConfigError(f"{role}.arch: {group.get('arch')!r} is not allowed; allowed: {', '.join(MODEL_NAMES)} "
+                          f"(or {role}=torchvision / timm / custom for models beyond the zoo)")
+    if source in SOURCES[1:]:  # before any teacher trains: a typo in a name costs nothing
+        from kdrun.models.external import check_name
+
+        name = group.get("_target_") if source == "custom" else group.get("arch")
+        if not name:
+            raise ConfigError(f"{role}={source} needs the class to build: {role}._target_=mypkg.nets.TinyNet "
+                              f"(it is given num_classes=)")
+        try:
+            check_name(source, name)
+        except ValueError as exc:
+            raise ConfigError(f"{role}: {exc}") from None
 
 
 def _check_node(node: dict, schema: type, prefix: str, strategy_config: type | None) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from kdrun.data import DatasetSplits
-from kdrun.models import build_model, model_options
+from kdrun.deploy.prune import prune_student
+from kdrun.model_sources import build_configured
+from kdrun.models import build_model
 from kdrun.runtime import Runtime, seed_everything
 
 
@@ -14,6 +16,6 @@ def build_student(cfg: DictConfig, data: DatasetSplits, runtime: Runtime, seed: 
     """A fresh `arch` (default student.arch) for `data`, initialised from `seed` (default cfg.seed) after any
     teacher training reseeded the RNGs."""
     seed_everything(cfg.seed if seed is None else seed)
-    model = build_model(arch or cfg.student.arch, data.in_channels, data.image_size, data.num_classes,
-                        None if arch else model_options(cfg.student, "student"))
-    return runtime.prepare(model)
+    if arch is not None:  # a peer or a generation: a zoo name, fresh weights
+        return runtime.prepare(build_model(arch, data.in_channels, data.image_size, data.num_classes))
+    return runtime.prepare(prune_student(build_configured(cfg.student, data, "student"), cfg.student.get("prune")))

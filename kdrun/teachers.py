@@ -31,13 +31,15 @@ from torch import nn
 from kdrun.checkpoint import check_fits, load_checkpoint, save_checkpoint
 from kdrun.console import console
 from kdrun.data import BatchAugment, DatasetSplits
+from kdrun.data.image_folder import folder_identity
 from kdrun.errors import CheckpointError
 from kdrun.io import atomic_write_json
+from kdrun.model_sources import arch_of, is_pretrained, path_safe
 from kdrun.models import MODEL_OPTIONS, build_model, count_parameters, model_options, model_size_mb
 from kdrun.runtime import Runtime, seed_everything
 from kdrun.strategies.scratch import Scratch
 from kdrun.schema import keys_with_role
-from kdrun.trainer import Trainer, evaluate, trainer_config
+from kdrun.trainer import Trainer, evaluate_split, trainer_config
 
 try:
     import fcntl
@@ -88,9 +90,10 @@ def with_teacher(cfg: DictConfig, arch: str, checkpoint: str | None = None) -> D
 def teacher_recipe(cfg) -> dict:
     """Everything that decides a trained teacher's weights, as plain JSON values (as recipe.json holds it)."""
     dataset = {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items() if k not in _LOCATION_KEYS}
+    dataset.update(folder_identity(cfg.dataset))  # an image folder's files, since its root is only a location
     return json.loads(json.dumps({
         "dataset": dataset,
-        "arch": cfg.teacher.arch,
+        "arch": arch_of(cfg.teacher),
         **({"options": opts} if (opts := model_options(cfg.teacher, "teacher")) else {}),
         "epochs": cfg.teacher.epochs,
         "seed": cfg.teacher.seed,
@@ -105,7 +108,7 @@ def fingerprint(recipe: dict) -> str:
 
 def teacher_cache_dir(cfg) -> Path:
     recipe = teacher_recipe(cfg)
-    return Path(cfg.paths.teachers) / cfg.dataset.name / cfg.teacher.arch / fingerprint(recipe)
+    return Path(cfg.paths.teachers) / cfg.dataset.name / path_safe(arch_of(cfg.teacher)) / fingerprint(recipe)
 
 
 def load_model(path: Path, data: DatasetSplits, runtime: Runtime, *, role: str, expect_arch: str | None = None):
@@ -127,9 +130,13 @@ def load_model(path: Path, data: DatasetSplits, runtime: Runtime, *, role: str, 
 def resolve_teacher(cfg, data: DatasetSplits, augment: BatchAugment, runtime: Runtime) -> Teacher:
     if cfg.teacher.checkpoint:
         path = Path(cfg.teacher.checkpoint)
-        model, _ = load_model(path, data, runtime, role="teacher", expect_arch=cfg.teacher.arch)
-        acc = evaluate(model, data.test_x, data.test_y, augment, runtime, cfg.trainer.eval_batch_size)
+        model, _ = load_model(path, data, runtime, role="teacher", expect_arch=arch_of(cfg.teacher))
+        acc = evaluate_split(model, data, augment, runtime, cfg.trainer.eval_batch_size)
         return Teacher(model, acc, "checkpoint", path)
+    if is_pretrained(cfg.teacher):  # evaluated (or fine-tuned) once, never trained from scratch
+        from kdrun.pretrained_teacher import resolve_pretrained_teacher
+
+        return resolve_pretrained_teacher(cfg, data, augment, runtime)
 
     cache_dir = teacher_cache_dir(cfg)
     with cache_lock(cache_dir):
@@ -239,8 +246,8 @@ def train_teacher(cfg, data: DatasetSplits, augment: BatchAugment, runtime: Runt
 
     def fit(resume: bool) -> tuple[nn.Module, dict]:
         seed_everything(cfg.teacher.seed)
-        model = runtime.prepare(build_model(cfg.teacher.arch, data.in_channels, data.image_size, data.num_classes,
-                                                model_options(cfg.teacher, "teacher")))
+        model = runtime.prepare(build_model(arch_of(cfg.teacher), data.in_channels, data.image_size, data.num_classes,
+                                            model_options(cfg.teacher, "teacher")))
         return model, trainer.fit(Scratch(model), data, augment, work_dir, resume=resume)
 
     try:

@@ -24,7 +24,7 @@ from torch import nn
 
 from kdrun.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from kdrun.data import BatchAugment, DatasetSplits, iterate_batches
-from kdrun.data.feed import InMemoryFeed
+from kdrun.data.feed import Data, eval_batches, has_val, make_feed
 from kdrun.errors import ConfigError, Interrupted, NonFiniteLoss
 from kdrun.interrupts import InterruptGuard
 from kdrun.io import atomic_write_jsonl
@@ -63,27 +63,40 @@ def trainer_config(cfg: DictConfig, *, label: str, epochs: int | None = None,
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, augment: BatchAugment,
-             runtime: Runtime, batch_size: int = 1024) -> float:
-    """Top-1 accuracy in percent on un-augmented inputs."""
+def accuracy(model: nn.Module, batches, runtime: Runtime) -> float:
+    """Top-1 accuracy in percent over (normalised inputs, labels) batches."""
     was_training = model.training
     model.eval()
-    correct = torch.zeros((), dtype=torch.long, device=x.device)
-    for xb, yb in iterate_batches(x, y, batch_size, shuffle=False):
-        inputs = augment(xb, None, train=False)
+    correct, seen = None, 0
+    for inputs, yb in batches:
         if runtime.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with runtime.autocast():
-            correct += (model(inputs).argmax(1) == yb).sum()
+            hits = (model(inputs).argmax(1) == yb).sum()
+        correct = hits if correct is None else correct + hits
+        seen += len(yb)
     model.train(was_training)
-    return 100.0 * correct.item() / len(y)
+    return 100.0 * int(correct) / seen
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, augment: BatchAugment,
+             runtime: Runtime, batch_size: int = 1024) -> float:
+    """Top-1 accuracy in percent on un-augmented in-memory inputs."""
+    return accuracy(model, ((augment(xb, None, train=False), yb)
+                            for xb, yb in iterate_batches(x, y, batch_size, shuffle=False)), runtime)
+
+
+def evaluate_split(model: nn.Module, data: Data, augment: BatchAugment, runtime: Runtime, batch_size: int,
+                   split: str = "test") -> float:
+    """Top-1 accuracy in percent on a split ("test" or "val") of in-memory or streamed data."""
+    return accuracy(model, eval_batches(data, augment, split, batch_size), runtime)
 
 
 class Trainer:
     def __init__(self, cfg: TrainerConfig, optim_cfg, runtime: Runtime):
         self.cfg, self.optim_cfg, self.runtime = cfg, optim_cfg, runtime
 
-    def fit(self, strategy: Strategy, data: DatasetSplits, augment: BatchAugment, run_dir: Path,
+    def fit(self, strategy: Strategy, data: Data, augment: BatchAugment, run_dir: Path,
             on_epoch: Callable[[dict], None] | None = None, resume: bool = False) -> dict:
         """Train for cfg.epochs, evaluating every epoch; returns the facts for metrics.json.
 
@@ -94,7 +107,7 @@ class Trainer:
         """
         cfg, runtime, run_dir = self.cfg, self.runtime, Path(run_dir)
         check_batchnorm_batches(strategy, len(data.train_y), cfg)
-        feed = InMemoryFeed(data, augment, cfg.batch_size, cfg.data_seed, runtime)
+        feed = make_feed(data, augment, cfg.batch_size, cfg.data_seed, runtime)
         optimizer = build_optimizer(strategy.parameters(), self.optim_cfg)
         training = Training(strategy, optimizer,
                             build_scheduler(optimizer, self.optim_cfg, steps_per_epoch=feed.steps_per_epoch,
@@ -121,8 +134,9 @@ class Trainer:
         last_path.parent.mkdir(parents=True, exist_ok=True)
         # metrics.jsonl holds exactly the epochs last.pt knows (a kill can fall between the two writes).
         atomic_write_jsonl(run_dir / "metrics.jsonl", st.history)
-        # With device.compile, compiling happens here, outside the timed epochs.
-        runtime.warm_up(strategy, data, augment, cfg.batch_size)
+        # With device.compile, compiling happens here, outside the timed epochs (streamed data: in epoch 1).
+        if isinstance(data, DatasetSplits):
+            runtime.warm_up(strategy, data, augment, cfg.batch_size)
         report = TrainingReport(cfg.label, cfg.epochs, training.steps_per_epoch, run_dir / "train.log",
                                 live=cfg.progress)
         with report, InterruptGuard() as interrupt:
@@ -199,17 +213,17 @@ class Evaluation:
     """Which split each epoch is evaluated on (validation when there is one, else test), and the test
     split's accuracy of any model."""
 
-    def __init__(self, data: DatasetSplits, augment: BatchAugment, runtime: Runtime, batch_size: int):
+    def __init__(self, data: Data, augment: BatchAugment, runtime: Runtime, batch_size: int):
         self.data, self.augment, self.runtime, self.batch_size = data, augment, runtime, batch_size
-        self.has_val = data.val_y is not None and len(data.val_y) > 0
+        self.has_val = has_val(data)
         self.selects = "val_acc" if self.has_val else "test_acc"
 
     def epoch_acc(self, model: nn.Module) -> float:
-        x, y = (self.data.val_x, self.data.val_y) if self.has_val else (self.data.test_x, self.data.test_y)
-        return evaluate(model, x, y, self.augment, self.runtime, self.batch_size)
+        return evaluate_split(model, self.data, self.augment, self.runtime, self.batch_size,
+                              "val" if self.has_val else "test")
 
     def test_acc(self, model: nn.Module) -> float:
-        return evaluate(model, self.data.test_x, self.data.test_y, self.augment, self.runtime, self.batch_size)
+        return evaluate_split(model, self.data, self.augment, self.runtime, self.batch_size)
 
 
 def epoch_record(st: TrainState, strategy: Strategy, evaluation: Evaluation, skips: bool) -> dict:

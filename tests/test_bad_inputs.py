@@ -123,7 +123,6 @@ def test_every_shipped_experiment_passes_the_unknown_key_check():
     with initialize_config_module(config_module="kdrun.conf", version_base="1.3"):
         for overrides in ([], *([f"experiment={name}"] for name in experiments)):
             cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
-            choices = dict(cfg.hydra.runtime.choices)
             with open_dict(cfg):
                 del cfg["hydra"]
             check_run_config(cfg)

@@ -205,8 +205,8 @@ def test_synthetic_rejects_empty_splits():
 
 
 def test_unknown_dataset_names_the_value_and_the_choices():
-    with pytest.raises(ValueError, match="'imagenet'") as info:
-        load_dataset({"name": "imagenet"})
+    with pytest.raises(ValueError, match="'svhn'") as info:
+        load_dataset({"name": "svhn"})
     assert all(name in str(info.value) for name in DATASET_NAMES)
 
 
@@ -518,7 +518,7 @@ def test_computed_statistics_are_exact_whatever_the_thread_count():
     import math
     from fractions import Fraction
 
-    from kdrun.data.datasets import _channel_stats
+    from kdrun.data.datasets import channel_stats
 
     x = torch.randint(0, 256, (997, 3, 9, 9), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     threads = torch.get_num_threads()
@@ -526,7 +526,7 @@ def test_computed_statistics_are_exact_whatever_the_thread_count():
         results = []
         for n in (1, 2):
             torch.set_num_threads(n)
-            results.append(_channel_stats(x))
+            results.append(channel_stats(x))
     finally:
         torch.set_num_threads(threads)
     assert results[0] == results[1]

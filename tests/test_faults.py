@@ -195,7 +195,7 @@ def test_a_killed_multirun_resumes_skipping_finished_jobs(tmp_path):
 
     rc, out = run(tmp_path, "-m", *sweep, f"resume={sweep_dir}")
     assert rc == 0, out
-    assert "already completed" in out and "resuming scratch from" in out
+    assert "already completed" in out and "resuming job 1 scratch from" in out
     assert {p: p.stat().st_mtime_ns for p in job0_files} == job0_files  # the finished job was not touched
     rows = list(csv.DictReader(open(sweep_dir / "summary.csv")))
     assert [(r["seed"], r["status"]) for r in rows] == [("0", "completed"), ("1", "completed")]

@@ -11,6 +11,7 @@ def test_model_names_order():
     assert MODEL_NAMES == (
         "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
         "resnet8x4", "resnet32x4", "resnet18", "resnet34", "resnet50",
+        "wrn_16_2", "wrn_40_1", "wrn_40_2", "vgg8", "vgg13", "mobilenetv2", "shufflenetv1", "shufflenetv2",
         "cnn_teacher", "cnn_student", "mlp",
     )  # fmt: skip
 

@@ -311,8 +311,8 @@ def test_the_default_logger_writes_nothing_and_unknown_names_are_refused(tmp_pat
     logger.log_epoch({"epoch": 1, "loss": 1.0})
     logger.close()
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(ConfigError, match="unknown logger 'wandb'; allowed: none, tensorboard"):
-        build_logger(OmegaConf.create({"name": "wandb"}), tmp_path)
+    with pytest.raises(ConfigError, match="unknown logger 'neptune'; allowed: none, tensorboard, mlflow, wandb"):
+        build_logger(OmegaConf.create({"name": "neptune"}), tmp_path)
     assert [scalar_tag(k) for k in ("loss", "loss_kd", "test_acc", "lr")] == [
         "loss/total", "loss/kd", "accuracy/test", "train/lr"]
 

@@ -20,7 +20,9 @@ from kdrun.strategies.catalog import STRATEGIES, any_strategy_config
 CONF = resources.files("kdrun.conf")
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and not p.name.startswith("_"))
 # Group options that only run beside another choice.
-NEEDS = {("loss", "ce"): ["strategy=scratch"]}
+# custom models name their class: any importable callable that takes num_classes=
+NEEDS = {("loss", "ce"): ["strategy=scratch"],
+         **{(role, "custom"): [f"{role}._target_=torchvision.models.mobilenet_v3_small"] for role in ("teacher", "student")}}
 
 
 def options(group: str) -> list[str]:

@@ -15,9 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdrun.errors import ConfigError
+
 from .readers import read_cifar_batch, read_idx
 
-DATASET_NAMES = ("cifar10", "cifar100", "mnist", "fashion_mnist", "digits", "synthetic")
+DATASET_NAMES = ("cifar10", "cifar100", "mnist", "fashion_mnist", "digits", "synthetic", "image_folder", "imagenet")
+FOLDER_DATASETS = ("image_folder", "imagenet")  # kdrun/data/image_folder.py
 
 # Standard per-channel statistics (in [0, 1] units); digits and synthetic are computed from the train split.
 _STATS = {
@@ -37,10 +40,13 @@ class DatasetNotFoundError(FileNotFoundError):
 
 @dataclass
 class DatasetSplits:
-    """Both splits of a dataset, as tensors on one device.
+    """The splits of a dataset, as tensors on one device.
 
     Images are uint8 (N, C, H, W) and labels int64 (N,). `mean` and `std` are
-    per channel in [0, 1] units, for normalisation (see BatchAugment).
+    per channel in [0, 1] units, for normalisation (see BatchAugment). `val_x`,
+    `val_y` are the validation split (None without one: dataset.val_fraction=0).
+    `class_names` come from an image folder (None for the built-in datasets);
+    `skipped_images` counts unreadable files left out (dataset.on_bad_image=skip).
     """
 
     name: str
@@ -53,6 +59,8 @@ class DatasetSplits:
     std: tuple[float, ...]
     val_x: Tensor | None = None  # a validation split, held out of train, when there is one
     val_y: Tensor | None = None
+    class_names: list[str] | None = None  # an image folder's classes, in label order
+    skipped_images: int = 0  # unreadable files left out (dataset.on_bad_image=skip)
 
     @property
     def in_channels(self) -> int:
@@ -64,11 +72,16 @@ class DatasetSplits:
         return self.train_x.shape[2]
 
 
-def load_dataset(cfg: Mapping[str, Any], device: torch.device | str = "cpu") -> DatasetSplits:
-    """Load the dataset `cfg` names (a `dataset` config group) onto `device`."""
+def load_dataset(cfg: Mapping[str, Any], device: torch.device | str = "cpu", data_seed: int = 0):
+    """Load the dataset `cfg` names (a `dataset` config group) onto `device`: a DatasetSplits, or for an
+    image folder too large for memory a StreamingFolder (kdrun/data/streaming.py)."""
     name = cfg.get("name")
     if name not in DATASET_NAMES:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASET_NAMES)}")
+    if name in FOLDER_DATASETS:
+        from .image_folder import open_image_folder
+
+        return open_image_folder(cfg, device, data_seed)
     train, test, num_classes = _LOADERS[name](name, cfg)
     for split_name, split in (("train", train), ("test", test)):
         _check_split(name, split_name, split, num_classes)
@@ -78,7 +91,8 @@ def load_dataset(cfg: Mapping[str, Any], device: torch.device | str = "cpu") -> 
             f"{tuple(test[0].shape[1:])}"
         )
     # Statistics of the full train split, so limit_train does not change the normalisation.
-    mean, std = _STATS[name] if name in _STATS else _channel_stats(train[0])
+    mean, std = _STATS[name] if name in _STATS else channel_stats(train[0])
+    train, val = _hold_out(train, float(_option(cfg, "val_fraction", 0.0)))
     train = _first(train, _option(cfg, "limit_train", None), "limit_train")
     test = _first(test, _option(cfg, "limit_test", None), "limit_test")
     return DatasetSplits(
@@ -90,7 +104,21 @@ def load_dataset(cfg: Mapping[str, Any], device: torch.device | str = "cpu") -> 
         num_classes=num_classes,
         mean=tuple(mean),
         std=tuple(std),
+        val_x=val[0].to(device) if val else None,
+        val_y=val[1].to(device) if val else None,
     )
+
+
+def _hold_out(train: Split, fraction: float) -> tuple[Split, Split | None]:
+    """(train, validation): a stratified `fraction` of train drawn with a fixed seed, or no validation split."""
+    from .folder_index import stratified_split
+
+    if not 0 <= fraction < 1:
+        raise ValueError(f"dataset.val_fraction must be in [0, 1), got {fraction!r}")
+    if fraction == 0:
+        return train, None
+    train_index, val_index = stratified_split(train[1], fraction, seed=0)
+    return (train[0][train_index], train[1][train_index]), (train[0][val_index], train[1][val_index])
 
 
 def _option(cfg: Mapping[str, Any], key: str, default: Any) -> Any:
@@ -121,7 +149,7 @@ def _check_split(name: str, split_name: str, split: Split, num_classes: int) -> 
         raise ValueError(f"{where} has labels in [{low}, {high}] but the dataset has {num_classes} classes")
 
 
-def _channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and (population) std in [0, 1] units, computed exactly from integer pixel counts.
 
     A float reduction's result depends on the thread count and the order of its partial sums; these
@@ -141,6 +169,10 @@ def _channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 def _root(cfg: Mapping[str, Any]) -> Path:
+    root = _option(cfg, "root", "data")
+    if root is None or not str(root).strip():
+        raise ConfigError(f"dataset.root={root!r} is empty; give the folder that holds (or will hold) the "
+                          f"dataset files, e.g. dataset.root=data")
     return Path(os.path.expanduser(str(_option(cfg, "root", "data")))).absolute()
 
 
@@ -155,16 +187,29 @@ def _find_or_download(
         raise _not_found(name, looked_in, "dataset.download=false", offer_download=True)
     import torchvision.datasets
 
+    root = _root(cfg)
+    candidates = [root / torchvision_class / "raw", root / torchvision_class, root, *root.parents]
+    missing_before = [p for p in candidates if not p.exists()]
     try:
         # Only fetches; the files are then read by our own readers. torchvision
         # parses only files that passed its md5 check, so this is safe too.
-        getattr(torchvision.datasets, torchvision_class)(str(_root(cfg)), download=True)
+        getattr(torchvision.datasets, torchvision_class)(str(root), download=True)
     except (OSError, RuntimeError) as exc:  # URLError is an OSError; torchvision wraps some in RuntimeError
+        remove_empty_dirs(missing_before)
         raise _not_found(name, looked_in, "download failed", f"{type(exc).__name__}: {exc}".strip()) from exc
     found = find()
     if found is None:
         raise _not_found(name, looked_in, f"torchvision.datasets.{torchvision_class} did not leave them there")
     return found
+
+
+def remove_empty_dirs(made_by_download: list[Path]) -> None:
+    """Undo the folders a failed download made (torchvision makes root/<Class>/raw/ or root before
+    fetching), so an offline attempt leaves no empty data/ behind. `made_by_download`: the candidates
+    that did not exist before, deepest first; a folder that now holds anything is kept."""
+    for folder in made_by_download:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _not_found(

@@ -4,17 +4,22 @@ A feed is what the trainer iterates: `batches(epoch, start_step)` yields the epo
 `start_step` on, `state_dict()` is what last.pt keeps so that a resumed epoch sees the same order and
 views. `InMemoryFeed` serves a split held on the device: each epoch's order is one randperm drawn from
 the data generator when the epoch begins, and the augmentation draws follow from the same generator.
+`StreamingFeed` (kdrun.data.streaming) decodes a folder too large for memory, batch by batch.
+
+`eval_batches` gives the un-augmented batches of the test or validation split on either path.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Union
 
 import torch
 
 from kdrun.data.augment import BatchAugment
 from kdrun.data.batches import batch_indices, drops_last, num_batches
+from kdrun.data.batches import iterate_batches
 from kdrun.data.datasets import DatasetSplits
+from kdrun.data.streaming import StreamingFeed, StreamingFolder
 from kdrun.runtime import Runtime, data_generator
 from kdrun.step import Batch
 
@@ -53,3 +58,32 @@ class InMemoryFeed:
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["data"])
         self.epoch_start_state = state["data_epoch_start"]
+
+
+Data = Union[DatasetSplits, StreamingFolder]
+
+
+def make_feed(data: Data, augment: BatchAugment, batch_size: int, data_seed: int, runtime: Runtime):
+    """The feed for `data`: from memory, or streamed (whose order and views follow from the folder's
+    data_seed and the epoch)."""
+    if isinstance(data, StreamingFolder):
+        return StreamingFeed(data, batch_size, runtime.channels_last)
+    return InMemoryFeed(data, augment, batch_size, data_seed, runtime)
+
+
+def has_val(data: Data) -> bool:
+    if isinstance(data, StreamingFolder):
+        return data.val is not None and len(data.val) > 0
+    return data.val_y is not None and len(data.val_y) > 0
+
+
+def eval_batches(data: Data, augment: BatchAugment, split: str, batch_size: int) -> Iterator[tuple[torch.Tensor,
+                                                                                                 torch.Tensor]]:
+    """(normalised inputs, labels) of the "test" or "val" split, un-augmented, in file order."""
+    if isinstance(data, StreamingFolder):
+        for x, y, _ in data.evaluate(batch_size, split):
+            yield x, y
+        return
+    x, y = (data.val_x, data.val_y) if split == "val" else (data.test_x, data.test_y)
+    for xb, yb in iterate_batches(x, y, batch_size, shuffle=False):
+        yield augment(xb, None, train=False), yb

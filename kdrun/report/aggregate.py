@@ -13,15 +13,13 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
-from kdrun.report.jobs import JobRecord
+from kdrun.report.jobs import SHORT_KEYS, JobRecord
 from kdrun.schema import keys_with_role
 
 SEED_KEYS = keys_with_role("seed")
 # Keys that say where files go, how a run is shown or how fast it runs, not what is trained
 # (kdrun.schema roles; teacher.cache is speed: the cache serves the live teacher's rounded targets).
 NOT_SETTINGS = keys_with_role("location", "display", "speed")
-# Short keys that conf/config.yaml interpolates into a group: the group key holds the value.
-SHORT_KEYS = {"T": "loss.T", "epochs": "trainer.epochs", "batch_size": "trainer.batch_size"}
 # What a job that distills nothing does not use.
 UNUSED_BY_SCRATCH = ("loss.", "teacher.")
 # How keys are shown: as people type them on the command line. When several keys vary
@@ -77,7 +75,17 @@ def setting(job: JobRecord) -> dict:
     drop = [*SEED_KEYS, *NOT_SETTINGS, *SHORT_KEYS]
     if strategy == "scratch":
         drop += UNUSED_BY_SCRATCH
-    return {k: v for k, v in sorted(values.items()) if not _matches(k, drop)}
+    return {k: canonical(v) for k, v in sorted(values.items()) if not _matches(k, drop)}
+
+
+def canonical(value):
+    """One form per meaning, so that T=4 and T=4.0 (YAML int and float) are one setting: whole floats
+    become ints; lists are compared element by element."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, (list, tuple)):
+        return tuple(canonical(v) for v in value)
+    return value
 
 
 @dataclass
@@ -232,7 +240,11 @@ class Study:
 
     @property
     def failed(self) -> list[JobRecord]:
-        return [job for job in self.jobs if job.status != "completed"]
+        return [job for job in self.jobs if job.status not in ("completed", "interrupted")]
+
+    @property
+    def interrupted(self) -> list[JobRecord]:
+        return [job for job in self.jobs if job.status == "interrupted"]
 
     @property
     def duplicates(self) -> list[JobRecord]:

@@ -16,31 +16,47 @@ from pathlib import Path
 from rich.markup import escape
 
 from kdrun.console import console
+from kdrun.deploy.report_columns import add_deploy_columns
+from kdrun.deploy.robustness import plot_robustness, robustness_table
+from kdrun.deploy.robustness_report import robustness_results
 from kdrun.io import atomic_write_text
-from kdrun.report.aggregate import Group, Study, display_name, study
+from kdrun.report.aggregate import Group, Study, canonical, display_name, format_value, study
 from kdrun.report.jobs import JobRecord
 from kdrun.report.latency import LatencyMeter
 from kdrun.report.plots import Reference, Series, plot_heatmap, plot_sweep, reference_text
 from kdrun.report.tables import (
     Table, comparison_table, grid_table, markdown_table, print_paths, sweep_file_stem, sweep_table, to_csv,
 )
+from kdrun.report.teacher_check import study_warnings
 
 SUMMARY_METRICS = ("final_test_acc", "best_test_acc", "params", "teacher_test_acc", "wall_time_s")
 
 
 def summary_rows(jobs: list[JobRecord]) -> tuple[list[str], list[dict]]:
-    """One row per job: job, status, one column per overridden key, metrics, error."""
+    """One row per job: job, status, one column per overridden key, metrics, error.
+
+    The values come from each job's own config.yaml (what it ran), not from .hydra/overrides.yaml,
+    which a later invocation over the same directory may have rewritten."""
     keys = sorted({k for job in jobs for k in job.overrides})
     columns = ["job", "status", *keys, *SUMMARY_METRICS, "error"]
     one_parent = len({job.path.parent for job in jobs}) <= 1
     rows = []
     for job in jobs:
         row = {"job": job.path.name if one_parent else str(job.path), "status": job.status,
-               **{k: job.overrides.get(k, "") for k in keys}}
+               **{k: canonical_text(job.value_of(k)) for k in keys}}
         row.update({m: job.metrics.get(m, "") for m in SUMMARY_METRICS})
         row["error"] = job.error
         rows.append(row)
     return columns, rows
+
+
+def varying(columns: list[str], rows: list[dict], keys: set[str]) -> list[str]:
+    """`columns` without those of `keys` that hold one value in every row (the summary's constants)."""
+    return [c for c in columns if c not in keys or len({canonical_text(row[c]) for row in rows}) > 1]
+
+
+def canonical_text(value) -> str:
+    return format_value(canonical(value))
 
 
 def sweep_series(s: Study, key: str) -> list[Series]:
@@ -78,7 +94,7 @@ def notes_on(s: Study) -> list[str]:
                      f"to the sweep, or pass a scratch run's directory to kdrun-report.")
     if not s.teachers:
         notes.append("No teacher accuracy recorded by these runs, so no teacher reference.")
-    return notes
+    return notes + study_warnings(s)
 
 
 class ReportWriter:
@@ -97,13 +113,14 @@ class ReportWriter:
         self.text(f"{stem}.csv", table.csv())
         self.text(f"{stem}.md", table.markdown(image))
         self.sections.append(table.markdown(image))
-        console.print(table.rich())
+        console.print(table.rich(files=f"{stem}.md, {stem}.csv"))
 
     def plot(self, path: Path) -> None:
-        self.files.append(path)
+        self.files += [path, path.with_suffix(".svg")]
 
 
-def write_report(jobs: list[JobRecord], out_dir: Path, *, title: str, measure_latency: bool = True) -> Study:
+def write_report(jobs: list[JobRecord], out_dir: Path, *, title: str, measure_latency: bool = True,
+                 deploy: bool = False, robustness: bool = False) -> Study:
     """Write every table and plot for `jobs` into `out_dir`, print the tables, then the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -111,14 +128,22 @@ def write_report(jobs: list[JobRecord], out_dir: Path, *, title: str, measure_la
     w = ReportWriter(out_dir)
 
     columns, rows = summary_rows(jobs)
-    w.text("summary.csv", to_csv(columns, rows))
-    w.text("summary.md", markdown_table(columns, [[row[c] for c in columns] for row in rows]))
+    w.text("summary.csv", to_csv(columns, rows))  # every overridden key; the Markdown keeps what varies
+    shown = varying(columns, rows, {k for job in jobs for k in job.overrides}) if len(rows) > 1 else columns
+    w.text("summary.md", markdown_table(shown, [[row[c] for c in shown] for row in rows]))
 
     notes = notes_on(s)
     if s.groups:
         comparison = comparison_table(s, LatencyMeter() if measure_latency else None)
         comparison.notes += notes
+        deployment = add_deploy_columns(comparison, s, out_dir) if deploy else None
         w.table("comparison", comparison)
+        if deployment is not None:
+            w.table("deployment", deployment)
+    if robustness and s.groups:
+        results = robustness_results(s)
+        w.plot(plot_robustness(out_dir / "robustness.png", results))
+        w.table("robustness", robustness_table(results), image="robustness.png")
     numeric = s.numeric_swept
     for key in numeric:
         stem = sweep_file_stem([key])
@@ -134,7 +159,15 @@ def write_report(jobs: list[JobRecord], out_dir: Path, *, title: str, measure_la
         failed = Table("failed jobs", ["job", "error"], [[str(j.path), j.error] for j in s.failed], [], [])
         w.sections.append(failed.markdown())
         console.print(f"[bold red]{len(s.failed)} of {len(jobs)} job(s) failed[/] (not in any mean):")
-        for job in s.failed:
+        for job in s.failed:  # the first line: the whole message is in summary.md and report.md
+            console.print(f"  {job.path}: {job.error.splitlines()[0] if job.error else ''}", markup=False,
+                          highlight=False, soft_wrap=True)
+    if s.interrupted:
+        stopped = Table("interrupted jobs", ["job", "to go on"], [[str(j.path), j.error] for j in s.interrupted],
+                        [], [])
+        w.sections.append(stopped.markdown())
+        console.print(f"[bold yellow]{len(s.interrupted)} of {len(jobs)} job(s) interrupted[/] (not in any mean):")
+        for job in s.interrupted:
             console.print(f"  {job.path}: {job.error}", markup=False, highlight=False, soft_wrap=True)
     for note in notes:
         console.print(f"[yellow]note:[/] {escape(note)}")

@@ -31,6 +31,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="where to write the report (default: outputs/reports/<date>/<time>)")
     parser.add_argument("--no-latency", action="store_true",
                         help="skip measuring latency at batch 1 (it loads each group's checkpoint)")
+    parser.add_argument("--deploy", action="store_true",
+                        help="export each model (ONNX fp32 and int8) and add FLOPs, file sizes, int8 accuracy, "
+                             "PyTorch/onnxruntime latency and images/s (needs kdrun[deploy])")
+    parser.add_argument("--robustness", action="store_true",
+                        help="accuracy under corruptions (5 kinds x 5 severities) and FGSM, per model, and a plot")
     return parser.parse_args(argv)
 
 
@@ -43,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = args.out or Path("outputs") / "reports" / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
     console.print(f"{len(jobs)} job(s) from {', '.join(map(str, args.paths))}", markup=False, highlight=False)
-    write_report(jobs, out, title=f"kdrun report: {len(jobs)} jobs", measure_latency=not args.no_latency)
+    write_report(jobs, out, title=f"kdrun report: {len(jobs)} jobs", measure_latency=not args.no_latency,
+                 deploy=args.deploy, robustness=args.robustness)
     return 0
 
 

@@ -12,6 +12,9 @@ import yaml
 
 from kdrun.errors import KdrunError
 
+# Short keys that conf/config.yaml interpolates into a group key: the group key holds the value.
+SHORT_KEYS = {"T": "loss.T", "epochs": "trainer.epochs", "batch_size": "trainer.batch_size"}
+
 
 @dataclass
 class JobRecord:
@@ -28,7 +31,18 @@ class JobRecord:
     def error(self) -> str:
         if self.status == "completed":
             return ""
+        if self.status == "interrupted" and self.metrics.get("resume"):
+            return f"interrupted — resume with {self.metrics['resume']}"
         return self.metrics.get("error", "no metrics.json: the job died before finishing (or is still running)")
+
+    def value_of(self, key: str):
+        """What the job ran with for a command-line key: its config.yaml's value (short keys such as
+        T read through to loss.T), else the override as typed when the job wrote no config."""
+        for name in (SHORT_KEYS.get(key, key), key):
+            if name in self.config:
+                value = self.config[name]
+                return list(value) if isinstance(value, tuple) else value
+        return self.overrides.get(key, "")
 
     @property
     def typed_overrides(self) -> dict:
@@ -97,8 +111,12 @@ def read_job(run_dir: Path) -> JobRecord:
     run_dir = Path(run_dir)
     overrides = _read_yaml(run_dir / ".hydra" / "overrides.yaml") or []
     config = _read_yaml(run_dir / "config.yaml")
-    return JobRecord(run_dir, parse_overrides(overrides), _read_json(run_dir / "metrics.json"),
-                     flatten(config) if isinstance(config, dict) else {})
+    metrics = _read_json(run_dir / "metrics.json")
+    if (run_dir / "config.yaml").is_file() and not isinstance(config, dict):
+        # Without its config a job's setting is unknown: never guess one (it would be a group of its own).
+        metrics = {"status": "failed", "error": "config.yaml is unreadable (not a YAML mapping); the job's "
+                                                "setting is unknown, so it is in no group"}
+    return JobRecord(run_dir, parse_overrides(overrides), metrics, flatten(config) if isinstance(config, dict) else {})
 
 
 def job_number(run_dir: Path) -> int:
@@ -107,8 +125,12 @@ def job_number(run_dir: Path) -> int:
 
 
 def is_job_dir(path: Path) -> bool:
-    """A run or sweep job: Hydra's .hydra/ or kdrun's config.yaml. (Cached teachers have neither.)"""
-    return (path / ".hydra").is_dir() or (path / "config.yaml").is_file()
+    """A run or sweep job: Hydra's .hydra/, or kdrun's config.yaml beside a metrics file or checkpoints.
+    A config.yaml alone is not enough: kdrun's own conf/ folder (and many others) hold one."""
+    if (path / ".hydra").is_dir():
+        return True
+    return (path / "config.yaml").is_file() and any(
+        (path / name).exists() for name in ("metrics.json", "metrics.jsonl", "checkpoints"))
 
 
 def read_sweep(sweep_dir: Path) -> list[JobRecord]:

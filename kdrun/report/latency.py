@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from kdrun.checkpoint import load_checkpoint
+from kdrun.deploy.prune import shrink_to
 from kdrun.errors import CheckpointError
 from kdrun.models import build_model
 from kdrun.runtime import Runtime
@@ -113,6 +114,7 @@ class LatencyMeter:
         if key not in self._cache:
             model = build_model(meta["arch"], meta["in_channels"], meta["image_size"], meta["num_classes"],
                                 meta.get("options"))
+            shrink_to(model, payload["state_dict"])  # a channel-pruned student is narrower than its arch
             model.load_state_dict(payload["state_dict"])
             runtime = Runtime(device, precision, channels_last)
             seconds = time_model(runtime.prepare(model), runtime, (meta["in_channels"], meta["image_size"],

@@ -1,4 +1,4 @@
-"""Where each epoch's record goes besides metrics.jsonl: nowhere (the default) or TensorBoard.
+"""Where each epoch's record goes besides metrics.jsonl: nowhere (the default), TensorBoard, MLflow or W&B.
 
 `logger=` picks one (conf/logger/). The trainer calls `log_epoch` with the same
 record it appends to metrics.jsonl, so every logger sees exactly what the files hold.
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from kdrun.errors import ConfigError
 
-LOGGERS = ("none", "tensorboard")
+LOGGERS = ("none", "tensorboard", "mlflow", "wandb")
 
 
 class EpochLogger:
@@ -19,7 +19,7 @@ class EpochLogger:
     def log_epoch(self, record: dict) -> None:
         pass
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         pass
 
 
@@ -53,14 +53,24 @@ class TensorBoardLogger(EpochLogger):
                 self.writer.add_scalar(scalar_tag(key), value, step)
         self.writer.flush()  # a live `tensorboard --logdir` sees each epoch as it ends
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         self.writer.close()
 
 
-def build_logger(logger_cfg, run_dir: Path) -> EpochLogger:
-    """The logger named by the `logger` config group, writing under `run_dir`."""
-    if logger_cfg.name not in LOGGERS:
-        raise ConfigError(f"unknown logger {logger_cfg.name!r}; allowed: {', '.join(LOGGERS)}")
-    if logger_cfg.name == "tensorboard":
+def build_logger(logger_cfg, run_dir: Path, params: dict | None = None, outputs: str = "outputs") -> EpochLogger:
+    """The logger named by the `logger` config group, writing under `run_dir`; trackers also record
+    `params` (the resolved config) and, on close, the run's files (kdrun/report/trackers.py)."""
+    name = logger_cfg.name
+    if name not in LOGGERS:
+        raise ConfigError(f"unknown logger {name!r}; allowed: {', '.join(LOGGERS)}")
+    if name == "tensorboard":
         return TensorBoardLogger(Path(run_dir) / logger_cfg.log_dir)
+    if name == "mlflow":
+        from kdrun.report.trackers import MLflowLogger
+
+        return MLflowLogger(logger_cfg, run_dir, params or {}, outputs)
+    if name == "wandb":
+        from kdrun.report.trackers import WandbLogger
+
+        return WandbLogger(logger_cfg, run_dir, params or {})
     return EpochLogger()

@@ -13,12 +13,15 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table as RichTable
 
 from kdrun.console import console
+from kdrun.report.console_table import console_table
 from kdrun.report.aggregate import Group, Stat, Study, TeacherRef, display_name, format_value, swept_keys
 from kdrun.report.jobs import JobRecord
 from kdrun.report.latency import Latency, LatencyMeter
+from kdrun.report.teacher_check import run_warning
 from kdrun.report.significance import Difference, welch
 
 ACC = "test acc %"
@@ -51,14 +54,10 @@ class Table:
     def csv(self) -> str:
         return to_csv(self.csv_columns, self.csv_rows)
 
-    def rich(self) -> RichTable:
-        table = RichTable(title=self.title)
-        for column in self.columns:
-            numeric = _numeric_column(column)  # numbers never wrap; names fold when the terminal is narrow
-            table.add_column(column, justify="right" if numeric else "left", no_wrap=numeric, overflow="fold")
-        for row in self.rows:
-            table.add_row(*row)
-        return table
+    def rich(self, files: str | None = None) -> RichTable:
+        """The console view (80 columns): see console_table; `files` names where every column is."""
+        return console_table(self.title, self.columns, self.rows, _numeric_column,
+                             f"all columns: {files}" if files else None)
 
 
 def _numeric_column(column: str) -> bool:
@@ -284,7 +283,8 @@ def _subject_text(study: Study) -> str:
 # --- the end of one run ---------------------------------------------------------------------------------
 
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.json", "learning_curves.png", "checkpoints/best.pt",
+RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.json", "learning_curves.png", "learning_curves.svg",
+             "checkpoints/best.pt",
              "checkpoints/last.pt", "tensorboard")
 
 
@@ -301,6 +301,8 @@ def print_run_summary(summary: dict, run_dir: Path) -> None:
     table.add_row(f"student {summary['arch']}", f"{summary['params']:,}", f"{summary['size_mb']:.3f}",
                   f"{summary['final_test_acc']:.2f}", f"{summary['best_test_acc']:.2f}")
     console.print(table)
+    if warning := run_warning(summary):
+        console.print(f"[bold yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     print_paths([Path(run_dir) / name for name in RUN_FILES if (Path(run_dir) / name).exists()])
 
 

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from kdrun.strategies.base import Batch, Setup, StepOutput, Strategy, register
 from kdrun.strategies.features import FeatureDistiller, FeatureTerms, plan_feature_terms
 from kdrun.strategies.objectives import KDObjective, Objective, build_objective
+from kdrun.model_sources import arch_of
 from kdrun.students import build_student
 from kdrun.teacher_outputs import TeacherOutputs, build_teacher_outputs
 from kdrun.teachers import Teacher, freeze, resolve_teacher
@@ -39,7 +40,7 @@ class KD(Strategy):
     @classmethod
     def from_config(cls, setup: Setup) -> KD:
         cfg = setup.cfg
-        features = plan_feature_terms(cfg.loss, cfg.student.arch, cfg.teacher.arch, setup.data)  # before training a teacher
+        features = plan_feature_terms(cfg.loss, arch_of(cfg.student), arch_of(cfg.teacher), setup.data)  # before training a teacher
         return cls.from_teacher(setup, resolve_teacher(cfg, setup.data, setup.augment, setup.runtime), features)
 
     @staticmethod
@@ -48,7 +49,7 @@ class KD(Strategy):
         `loss` group."""
         cfg, data, runtime = setup.cfg, setup.data, setup.runtime
         student = build_student(cfg, data, runtime, seed)
-        distiller = runtime.prepare(FeatureDistiller(features)) if features is not None else None
+        distiller = runtime.prepare(FeatureDistiller(features)).tap(student, teacher.model) if features is not None else None
         # Logit terms need only the teacher's logits, which can be cached; feature terms need its stages, live.
         outputs = build_teacher_outputs(cfg, data, runtime, teacher.model) if features is None else None
         return KD(student, teacher.model, objective=build_objective(cfg.loss), features=distiller,

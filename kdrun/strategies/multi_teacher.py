@@ -17,7 +17,7 @@ from kdrun.strategies.base import Batch, Setup, StepOutput, Strategy, register
 from kdrun.strategies.objectives import Objective, build_objective
 from kdrun.students import build_student
 from kdrun.teachers import freeze, resolve_teacher, with_teacher
-from kdrun.trainer import evaluate
+from kdrun.trainer import evaluate_split
 
 COMBINES = ("mean", "weighted", "confidence")
 
@@ -99,7 +99,7 @@ class MultiTeacher(Strategy):
                     for arch, path in zip(archs, checkpoints)]
         weights = list(cfg.strategy.weights) if cfg.strategy.combine == "weighted" else None
         ensemble = runtime.prepare(TeacherEnsemble([t.model for t in teachers], cfg.strategy.combine, weights))
-        ensemble_acc = evaluate(ensemble, data.test_x, data.test_y, augment, runtime, cfg.trainer.eval_batch_size)
+        ensemble_acc = evaluate_split(ensemble, data, augment, runtime, cfg.trainer.eval_batch_size)
         each = [{k.removeprefix("teacher_"): v for k, v in t.summary().items()} for t in teachers]
         console.print(f"[green]teachers[/] {cfg.strategy.combine} of "
                       + ", ".join(f"{t['arch']} {t['test_acc']:.2f}%" for t in each)

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from kdrun.errors import ConfigError
 from kdrun.losses import cross_entropy, hint_loss
 from kdrun.schema import key
+from kdrun.model_sources import arch_of
 from kdrun.strategies.base import Batch, Setup, StepOutput, Strategy, register
 from kdrun.strategies.features import Shape, describe, stage_shapes
 from kdrun.strategies.objectives import Objective, build_objective
@@ -91,7 +92,7 @@ class SelfDistillation(Strategy):
     @classmethod
     def from_config(cls, setup: Setup) -> SelfDistillation:
         cfg, data, runtime = setup.cfg, setup.data, setup.runtime
-        shapes = stage_shapes(cfg.student.arch, data.in_channels, data.image_size, data.num_classes)
+        shapes = stage_shapes(arch_of(cfg.student), data.in_channels, data.image_size, data.num_classes)
         strategy = cls(build_student(cfg, data, runtime), shapes, build_objective(cfg.loss),
                        ce_weight=cfg.strategy.ce_weight, hint_weight=cfg.loss.hint_weight)
         runtime.prepare(strategy.heads)

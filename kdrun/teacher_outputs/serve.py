@@ -14,6 +14,7 @@ shapes the views; the run stops rather than train on another image's targets.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -24,6 +25,8 @@ from torch import Tensor, nn
 
 from kdrun.console import console
 from kdrun.data import DatasetSplits, drops_last, num_batches
+from kdrun.data.folder_cache import cache_key as folder_cache_key
+from kdrun.data.streaming import StreamingFolder
 from kdrun.errors import ConfigError
 from kdrun.runtime import Runtime
 from kdrun.step import Batch
@@ -137,6 +140,14 @@ def tensor_digest(*tensors: Tensor) -> str:
     return h.hexdigest()
 
 
+def train_digest(data: DatasetSplits | StreamingFolder) -> str:
+    """What the training split is: its tensors, or for a streamed folder its files and how they are viewed."""
+    if isinstance(data, StreamingFolder):
+        views = [data.size, data.resize, data.channels, dataclasses.astuple(data.augment)]
+        return f"files:{folder_cache_key(data.train, data.size, data.resize, data.channels)}:{views}"
+    return tensor_digest(data.train_x, data.train_y)
+
+
 def weights_digest(model: nn.Module) -> str:
     """sha256 of a model's weights and buffers: the teacher itself, wherever it came from."""
     state = model.state_dict()
@@ -151,7 +162,7 @@ def output_recipe(cfg, data: DatasetSplits, runtime: Runtime, teacher: nn.Module
     return {
         "version": VERSION,
         "teacher": {"arch": getattr(teacher, "arch", type(teacher).__name__), "weights": weights_digest(teacher)},
-        "data": {"dataset": data.name, "samples": n, "train": tensor_digest(data.train_x, data.train_y)},
+        "data": {"dataset": data.name, "samples": n, "train": train_digest(data)},
         "augment": {"crop_padding": int(cfg.dataset.augment.crop_padding), "hflip": bool(cfg.dataset.augment.hflip),
                     "mean": list(data.mean), "std": list(data.std)},
         "order": {"data_seed": int(cfg.data_seed), "batch_size": batch_size, "drop_last": drops_last(n, batch_size)},

@@ -1,0 +1,111 @@
+"""A finished run's model, read back from its directory, with the input normalisation folded in.
+
+Exported graphs take raw images: uint8 (or float in 0..255) tensors (N, C, H, W), as the
+dataset stores them. `RawImageModel` applies the run's normalisation first, so no caller
+has to know the dataset's mean and std.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from torch import Tensor, nn
+
+from kdrun.checkpoint import load_checkpoint
+from kdrun.data import DatasetSplits, load_dataset
+from kdrun.deploy.prune import shrink_to
+from kdrun.errors import CheckpointError, KdrunError
+from kdrun.models import KDModel, build_model
+
+
+class RawImageModel(nn.Module):
+    """model((x / 255 - mean) / std) for x in 0..255, any dtype: the normalisation is part of the graph."""
+
+    def __init__(self, model: nn.Module, mean, std):
+        super().__init__()
+        self.model = model
+        mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.register_buffer("scale", 1 / (255 * std))
+        self.register_buffer("shift", -mean / std)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x.to(torch.float32) * self.scale + self.shift)
+
+
+@dataclass
+class RunModel:
+    """The student of one run (or any kdrun checkpoint), ready to export and evaluate."""
+
+    run_dir: Path
+    checkpoint: Path
+    model: KDModel  # eval mode, on the CPU
+    config: dict  # the run's resolved config.yaml
+    metrics: dict  # its metrics.json ({} if missing)
+
+    @property
+    def dataset_cfg(self) -> dict:
+        return self.config["dataset"]
+
+    def load_data(self) -> DatasetSplits:
+        try:
+            return load_dataset(self.dataset_cfg, "cpu")
+        except ValueError as exc:
+            raise KdrunError(f"the dataset of {self.run_dir} could not be loaded: {exc}") from exc
+
+    def raw_model(self, data: DatasetSplits) -> RawImageModel:
+        return RawImageModel(self.model, data.mean, data.std).eval()
+
+
+def model_from_checkpoint(path: Path) -> KDModel:
+    """Build the checkpoint's architecture and load its weights (a channel-pruned student is rebuilt
+    at its pruned widths, read from the weights' shapes)."""
+    payload = load_checkpoint(path)
+    meta = payload["model"]
+    model = build_model(meta["arch"], meta["in_channels"], meta["image_size"], meta["num_classes"])
+    state = payload["state_dict"]
+    shrink_to(model, state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{str(path)!r} does not match architecture {meta['arch']}: "
+                              f"{str(exc).splitlines()[0]}") from exc
+    return model.eval()
+
+
+def load_run(run_dir: str | Path) -> RunModel:
+    """The student of a run directory: its checkpoints/last.pt (the model of final_test_acc)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise KdrunError(f"run directory {str(run_dir)!r} does not exist")
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise KdrunError(f"{str(run_dir)!r} is not a kdrun run directory: it has no config.yaml")
+    checkpoint = next((run_dir / "checkpoints" / n for n in ("last.pt", "best.pt")
+                       if (run_dir / "checkpoints" / n).is_file()), None)
+    if checkpoint is None:
+        raise KdrunError(f"{str(run_dir)!r} has no checkpoints/last.pt or best.pt: the run did not train")
+    config = yaml.safe_load(config_file.read_text())
+    metrics_file = run_dir / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    return RunModel(run_dir, checkpoint, model_from_checkpoint(checkpoint), config, metrics)
+
+
+def find_run_dirs(path: str | Path) -> list[Path]:
+    """`path` itself if it is a run, else every run below it (a sweep), in order."""
+    path = Path(path)
+    if not path.exists():
+        raise KdrunError(f"{str(path)!r} does not exist; give a run directory or a sweep directory")
+    if not path.is_dir():
+        raise KdrunError(f"{str(path)!r} is not a directory; give a run directory or a sweep directory")
+    if (path / "config.yaml").is_file():
+        return [path]
+    runs = sorted(p.parent for p in path.rglob("config.yaml")
+                  if (p.parent / "checkpoints").is_dir() and "teachers" not in p.parts)
+    if not runs:
+        raise KdrunError(f"no kdrun run under {str(path)!r} (a run directory holds config.yaml and checkpoints/)")
+    return runs

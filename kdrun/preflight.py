@@ -1,0 +1,127 @@
+"""A sweep's jobs checked before the first one starts.
+
+Each job's config is composed with Hydra's compose API, exactly as the launch will
+compose it, then validated; where the sweep directory already exists, each job
+directory must be able to take its job (a new run: nothing there; a resume: the
+same config). A bad value in the last job thus fails in a second, not hours in,
+and a refused sweep touches no sweep-level file: Hydra writes multirun.yaml and the
+summary only after this check has passed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hydra import compose, initialize_config_module
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, open_dict
+
+from kdrun.errors import ConfigError, KdrunError
+from kdrun.plausibility import check_plausible
+from kdrun.recipes import apply_recipes
+from kdrun.resume import check_can_start, check_same_config
+from kdrun.run import check_run_config
+
+MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def sweep_jobs(argv: list[str]) -> list[list[str]] | None:
+    """The override list of each job of `kdrun -m ARGS`, in launch order; None when this is no plain
+    sweep (no -m, or Hydra flags such as --cfg whose handling is Hydra's own)."""
+    if not any(flag in argv for flag in MULTIRUN_FLAGS):
+        return None
+    args = [a for a in argv if a not in MULTIRUN_FLAGS]
+    if any(a.startswith("-") for a in args):
+        return None
+    try:
+        parsed = OverridesParser.create().parse_overrides(args)
+    except Exception:  # a grammar error: Hydra reports it, with its own pointer into the line
+        return None
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def existing_sweep_dir(args: list[str]) -> Path | None:
+    """The sweep directory named on the command line (hydra.sweep.dir=D, or resume=D), if it exists.
+    Job k lives in D/k unless hydra.sweep.subdir is changed, in which case the jobs are not located."""
+    values = dict(a.lstrip("+").split("=", 1) for a in args if "=" in a)
+    if "hydra.sweep.subdir" in values:
+        return None
+    named = values.get("hydra.sweep.dir")
+    if named is None and values.get("resume") not in (None, "", "null", "auto"):
+        named = values["resume"]
+    if named is None or "${" in named or "," in named:
+        return None
+    path = Path(named).expanduser()
+    return path if path.is_dir() else None
+
+
+def compose_job(overrides: list[str]) -> DictConfig:
+    """The job config the job will run: the hydra node removed, the chosen options' recipes applied."""
+    cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    choices = dict(cfg.hydra.runtime.choices)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    apply_recipes(cfg, choices, overrides)
+    return cfg
+
+
+def check_sweep(argv: list[str]) -> int:
+    """Raise ConfigError naming the first job (number and overrides) that cannot run; return the job count.
+
+    Plausibility warnings are printed once per distinct message, not once per job.
+    """
+    jobs = sweep_jobs(argv)
+    if not jobs:
+        return 0
+    sweep_dir = existing_sweep_dir([a for a in argv if a not in MULTIRUN_FLAGS])
+    warned: set[str] = set()
+    with initialize_config_module("kdrun.conf", version_base="1.3"):
+        for num, overrides in enumerate(jobs):
+            try:
+                cfg = compose_job(overrides)
+            except KdrunError as exc:
+                raise ConfigError(f"sweep refused before any job ran: job {num} ({' '.join(overrides)}): {exc}")
+            except Exception:  # a composition error (unknown group option, ...): Hydra's message says it best
+                return 0
+            try:
+                check_run_config(cfg)  # types, ranges, known keys, the strategy's own rules
+                check_plausible(cfg, warned=warned)
+                if sweep_dir is not None:
+                    check_job_dir(cfg, sweep_dir / str(num))
+            except KdrunError as exc:
+                raise ConfigError(f"sweep refused before any job ran: job {num} ({' '.join(overrides)}): {exc}")
+    return len(jobs)
+
+
+def check_job_dir(cfg: DictConfig, run_dir: Path) -> None:
+    """What run.py checks when the job starts, done before the sweep starts."""
+    check_can_start(cfg, run_dir)
+    if cfg.resume is not None and run_dir.is_dir():
+        check_same_config(cfg, run_dir)
+
+
+# Command-line keys that name where Hydra and kdrun will create folders.
+LOCATION_KEYS = ("paths.outputs", "hydra.run.dir", "hydra.sweep.dir", "resume")
+
+
+def check_output_locations(argv: list[str], cwd: Path | None = None) -> None:
+    """Refuse, with a message, output folders that cannot be created or written, before Hydra tries
+    (its own failure is a traceback, or "An error occurred during Hydra's exception formatting")."""
+    values = dict(a.lstrip("+").split("=", 1) for a in argv if "=" in a and not a.startswith("-"))
+    named = {key: values[key] for key in LOCATION_KEYS if values.get(key) not in (None, "", "null", "auto")}
+    if "paths.outputs" not in named and "hydra.run.dir" not in named and "hydra.sweep.dir" not in named:
+        named["paths.outputs (default)"] = "outputs"
+    for key, value in named.items():
+        if "${" in value:
+            continue
+        path = Path(value).expanduser()
+        path = path if path.is_absolute() else (cwd or Path.cwd()) / path
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir():
+            raise ConfigError(f"{key}={value}: {existing} is a file, not a folder, so no run can be written "
+                              f"under it; choose another folder (e.g. paths.outputs=outputs)")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(f"{key}={value}: {existing} is read-only for this user, so no run can be written "
+                              f"under it; choose a writable folder (e.g. paths.outputs=$HOME/kdrun-outputs)")

@@ -1,0 +1,77 @@
+"""A pretrained teacher: no training, evaluated once on the test split and cached with its accuracy.
+
+Its cache entry sits beside trained teachers (<paths.teachers>/<dataset>/<arch>/<fingerprint>/, the
+same files and checks), keyed by the dataset, the architecture and the weights' identity (URL, timm
+tag or file sha256). When its head does not fit the dataset's classes, `teacher.finetune_epochs=N`
+fine-tunes a new head and the body on the training split first, and the recipe then joins the key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from kdrun.checkpoint import save_checkpoint
+from kdrun.console import console
+from kdrun.io import atomic_write_json
+from kdrun.model_sources import arch_of, build_configured, path_safe
+from kdrun.pretrained import weights_identity
+from kdrun.runtime import seed_everything
+from kdrun.strategies.scratch import Scratch
+from kdrun.teachers import (Teacher, cache_lock, file_sha256, fingerprint, load_cached, teacher_recipe)
+from kdrun.trainer import Trainer, evaluate_split, trainer_config
+
+
+def pretrained_recipe(cfg) -> dict:
+    """What decides this teacher: its weights, plus the fine-tuning recipe when it is fine-tuned."""
+    recipe = teacher_recipe(cfg)
+    finetune = cfg.teacher.get("finetune_epochs", 0)
+    if not finetune:  # evaluated as is: the training recipe does not touch it
+        for key in ("epochs", "seed", "batch_size", "optim"):
+            recipe.pop(key)
+    recipe.update(weights=weights_identity(cfg.teacher), input_stats=cfg.teacher.get("input_stats", "auto"),
+                  finetune_epochs=finetune)
+    return json.loads(json.dumps(recipe))
+
+
+def resolve_pretrained_teacher(cfg, data, augment, runtime) -> Teacher:
+    recipe = pretrained_recipe(cfg)
+    arch = arch_of(cfg.teacher)
+    cache_dir = Path(cfg.paths.teachers) / cfg.dataset.name / path_safe(arch) / fingerprint(recipe)
+    with cache_lock(cache_dir):
+        cached = load_cached(cache_dir, recipe, data, runtime)
+        if cached is not None:
+            console.print(f"[green]teacher[/] pretrained {arch} from cache {cache_dir} "
+                          f"(test acc {cached.test_acc:.2f}%)", soft_wrap=True)
+            return cached
+        source = prepare_teacher(cfg, data, augment, runtime, cache_dir, recipe)
+        teacher = load_cached(cache_dir, recipe, data, runtime)
+    teacher.source = source
+    return teacher
+
+
+def prepare_teacher(cfg, data, augment, runtime, cache_dir: Path, recipe: dict) -> str:
+    """Load the weights, fine-tune if asked, evaluate on the test split, cache; returns the teacher's source."""
+    finetune = cfg.teacher.get("finetune_epochs", 0)
+    seed_everything(cfg.teacher.seed)  # a fine-tuned head starts from the teacher's seed
+    model = runtime.prepare(build_configured(cfg.teacher, data, "teacher", new_head_ok=bool(finetune)))
+    work_dir = cache_dir.with_name(f"{cache_dir.name}.partial")
+    shutil.rmtree(work_dir, ignore_errors=True)
+    atomic_write_json(work_dir / "recipe.json", recipe)
+    if finetune:
+        console.print(f"[yellow]fine-tuning[/] pretrained teacher {arch_of(cfg.teacher)} for {finetune} epochs "
+                      f"on {cfg.dataset.name}", soft_wrap=True)
+        trainer = Trainer(trainer_config(cfg, label=f"fine-tune teacher {arch_of(cfg.teacher)}", epochs=finetune,
+                                         data_seed=cfg.teacher.seed), cfg.optim, runtime)
+        trainer.fit(Scratch(model), data, augment, work_dir)
+        shutil.rmtree(work_dir / "checkpoints", ignore_errors=True)
+    test_acc = evaluate_split(model, data, augment, runtime, cfg.trainer.eval_batch_size)
+    weights = work_dir / "teacher.pt"
+    save_checkpoint(weights, model, epoch=finetune, test_acc=test_acc)
+    atomic_write_json(work_dir / "entry.json", {"sha256": file_sha256(weights), "bytes": weights.stat().st_size})
+    os.rename(work_dir, cache_dir)
+    console.print(f"[green]teacher[/] pretrained {arch_of(cfg.teacher)}{' fine-tuned' if finetune else ''}: "
+                  f"test acc {test_acc:.2f}%, cached in {cache_dir}", soft_wrap=True)
+    return "finetuned" if finetune else "pretrained"

@@ -1,0 +1,101 @@
+"""Recipes a model or strategy carries: defaults that apply unless the command chose otherwise.
+
+A config file may hold a `recipe:` block (conf/student/cnn_student.yaml: Adam, without
+which that BatchNorm-free CNN diverges under the default SGD; conf/strategy/online.yaml:
+DML's alpha=beta=1, T=1), typed in kdrun/schema.py (Recipe): a whole `optim`, `loss` keys. One applies
+when nothing the user wrote sets that key: no command-line override of it (`optim=...`,
+`optim.lr=...`, `loss.alpha=...`, the short key `T` for `loss.T`) and no experiment
+preset that sets it. Precedence: the strategy's recipe, then the student's, then (for a
+strategy that trains a teacher) the teacher's, each only for keys not yet decided.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Mapping
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from kdrun.strategies.catalog import STRATEGIES, strategy_class
+
+SHORT_KEYS = {"loss.T": "T", "trainer.epochs": "epochs", "trainer.batch_size": "batch_size"}
+
+
+def _flat_keys(tree, prefix: str = "") -> set[str]:
+    if not isinstance(tree, Mapping):
+        return {prefix} if prefix else set()
+    keys = {prefix} if prefix else set()
+    for key, value in tree.items():
+        keys |= _flat_keys(value, f"{prefix}.{key}" if prefix else str(key))
+    return keys
+
+
+def _preset_keys(experiment: str | None) -> set[str]:
+    """Keys an experiment preset sets (its body and its `override /group` lines)."""
+    if not experiment:
+        return set()
+    path = resources.files("kdrun.conf").joinpath("experiment", f"{experiment}.yaml")
+    if not path.is_file():
+        return set()
+    node = OmegaConf.to_container(OmegaConf.create(path.read_text()), resolve=False) or {}
+    keys = _flat_keys({k: v for k, v in node.items() if k != "defaults"})
+    for entry in node.get("defaults", []):
+        if isinstance(entry, Mapping):
+            for group in entry:
+                keys.add(str(group).removeprefix("override ").strip("/"))
+    return keys
+
+
+def chosen_keys(overrides: list[str], experiment: str | None) -> set[str]:
+    """Every dotted key (and group) the command line or the experiment preset sets."""
+    keys = _preset_keys(experiment)
+    for item in overrides:
+        keys.add(item.split("=", 1)[0].lstrip("+~"))
+    return keys
+
+
+def _is_chosen(key: str, chosen: set[str]) -> bool:
+    """A key is chosen if it, a parent (a group), a child (optim.lr for optim) or its short key was set."""
+    parts = key.split(".")
+    if any(".".join(parts[:i]) in chosen for i in range(1, len(parts) + 1)):
+        return True
+    if any(c.startswith(key + ".") for c in chosen):
+        return True
+    return SHORT_KEYS.get(key) in chosen
+
+
+def _recipe_of(group: str, option: str | None) -> dict:
+    """The option file's recipe as {dotted key: value}; `optim` stays whole (one optimiser, not a mix)."""
+    if option is None:
+        return {}
+    path = resources.files("kdrun.conf").joinpath(group, f"{option}.yaml")
+    if not path.is_file():
+        return {}
+    node = OmegaConf.to_container(OmegaConf.create(path.read_text()), resolve=False) or {}
+    recipe = node.get("recipe") or {}
+    flat = {"optim": recipe["optim"]} if "optim" in recipe else {}
+    for group_name, keys in recipe.items():
+        if group_name != "optim":
+            flat.update({f"{group_name}.{k}": v for k, v in keys.items()})
+    return flat
+
+
+def apply_recipes(cfg: DictConfig, choices: Mapping[str, str | None], overrides: list[str]) -> list[str]:
+    """Apply the recipes of the chosen strategy, student and teacher; returns what was applied, for the log."""
+    chosen = chosen_keys(overrides, choices.get("experiment"))
+    sources = [("strategy", choices.get("strategy")), ("student", choices.get("student"))]
+    if cfg.strategy.name in STRATEGIES and strategy_class(cfg.strategy.name).uses_teacher_recipe:
+        sources.append(("teacher", choices.get("teacher")))
+    applied, decided = [], set()
+    for group, option in sources:
+        for key, value in _recipe_of(group, option).items():
+            if key in decided or _is_chosen(key, chosen):
+                continue
+            decided.add(key)
+            if key == "optim":  # a whole optimiser: its own file's keys, then the recipe's
+                base = OmegaConf.create(resources.files("kdrun.conf").joinpath("optim", f"{value['name']}.yaml").read_text())
+                value = OmegaConf.merge(base, value)
+            with open_dict(cfg):
+                OmegaConf.update(cfg, key, value, merge=False)
+            applied.append(f"{key} from {group}={option}'s recipe")
+    return applied

@@ -1,0 +1,121 @@
+"""CIFAR-100 reproduction: presets, the published-numbers CSV, the comparison report, the smoke mode."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from kdrun.errors import KdrunError
+from kdrun.report.aggregate import stat
+from kdrun.report.published import Cell, read_published, teacher_warning
+from kdrun.reproduce import preset_teacher
+from kdrun.run import check_run_config as validate
+from kdrun.run import run_experiment
+
+REPO = Path(__file__).resolve().parents[1]
+PUBLISHED = REPO / "results" / "published" / "cifar100.csv"
+PAIRS = [row.pair for row in read_published(PUBLISHED)]
+# mdistiller configs/cifar100/dkd/*.yaml DKD.BETA (8 where the file leaves its default).
+DKD_BETA = {"resnet56_resnet20": 2, "resnet110_resnet20": 2, "resnet110_resnet32": 2, "wrn_40_2_wrn_16_2": 6,
+            "wrn_40_2_wrn_40_1": 6, "vgg13_vgg8": 6, "vgg13_mobilenetv2": 6}
+TINY_CIFAR100 = ["dataset=synthetic", "dataset.num_classes=100", "dataset.train_size=8", "dataset.test_size=8",
+                 "epochs=1", "batch_size=8", "trainer.progress=false", "device=cpu"]
+
+
+def compose_cfg(*overrides: str):
+    with initialize_config_module(config_module="kdrun.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def test_published_csv_has_the_13_pairs_each_with_a_preset_and_sources():
+    rows = read_published(PUBLISHED)
+    assert len(rows) == 13 == len(set(PAIRS))
+    for row in rows:
+        teacher = preset_teacher(row.pair)  # raises if the preset is missing
+        assert row.pair.startswith(teacher + "_")
+        assert all(row.accuracy[r] is not None for r in ("teacher", "scratch", "kd"))
+        assert row.accuracy["teacher"] > row.accuracy["scratch"]
+        assert all(row.source[r] for r in row.accuracy if row.accuracy[r] is not None)
+    # The two rows the DKD paper does not have.
+    assert [r.pair for r in rows if r.accuracy["dkd"] is None] == ["resnet110_resnet20", "resnet50_vgg8"]
+
+
+def test_published_csv_bad_value_is_named(tmp_path):
+    bad = tmp_path / "bad.csv"
+    text = PUBLISHED.read_text().splitlines()
+    bad.write_text("\n".join([text[0], text[1].replace("75.61", "75.6x", 1)]) + "\n")
+    with pytest.raises(KdrunError, match=r"bad.csv:2: teacher_acc must be a percentage or empty, got '75.6x'"):
+        read_published(bad)
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+def test_preset_recipe(pair):
+    cfg = compose_cfg(f"experiment=cifar100_{pair}")
+    validate(cfg)
+    student = pair.removeprefix(preset_teacher(pair) + "_")
+    assert (cfg.dataset.name, cfg.student.arch, cfg.teacher.arch) == ("cifar100", student, preset_teacher(pair))
+    small = student.startswith(("mobilenet", "shufflenet"))
+    assert cfg.optim.lr == (0.01 if small else 0.05)
+    assert (cfg.optim.name, cfg.optim.momentum, cfg.optim.weight_decay, cfg.optim.schedule) == ("sgd", 0.9, 5e-4, "multistep")
+    assert list(cfg.optim.milestones) == [150, 180, 210] and cfg.optim.gamma == 0.1
+    assert (cfg.epochs, cfg.batch_size, cfg.loss.T, cfg.loss.alpha, cfg.loss.beta) == (240, 64, 4.0, 0.1, 0.9)
+    dkd = compose_cfg(f"experiment=cifar100_{pair}", "loss=dkd")
+    validate(dkd)
+    assert (dkd.loss.alpha, dkd.loss.beta, dkd.loss.tckd_weight, dkd.loss.warmup_epochs) == (1.0, 1.0, 1.0, 20)
+    assert dkd.loss.nckd_weight == DKD_BETA.get(pair, 8)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pair", PAIRS)
+def test_every_preset_runs_a_step(pair, tmp_path, one_thread):
+    # Each target's config (teacher, scratch, KD, DKD) on CIFAR-100-shaped synthetic data, one step.
+    base = [f"experiment=cifar100_{pair}", *TINY_CIFAR100, f"paths.outputs={tmp_path}/outputs"]
+    for name, extra in {"scratch": ["strategy=scratch"], "kd": [], "dkd": ["loss=dkd"]}.items():
+        summary = run_experiment(compose_cfg(*base, *extra), tmp_path / name)
+        assert summary["status"] == "completed" and summary["epochs"] == 1
+        assert math.isfinite(summary["final_test_acc"])
+
+
+def test_cell_delta_and_verdict_against_a_hand_computation():
+    ours = stat([70.0, 71.0, 72.0])  # mean 71, sample std 1
+    assert Cell("kd", 70.66, ours, ours).delta == pytest.approx(71.0 - 70.66)
+    assert Cell("kd", 70.66, ours, ours).verdict == "within"  # |0.34| <= 2 * 1
+    assert Cell("kd", 68.5, ours, ours).verdict == "ours higher"  # 2.5 > 2
+    assert Cell("kd", 73.5, ours, ours).verdict == "ours lower"
+    assert Cell("kd", 73.0, ours, ours).verdict == "within"  # exactly 2 stds
+    assert Cell("dkd", None, ours, ours).verdict == "no published number"
+    assert Cell("kd", 70.0, stat([70.0]), stat([70.0])).verdict == "1 seed: no spread"
+    assert Cell("kd", 70.0, None, None).verdict == "not run"
+
+
+def test_teacher_no_better_than_scratch_is_reported_with_both_numbers():
+    cells = [Cell("teacher", 72.3, stat([60.0]), stat([61.0])), Cell("scratch", 69.1, stat([60.0, 62.0]), None)]
+    warning = teacher_warning(cells)
+    assert "60.00%" in warning and "61.00%" in warning
+    assert teacher_warning([Cell("teacher", 72.3, stat([65.0]), None), cells[1]]) is None
+
+
+@pytest.mark.slow
+def test_make_reproduce_smoke_for_one_pair(tmp_path):
+    """`make reproduce-cifar100 REPRO_SMOKE=1 PAIRS=...`: all four targets run and the table is written."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    out = tmp_path / "repro"
+    proc = subprocess.run(
+        ["make", "-C", str(REPO), "reproduce-cifar100", "REPRO_SMOKE=1", "PAIRS=resnet56_resnet20",
+         f"REPRO_OUT={out}", f"PY={sys.executable}"],
+        capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = list(csv.DictReader((out / "reproduction.csv").open()))
+    assert [(r["pair"], r["role"]) for r in rows] == [("resnet56_resnet20", t) for t in ("teacher", "scratch", "kd", "dkd")]
+    assert all(r["ours last epoch (mean ± std)"].endswith("(n=1)") for r in rows)
+    assert "SMOKE RUN" in (out / "reproduction.md").read_text()
+    for target in ("teacher", "scratch", "kd", "dkd"):
+        assert (out / "resnet56_resnet20" / target / "0" / "metrics.json").is_file()
