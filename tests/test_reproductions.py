@@ -99,5 +99,5 @@ def test_welch_p_value_against_a_hand_computation():
     result = welch(distilled, scratch)
     assert result.delta == pytest.approx(statistics.fmean(distilled) - statistics.fmean(scratch))
     assert result.p_value == pytest.approx(p, rel=1e-6)
-    assert result.text().== "+1.48 (p=0.022)"
+    assert result.text() == "+1.48 (p=0.022)"
     assert math.isnan(welch([1.0], [2.0, 3.0]).p_value) and math.isnan(welch([1.0, 1.0], [2.0, 2.0]).p_value)
