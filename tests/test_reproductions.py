@@ -18,8 +18,8 @@ from kdrun.models import build_model, count_parameters, model_options
 from kdrun.report.hinton import errors_from_accuracy, group_rows, read_runs
 from kdrun.report.significance import welch
 
-# digits stands in for MNIST (not on disk in tests): one step of 64 images, 100 test images.
-TINY_DATA = ["dataset=digits", "dataset.limit_train=64", "dataset.limit_test=100", "epochs=1",
+# digits stands in for MNIST (not on disk in tests): one step of 128 images (Hinton: batch 128), 100 test images.
+TINY_DATA = ["dataset=digits", "dataset.limit_train=128", "dataset.limit_test=100", "epochs=1",
              "trainer.progress=false"]
 
 
