@@ -1,7 +1,7 @@
 """Which quick-start setup makes distillation beat training from scratch, judged on VALIDATION accuracy only.
 
 Reads the runs below a folder (made with dataset.val_fraction=0.2: 20% of digits' training split held out,
-stratified, fixed seed; the test split untouched by the choice), groups them by student and T, and prints
+stratified, fixed seed; the test split untouched by the choice), groups them by student, epochs and T, and prints
 each distilled group's validation Δ against the from-scratch student of the same architecture, with Welch's
 p over the seeds. Usage: python results/quickstart/select_on_validation.py outputs/quickstart-selection
 """
@@ -23,7 +23,8 @@ def groups(root: Path) -> dict[tuple, list[float]]:
         if metrics.get("status") != "completed" or "final_val_acc" not in metrics:
             continue
         cfg = OmegaConf.load(path.parent / "config.yaml")
-        student = cfg.student.arch + (f"{list(cfg.student.hidden)}" if cfg.student.get("hidden") else "")
+        student = (cfg.student.arch + (f"{list(cfg.student.hidden)}" if cfg.student.get("hidden") else "")
+                   + f", {cfg.epochs} ep")
         T = None if cfg.strategy.name == "scratch" else float(cfg.loss.T)
         found.setdefault((student, T), []).append(float(metrics["final_val_acc"]))
     return found
