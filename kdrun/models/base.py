@@ -31,6 +31,14 @@ class KDModel(nn.Module, ABC):
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_features(x)[1]
 
+    def run_stages(self, out: Tensor) -> list[Tensor]:
+        """Each of `self.stages` in turn from `out`; the output of every stage (the last is the deepest)."""
+        features = []
+        for stage in self.stages:
+            out = stage(out)
+            features.append(out)
+        return features
+
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

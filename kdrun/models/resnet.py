@@ -97,11 +97,8 @@ class ResNet(KDModel):
                 nn.init.zeros_(m.bias)
 
     def forward_features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
-        out = self.stem(x)
-        features = []
-        for stage in self.stages:
-            out = stage(out)
-            features.append(out)
+        features = self.run_stages(self.stem(x))
+        out = features[-1]
         # Adaptive pooling instead of the references' fixed AvgPool(8)/(4): any image size works.
         logits = self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
         return features, logits

@@ -97,10 +97,8 @@ class ShuffleNet(KDModel):
         self.fc = nn.Linear(1024 if version == 2 else in_planes, num_classes)
 
     def forward_features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
-        out, features = self.stem(x), []
-        for stage in self.stages:
-            out = stage(out)
-            features.append(out)
+        features = self.run_stages(self.stem(x))
+        out = features[-1]
         pooled = F.adaptive_avg_pool2d(self.head(out), 1).flatten(1)
         return features, self.fc(pooled)
 

@@ -56,11 +56,8 @@ class WideResNet(KDModel):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward_features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
-        out = self.stem(x)
-        features = []
-        for stage in self.stages:
-            out = stage(out)
-            features.append(out)
+        features = self.run_stages(self.stem(x))
+        out = features[-1]
         pooled = F.adaptive_avg_pool2d(F.relu(self.bn(out)), 1).flatten(1)
         return features, self.fc(pooled)
 
