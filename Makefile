@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 KDRUN := $(VENV)/bin/kdrun
 PYTEST := $(PY) -m pytest
 
-.PHONY: install test test-fast demo sweep-demo bench reproduce-cifar100 clean
+.PHONY: install test test-fast demo sweep-demo bench reproduce-cifar100 reproduce-hinton reproduce-keras clean
 
 install:
 	python3 -m venv $(VENV)
@@ -55,6 +55,36 @@ PAIRS ?=
 REPRO_OUT ?= outputs/reproduce/cifar100$(if $(REPRO_SMOKE),-smoke)
 reproduce-cifar100:
 	$(PY) -m kdrun.reproduce --pairs "$(PAIRS)" --out $(REPRO_OUT) $(if $(REPRO_SMOKE),--smoke)
+
+# Reproductions that run on a CPU (results/README.md). MNIST by default (downloaded into data/); on a
+# machine without MNIST: REPRO_DATA="dataset=fashion_mnist dataset.root=/usr/share/datasets/fashion-mnist".
+# REPRO_SCALE shrinks a run for a slow machine (results/*/README.md say what the committed runs used).
+REPRO_DATA ?= dataset=mnist
+REPRO_SCALE ?=
+REPRO_OUT ?= outputs/repro
+
+# Hinton et al. (2015), section 3: a dropout+jitter MLP teacher, an 800-800 student distilled at T=20
+# and from scratch, a 30-30 student over T; test errors beside the paper's (results/hinton/).
+HINTON_RUNS = $(REPRO_OUT)/hinton
+reproduce-hinton: export OMP_NUM_THREADS ?= 1
+reproduce-hinton:
+	rm -rf $(HINTON_RUNS)
+	$(KDRUN) experiment=hinton_teacher $(REPRO_DATA) $(REPRO_SCALE) trainer.progress=false hydra.run.dir=$(HINTON_RUNS)/teacher
+	$(KDRUN) -m experiment=hinton_student strategy=scratch seed=0,1,2 $(REPRO_DATA) $(REPRO_SCALE) trainer.progress=false hydra.sweep.dir=$(HINTON_RUNS)/scratch800
+	$(KDRUN) -m experiment=hinton_student teacher.checkpoint=$(HINTON_RUNS)/teacher/checkpoints/last.pt seed=0,1,2 $(REPRO_DATA) $(REPRO_SCALE) trainer.progress=false hydra.sweep.dir=$(HINTON_RUNS)/kd800
+	$(KDRUN) -m experiment=hinton_student strategy=scratch 'student.hidden=[30,30]' seed=0,1,2 $(REPRO_DATA) $(REPRO_SCALE) trainer.progress=false hydra.sweep.dir=$(HINTON_RUNS)/scratch30
+	$(KDRUN) -m experiment=hinton_student teacher.checkpoint=$(HINTON_RUNS)/teacher/checkpoints/last.pt 'student.hidden=[30,30]' T=1,2.5,4,8,20 seed=0,1,2 $(REPRO_DATA) $(REPRO_SCALE) trainer.progress=false hydra.sweep.dir=$(HINTON_RUNS)/kd30
+	$(VENV)/bin/kdrun-report $(HINTON_RUNS) --out results/hinton/report
+	$(PY) -m kdrun.report.hinton $(HINTON_RUNS) --out results/hinton
+
+# The Keras "Knowledge Distillation" example: conv 256/512 teacher, conv 16/32 student distilled
+# (alpha 0.1, T 10) and from scratch, over 3 seeds; size, accuracy and latency (results/keras/).
+KERAS_RUNS = $(REPRO_OUT)/keras
+reproduce-keras: export OMP_NUM_THREADS ?= 1
+reproduce-keras:
+	rm -rf $(KERAS_RUNS)
+	$(KDRUN) -m experiment=keras_mnist strategy=scratch,kd seed=0,1,2 $(REPRO_DATA) $(REPRO_SCALE) paths.teachers=$(KERAS_RUNS)/teachers trainer.progress=false hydra.sweep.dir=$(KERAS_RUNS)/students
+	$(VENV)/bin/kdrun-report $(KERAS_RUNS)/students --out results/keras
 
 clean:
 	rm -rf outputs multirun .pytest_cache build dist *.egg-info

@@ -7,7 +7,7 @@ checkpoint for another dataset is named as such instead of failing deep in
 
 Layout (version 2):
     format, version        "kdrun-checkpoint", 2
-    model                  {arch, num_classes, in_channels, image_size}
+    model                  {arch, num_classes, in_channels, image_size[, options]}
     state_dict             the model's weights
     epoch, test_acc        the last evaluated epoch and its accuracy
     train                  last.pt only: everything a resume needs (see Trainer)
@@ -40,6 +40,8 @@ def model_meta(model: nn.Module) -> dict:
         "in_channels": model.in_channels,
         "image_size": model.image_size,
     }
+    if getattr(model, "options", None):  # e.g. an MLP's hidden widths: needed to rebuild it
+        meta["options"] = dict(model.options)
     if getattr(model, "class_names", None):  # an image folder's classes, in label order
         meta["class_names"] = list(model.class_names)
     return meta

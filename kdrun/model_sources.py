@@ -12,7 +12,7 @@ import re
 from omegaconf import OmegaConf
 
 from kdrun.errors import ConfigError
-from kdrun.models import build_model
+from kdrun.models import build_model, model_options
 from kdrun.models.external import custom_arch
 from kdrun.schema import SOURCES, model_group_keys
 
@@ -53,7 +53,8 @@ def build_configured(model_cfg, data, role: str, *, new_head_ok: bool = True):
     from kdrun.pretrained import load_pretrained
 
     try:
-        model = build_model(arch_of(model_cfg), data.in_channels, data.image_size, data.num_classes)
+        options = model_options(model_cfg, role) if source_of(model_cfg) == "zoo" else None
+        model = build_model(arch_of(model_cfg), data.in_channels, data.image_size, data.num_classes, options)
     except ValueError as exc:  # an unknown torchvision/timm name or an unimportable _target_
         raise ConfigError(f"{role}: {exc}") from exc
     if is_pretrained(model_cfg):

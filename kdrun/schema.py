@@ -92,6 +92,10 @@ class ModelKeys:
     input_stats: str = key(choices=INPUT_STATS)
     _target_: str | None = key(doc="source=custom: the nn.Module class; other keys are its arguments")
     recipe: Recipe = key(doc="keys this model needs unless the command sets them (kdrun/recipes.py)")
+    # Architecture options (models.MODEL_OPTIONS says which architecture takes which; null = its default).
+    hidden: list[int] | None = key(low=1, doc="mlp: the width of each hidden layer")
+    dropout: float | None = key(low=0, doc="mlp: dropout on the hidden units, in [0, 1)")
+    input_dropout: float | None = key(low=0, doc="mlp: dropout on the input pixels, in [0, 1)")
 
 
 @dataclass

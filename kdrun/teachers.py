@@ -35,7 +35,7 @@ from kdrun.data.image_folder import folder_identity
 from kdrun.errors import CheckpointError
 from kdrun.io import atomic_write_json
 from kdrun.model_sources import arch_of, is_pretrained, path_safe
-from kdrun.models import build_model, count_parameters, model_size_mb
+from kdrun.models import MODEL_OPTIONS, build_model, count_parameters, model_options, model_size_mb
 from kdrun.runtime import Runtime, seed_everything
 from kdrun.strategies.scratch import Scratch
 from kdrun.schema import keys_with_role
@@ -79,6 +79,9 @@ def with_teacher(cfg: DictConfig, arch: str, checkpoint: str | None = None) -> D
     """A copy of `cfg` whose teacher is `arch` (from `checkpoint`, else the cache or trained),
     so resolve_teacher serves every teacher of a run the same way."""
     cfg = copy.deepcopy(cfg)
+    if arch != cfg.teacher.arch:  # the group's architecture options belong to its own architecture
+        for option in {o for options in MODEL_OPTIONS.values() for o in options} & set(cfg.teacher):
+            cfg.teacher[option] = None
     cfg.teacher.arch = arch
     cfg.teacher.checkpoint = checkpoint
     return cfg
@@ -91,6 +94,7 @@ def teacher_recipe(cfg) -> dict:
     return json.loads(json.dumps({
         "dataset": dataset,
         "arch": arch_of(cfg.teacher),
+        **({"options": opts} if (opts := model_options(cfg.teacher, "teacher")) else {}),
         "epochs": cfg.teacher.epochs,
         "seed": cfg.teacher.seed,
         "batch_size": cfg.trainer.batch_size,
@@ -118,7 +122,7 @@ def load_model(path: Path, data: DatasetSplits, runtime: Runtime, *, role: str, 
             f"{role} checkpoint {str(path)!r} holds a {meta['arch']}, but {role}={expect_arch}; "
             f"add {role}={meta['arch']} to the command"
         )
-    model = build_model(meta["arch"], data.in_channels, data.image_size, data.num_classes)
+    model = build_model(meta["arch"], data.in_channels, data.image_size, data.num_classes, meta.get("options"))
     model.load_state_dict(payload["state_dict"])
     return runtime.prepare(model), payload
 
@@ -242,7 +246,8 @@ def train_teacher(cfg, data: DatasetSplits, augment: BatchAugment, runtime: Runt
 
     def fit(resume: bool) -> tuple[nn.Module, dict]:
         seed_everything(cfg.teacher.seed)
-        model = runtime.prepare(build_model(arch_of(cfg.teacher), data.in_channels, data.image_size, data.num_classes))
+        model = runtime.prepare(build_model(arch_of(cfg.teacher), data.in_channels, data.image_size, data.num_classes,
+                                            model_options(cfg.teacher, "teacher")))
         return model, trainer.fit(Scratch(model), data, augment, work_dir, resume=resume)
 
     try:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 import yaml
 from matplotlib.image import imread
 from omegaconf import OmegaConf
@@ -178,6 +179,15 @@ def test_a_temperature_sweep_gets_its_table_and_plot_with_references(tmp_path, c
         ("mlp", "teacher", "1"), ("cnn_student", "scratch", "3"), ("cnn_student", "kd T=1", "3"),
         ("cnn_student", "kd T=4", "3"), ("cnn_student", "kd T=16", "3")]
     assert len(read_csv(sweep / "summary.csv")) == 12  # one row per job, as before
+    # Δ vs scratch: the distilled mean minus the scratch mean, Welch's p over the seeds (scipy cross-checked
+    # against a direct computation in test_reproductions.py); none for the teacher and scratch rows.
+    assert [r["delta_vs_scratch"] for r in comparison[:2]] == ["", ""]
+    for row, accs in zip(comparison[2:], T_SWEEP.values()):
+        assert float(row["delta_vs_scratch"]) == pytest.approx(statistics.fmean(accs) - statistics.fmean(SCRATCH),
+                                                               abs=1e-4)
+        assert float(row["welch_p"]) == pytest.approx(scipy_stats.ttest_ind(accs, SCRATCH, equal_var=False).pvalue,
+                                                      rel=1e-3)
+    assert "+5.83 (p=0.0" in (sweep / "comparison.md").read_text()
 
     out = capsys.readouterr().out
     assert "T sweep" in out and "92.00 ± 2.65" in out
@@ -265,7 +275,7 @@ def test_the_report_command_combines_runs_and_sweeps_from_separate_invocations(t
     assert rows[0]["latency_ms"] != rows[2]["latency_ms"]  # teacher and student measured apart
 
     md = (out / "comparison.md").read_text()
-    assert "| model | trained as | params | size MB | test acc % | n | latency ms | images/s |" in md
+    assert "| model | trained as | params | size MB | test acc % | n | Δ vs scratch | latency ms | images/s |" in md
     sweep_rows = read_csv(out / "temperature_sweep.csv")
     assert [r["row"] for r in sweep_rows] == ["teacher", "scratch", "kd", "kd", "kd"]
     assert_png(out / "temperature_sweep.png")

@@ -46,7 +46,8 @@ def channel_groups(model: nn.Module) -> list[ChannelGroup]:
         final = -(-model.image_size // 4)
         return [ChannelGroup("conv1", None, "conv2"), ChannelGroup("conv2", None, "fc", final * final)]
     if isinstance(model, MLP):
-        return [ChannelGroup("fc1", None, "fc2"), ChannelGroup("fc2", None, "fc3")]
+        layers = [f"hidden.{i}" for i in range(len(model.hidden))] + ["classifier"]
+        return [ChannelGroup(producer, None, consumer) for producer, consumer in zip(layers, layers[1:])]
     groups = []
     for name, module in model.named_modules():
         if isinstance(module, (BasicBlock, Bottleneck)):

@@ -22,6 +22,7 @@ class KDModel(nn.Module, ABC):
         self.image_size = image_size
         self.num_classes = num_classes
         self.stage_channels = list(stage_channels)
+        self.options: dict = {}  # the builder's options (registry.build_model), kept in checkpoints
 
     @abstractmethod
     def forward_features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:

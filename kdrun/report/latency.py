@@ -12,6 +12,7 @@ noise (a 6 k-parameter CNN measured 64 ms with two threads, 0.03 ms with one).
 from __future__ import annotations
 
 import contextlib
+import json
 import statistics
 import time
 from dataclasses import dataclass
@@ -108,10 +109,11 @@ class LatencyMeter:
         meta = payload["model"]
         device, label = usable_device(run_device)
         precision = precision if device.type == torch.device(run_device or "cpu").type else "fp32"
-        key = (meta["arch"], meta["in_channels"], meta["image_size"], meta["num_classes"], label, precision,
-               channels_last)
+        key = (meta["arch"], json.dumps(meta.get("options"), sort_keys=True), meta["in_channels"], meta["image_size"],
+               meta["num_classes"], label, precision, channels_last)
         if key not in self._cache:
-            model = build_model(meta["arch"], meta["in_channels"], meta["image_size"], meta["num_classes"])
+            model = build_model(meta["arch"], meta["in_channels"], meta["image_size"], meta["num_classes"],
+                                meta.get("options"))
             shrink_to(model, payload["state_dict"])  # a channel-pruned student is narrower than its arch
             model.load_state_dict(payload["state_dict"])
             runtime = Runtime(device, precision, channels_last)

@@ -22,9 +22,13 @@ from kdrun.report.aggregate import Group, Stat, Study, TeacherRef, display_name,
 from kdrun.report.jobs import JobRecord
 from kdrun.report.latency import Latency, LatencyMeter
 from kdrun.report.teacher_check import run_warning
+from kdrun.report.significance import Difference, welch
 
 ACC = "test acc %"
 BEST = "best-epoch acc %"
+DELTA = "Δ vs scratch"
+DELTA_NOTE = ("Δ vs scratch: test acc of a distilled group minus that of the from-scratch student of the same "
+              "architecture, in points, with Welch's two-sided t-test p-value over the seeds (n/a under 2 seeds).")
 NOTE = ("Accuracies: mean ± sample std over n seeds. test acc = the final epoch's; "
         "best-epoch acc = the best epoch on the test set (optimistic).")
 
@@ -101,7 +105,7 @@ def seeds_text(group: Group) -> str:
 def comparison_table(study: Study, meter: LatencyMeter | None = None) -> Table:
     """One row per teacher, per from-scratch group and per distilled group, with size and speed."""
     # The classic columns; best-epoch accuracy is in the CSV and the sweep tables.
-    columns = ["model", "trained as", "params", "size MB", ACC, "n", "latency ms", "images/s", "device"]
+    columns = ["model", "trained as", "params", "size MB", ACC, "n", DELTA, "latency ms", "images/s", "device"]
     scratch = [g for g in study.groups if not g.distills]
     distilled = [g for g in study.groups if g.distills]
     scratch_keys = swept_keys(scratch)
@@ -109,15 +113,19 @@ def comparison_table(study: Study, meter: LatencyMeter | None = None) -> Table:
     rows, csv_rows = [], []
 
     def add(model: str, trained_as: str, params: int, size_mb: float, acc: Stat, best: Stat | None,
-            latency: Latency | None, extra: dict) -> None:
+            latency: Latency | None, extra: dict, vs_scratch: Difference | None = None) -> None:
         rows.append([model, trained_as, f"{params:,}", f"{size_mb:.3f}", acc.text(), str(acc.n),
+                     vs_scratch.text() if vs_scratch else "",
                      f"{latency.ms:.3f}" if latency else "n/a",
                      f"{latency.images_per_s:,.0f}" if latency else "n/a", latency.device if latency else ""])
         csv_rows.append({"model": model, "trained_as": trained_as, "params": params, "size_mb": size_mb,
                          **stat_fields("test_acc", acc), **stat_fields("best_test_acc", best), "n": acc.n,
                          "latency_ms": round(latency.ms, 4) if latency else "",
                          "images_per_s": round(latency.images_per_s, 1) if latency else "",
-                         "latency_device": latency.device if latency else "", **extra})
+                         "latency_device": latency.device if latency else "",
+                         "delta_vs_scratch": round(vs_scratch.delta, 4) if vs_scratch else "",
+                         "welch_p": "" if vs_scratch is None or vs_scratch.p_value != vs_scratch.p_value
+                         else f"{vs_scratch.p_value:.4g}", **extra})
 
     for ref in study.teachers:
         add(ref.arch, "teacher", ref.params, ref.size_mb, ref.stat(), None, _teacher_latency(ref, meter),
@@ -127,13 +135,15 @@ def comparison_table(study: Study, meter: LatencyMeter | None = None) -> Table:
         add(group.arch, f"{group.strategy} {label}".strip(), group.metrics["params"], group.metrics["size_mb"],
             group.stat("final_test_acc"), group.stat("best_test_acc"), _group_latency(group, meter),
             {"strategy": group.strategy, "seeds": seeds_text(group),
-             "path": " ".join(str(j.path) for j in group.jobs)})
+             "path": " ".join(str(j.path) for j in group.jobs)},
+            _vs_scratch(group, scratch) if group.distills else None)
 
     csv_columns = ["model", "trained_as", "strategy", "params", "size_mb", "test_acc_mean", "test_acc_std",
-                   "best_test_acc_mean", "best_test_acc_std", "n", "seeds", "latency_ms", "images_per_s",
+                   "best_test_acc_mean", "best_test_acc_std", "n", "delta_vs_scratch", "welch_p", "seeds", "latency_ms", "images_per_s",
                    "latency_device", "path"]
     notes = [NOTE, "Latency: median per image at batch 1, from each group's checkpoint, measured on this machine "
-                   "on the device the run used (the CPU with one thread; the CPU also when that device is missing)."]
+                   "on the device the run used (the CPU with one thread; the CPU also when that device is missing).",
+             DELTA_NOTE]
     if meter is not None and meter.problems:
         notes += [f"Not measured: {p}" for p in meter.problems]
     title = "comparison"
@@ -143,6 +153,25 @@ def comparison_table(study: Study, meter: LatencyMeter | None = None) -> Table:
         rows = [row[:-1] for row in rows]
         columns = columns[:-1]
     return Table(title, columns, rows, csv_columns, csv_rows, notes)
+
+
+def twin_scratch(group: Group, scratch: list[Group]) -> Group | None:
+    """The from-scratch group a distilled group is compared with: same dataset, same student (architecture
+    and its options), and of those the one whose other settings agree most (epochs, recipe)."""
+    def student(g: Group) -> tuple:
+        return g.arch, g.dataset, sorted((k, str(v)) for k, v in g.setting.items() if k.startswith("student."))
+
+    candidates = [g for g in scratch if student(g) == student(group)]
+    agreement = lambda g: sum(g.setting.get(k) == v for k, v in group.setting.items())  # noqa: E731
+    return max(candidates, key=agreement, default=None)
+
+
+def _vs_scratch(group: Group, scratch: list[Group]) -> Difference | None:
+    twin = twin_scratch(group, scratch)
+    if twin is None:
+        return None
+    values = lambda g: [float(job.metrics["final_test_acc"]) for job in g.jobs]  # noqa: E731
+    return welch(values(group), values(twin))
 
 
 def _teacher_latency(ref: TeacherRef, meter: LatencyMeter | None) -> Latency | None:

@@ -1,0 +1,123 @@
+"""The Hinton et al. (2015) MNIST table: test errors (misclassified test images), mean ± std over seeds,
+beside the paper's figures. `python -m kdrun.report.hinton <runs folder> --out results/hinton`
+(what `make reproduce-hinton` calls) reads every run's config.yaml and metrics.json below the folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from omegaconf import OmegaConf
+
+from kdrun.io import atomic_open, atomic_write_text
+from kdrun.report.plots import save_png
+from kdrun.report.tables import markdown_table, to_csv
+
+# Hinton, Vinyals & Dean (2015), section 3, MNIST (10,000 test images); the 30-unit student has no
+# published count, only "temperatures in the range 2.5 to 4 worked significantly better".
+PAPER_ERRORS = {("teacher", 1200): 67, ("scratch", 800): 146, ("kd", 800): 74}
+TEST_IMAGES = {"mnist": 10_000, "fashion_mnist": 10_000}
+
+
+def errors_from_accuracy(final_test_acc: float, test_images: int) -> int:
+    """Accuracy (%) over `test_images` back to the count of misclassified images."""
+    return round((100.0 - final_test_acc) * test_images / 100.0)
+
+
+def read_runs(root: Path) -> list[dict]:
+    """One record per finished run below `root`: role, width, T, seed, errors, test images."""
+    runs = []
+    for metrics_path in sorted(root.rglob("metrics.json")):
+        metrics = json.loads(metrics_path.read_text())
+        config_path = metrics_path.parent / "config.yaml"
+        if metrics.get("status") != "completed" or not config_path.is_file():
+            continue
+        cfg = OmegaConf.load(config_path)
+        n = cfg.dataset.limit_test or TEST_IMAGES[cfg.dataset.name]
+        is_teacher = cfg.name.startswith("hinton_teacher")
+        runs.append({
+            "role": "teacher" if is_teacher else cfg.strategy.name,
+            "width": int(cfg.student.hidden[0]),
+            "T": None if is_teacher or cfg.strategy.name == "scratch" else float(cfg.loss.T),
+            "seed": int(cfg.seed), "errors": errors_from_accuracy(metrics["final_test_acc"], n), "test_images": n,
+            "dataset": cfg.dataset.name,
+        })
+    return runs
+
+
+def group_rows(runs: list[dict]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        groups.setdefault((run["role"], run["width"], run["T"]), []).append(run)
+    order = {"teacher": 0, "scratch": 1, "kd": 2}
+    rows = []
+    for (role, width, T), members in sorted(groups.items(), key=lambda kv: (-kv[0][1], order.get(kv[0][0], 3),
+                                                                             kv[0][2] or 0)):
+        errors = [m["errors"] for m in members]
+        paper = PAPER_ERRORS.get((role, width)) if T in (None, 20.0) else None
+        rows.append({
+            "model": f"{width}-{width}", "trained as": role if T is None else f"kd T={T:g}",
+            "test errors (mean)": round(statistics.mean(errors), 1),
+            "std": round(statistics.stdev(errors), 1) if len(errors) > 1 else None,
+            "seeds": len(errors), "per seed": " ".join(map(str, errors)),
+            "test images": members[0]["test_images"], "paper (MNIST)": paper,
+        })
+    return rows
+
+
+def plot_width30(rows: list[dict], out: Path) -> list[Path]:
+    """Errors of the 30-unit student against T, with its from-scratch errors as a line."""
+    kd = [r for r in rows if r["model"] == "30-30" and r["trained as"].startswith("kd")]
+    scratch = [r for r in rows if r["model"] == "30-30" and r["trained as"] == "scratch"]
+    if not kd:
+        return []
+    fig = Figure(figsize=(5.5, 3.8))
+    ax = fig.add_subplot()
+    temps = [float(r["trained as"].split("=")[1]) for r in kd]
+    ax.errorbar(temps, [r["test errors (mean)"] for r in kd], yerr=[r["std"] or 0 for r in kd], marker="o",
+                capsize=3, label="distilled 30-30")
+    for r in scratch:
+        ax.axhline(r["test errors (mean)"], color="gray", linestyle="--", label="30-30 from scratch")
+    ax.set_xscale("log")
+    ax.set_xticks(temps, [f"{t:g}" for t in temps])
+    ax.set_xlabel("temperature T")
+    ax.set_ylabel(f"test errors (of {kd[0]['test images']})")
+    ax.set_title("30-unit student over T (mean ± std over seeds)")
+    ax.legend()
+    fig.tight_layout()
+    paths = [save_png(fig, out / "width30_over_T.png")]
+    with atomic_open(out / "width30_over_T.svg", "wb") as f:
+        fig.savefig(f, format="svg")
+    return [*paths, out / "width30_over_T.svg"]
+
+
+def write_table(root: Path, out: Path) -> list[Path]:
+    runs = read_runs(root)
+    if not runs:
+        raise SystemExit(f"no finished runs below {root}")
+    rows = group_rows(runs)
+    columns = list(rows[0])
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = runs[0]["dataset"]
+    atomic_write_text(out / "table.md", f"Test errors on {dataset}, final weights, mean ± std over seeds; "
+                      "the paper's figures are on MNIST.\n\n" + markdown_table(columns, [list(r.values()) for r in rows]))
+    atomic_write_text(out / "table.csv", to_csv(columns, rows))
+    return [out / "table.md", out / "table.csv", *plot_width30(rows, out)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kdrun.report.hinton", description=__doc__)
+    parser.add_argument("runs", type=Path, help="the folder make reproduce-hinton ran into")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    for path in write_table(args.runs, args.out):
+        print(path)
+    print((args.out / "table.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
