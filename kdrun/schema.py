@@ -303,7 +303,7 @@ def check_config(cfg: DictConfig, strategy_config: type | None = None) -> None:
 
 def model_group_keys() -> set[str]:
     """Every key a teacher/student group declares; with source=custom any other key is a class argument."""
-    return set(_fields(TeacherKeys))
+    return set(_fields(TeacherKeys)) | set(_fields(StudentKeys))
 
 
 def _check_model_name(group: dict, role: str) -> None:

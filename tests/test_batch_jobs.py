@@ -59,8 +59,8 @@ def test_sigterm_mid_epoch_saves_and_resume_gives_the_uninterrupted_weights(tmp_
 
 
 def test_a_long_run_says_how_long_it_will_take(tmp_path):
-    # 240 epochs of resnet8 on digits: minutes, so the estimate is printed once the first steps are timed.
-    proc = start(tmp_path, "dataset=digits", "strategy=scratch", "student=resnet8", "epochs=240",
+    # 240 epochs of resnet56 on digits: many minutes, so the estimate is printed once the first steps are timed.
+    proc = start(tmp_path, "dataset=digits", "strategy=scratch", "student=resnet56", "epochs=240",
                  "trainer.progress=false", "hydra.run.dir=run")
     wait_for(lambda: "for 240 epochs x" in open(proc.log.name).read(), proc=proc)
     proc.kill()

@@ -225,7 +225,7 @@ def test_sigterm_on_one_rank_saves_once_and_resume_matches(tmp_path):
 
 def test_sync_batchnorm_on_cpus_is_refused_with_the_reason():
     from kdrun.strategies.scratch import Scratch
-    from kdrun.trainer import use_sync_batchnorm
+    from kdrun.data_parallel import use_sync_batchnorm
 
     strategy = Scratch(torch.nn.Sequential(torch.nn.BatchNorm1d(3)))
     with pytest.raises(ConfigError, match="trainer.sync_bn=true needs GPUs.*on cpu"):
