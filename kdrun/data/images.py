@@ -7,15 +7,31 @@ sample index) only, never by the worker that loads the sample.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 
 import torch
 from torch import Tensor
-from torchvision.io import ImageReadMode, decode_image
-from torchvision.transforms.v2 import functional as TF
 
 from kdrun.errors import DataError
+
+
+# torchvision is imported on first use: importing it takes about 2 s (it loads torch._dynamo), every kdrun
+# command would pay that at start-up, and only image folders need it.
+@functools.cache
+def _io():
+    import torchvision.io
+
+    return torchvision.io
+
+
+@functools.cache
+def _functional():
+    from torchvision.transforms.v2 import functional
+
+    return functional
+
 
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
@@ -42,11 +58,11 @@ def image_channels(path: str) -> int:
 
 def read_image(path: str, channels: int) -> Tensor:
     """Decode `path` to uint8 (channels, H, W); torchvision's decoders, PIL for the other formats."""
-    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+    mode = _io().ImageReadMode.GRAY if channels == 1 else _io().ImageReadMode.RGB
     try:
         with open(path, "rb") as f:
             data = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
-        return decode_image(data, mode=mode)
+        return _io().decode_image(data, mode=mode)
     except OSError as exc:
         raise BadImageError(path, f"{type(exc).__name__}: {exc}") from exc
     except RuntimeError:
@@ -59,14 +75,14 @@ def _read_with_pil(path: str, channels: int) -> Tensor:
     try:
         with Image.open(path) as image:
             image = image.convert("L" if channels == 1 else "RGB")
-            return TF.pil_to_tensor(image)
+            return _functional().pil_to_tensor(image)
     except Exception as exc:
         raise BadImageError(path, f"{type(exc).__name__}: {exc}") from exc
 
 
 def fit(image: Tensor, size: int, resize: int) -> Tensor:
     """Shorter side to `resize` pixels (antialiased), then the centre `size` x `size` square."""
-    return TF.center_crop(TF.resize(image, [resize], antialias=True), [size, size])
+    return _functional().center_crop(_functional().resize(image, [resize], antialias=True), [size, size])
 
 
 def sample_generator(data_seed: int, epoch: int, index: int) -> torch.Generator:
@@ -89,7 +105,7 @@ def random_resized_crop(image: Tensor, size: int, generator: torch.Generator,
         w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
         if 0 < w <= width and 0 < h <= height:
             top, left = int(u[2] * (height - h + 1)), int(u[3] * (width - w + 1))
-            return TF.resized_crop(image, top, left, h, w, [size, size], antialias=True)
+            return _functional().resized_crop(image, top, left, h, w, [size, size], antialias=True)
     aspect = width / height
     if aspect < ratio[0]:
         w, h = width, round(width / ratio[0])
@@ -98,7 +114,7 @@ def random_resized_crop(image: Tensor, size: int, generator: torch.Generator,
     else:
         w, h = width, height
     top, left = (height - h) // 2, (width - w) // 2
-    return TF.resized_crop(image, top, left, h, w, [size, size], antialias=True)
+    return _functional().resized_crop(image, top, left, h, w, [size, size], antialias=True)
 
 
 def pad_crop_flip(image: Tensor, padding: int, hflip: bool, generator: torch.Generator) -> Tensor:
@@ -107,7 +123,7 @@ def pad_crop_flip(image: Tensor, padding: int, hflip: bool, generator: torch.Gen
     if padding:
         dy, dx = torch.randint(0, 2 * padding + 1, (2,), generator=generator).tolist()
         height, width = image.shape[-2:]
-        image = TF.pad(image, [padding])[..., dy:dy + height, dx:dx + width]
+        image = _functional().pad(image, [padding])[..., dy:dy + height, dx:dx + width]
     if hflip and bool(torch.rand((), generator=generator) < 0.5):
-        image = TF.horizontal_flip(image)
+        image = _functional().horizontal_flip(image)
     return image
