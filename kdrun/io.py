@@ -8,6 +8,7 @@ and no temporary file behind.
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import json
 import os
@@ -104,3 +105,11 @@ def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
     torch.save(obj, buffer)
     with atomic_open(path, "wb") as f:
         f.write(buffer.getbuffer())
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -14,14 +14,8 @@ from omegaconf import OmegaConf
 from kdrun.errors import ConfigError
 from kdrun.models import build_model, model_options
 from kdrun.models.external import custom_arch
-from kdrun.schema import SOURCES, model_group_keys
-
-
-def source_of(model_cfg) -> str:
-    source = model_cfg.get("source", "zoo")
-    if source not in SOURCES:
-        raise ConfigError(f"model source {source!r} is not allowed; allowed: {', '.join(SOURCES)}")
-    return source
+from kdrun.pretrained import load_pretrained
+from kdrun.schema import model_group_keys, source_of
 
 
 def arch_of(model_cfg) -> str:
@@ -50,8 +44,6 @@ def is_pretrained(model_cfg) -> bool:
 
 def build_configured(model_cfg, data, role: str, *, new_head_ok: bool = True):
     """The group's model for `data`, with its pretrained weights if it names any (on the CPU)."""
-    from kdrun.pretrained import load_pretrained
-
     try:
         options = model_options(model_cfg, role) if source_of(model_cfg) == "zoo" else None
         model = build_model(arch_of(model_cfg), data.in_channels, data.image_size, data.num_classes, options)

@@ -20,8 +20,10 @@ from torch import Tensor, nn
 
 from kdrun.console import console
 from kdrun.errors import CheckpointError, ConfigError
-from kdrun.models.external import ExternalModel
+from kdrun.io import file_sha256
+from kdrun.models.external import ExternalModel, import_timm
 from kdrun.models.layers import feature_root
+from kdrun.schema import source_of
 
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -35,12 +37,8 @@ class Weights:
 
 def weights_identity(model_cfg) -> str:
     """What names the weights without loading them: a URL, a timm tag or a file's sha256 (for cache keys)."""
-    from kdrun.model_sources import source_of
-
     source, weights = source_of(model_cfg), model_cfg.get("weights")
     if weights and _is_path(weights):
-        from kdrun.teachers import file_sha256  # teachers imports the trainer: only when needed
-
         return f"sha256:{file_sha256(Path(weights))}"
     if weights and source == "torchvision":
         return _torchvision_weights(model_cfg.arch, weights).url
@@ -51,8 +49,6 @@ def weights_identity(model_cfg) -> str:
 
 
 def read_weights(model_cfg) -> Weights:
-    from kdrun.model_sources import source_of
-
     source, weights = source_of(model_cfg), model_cfg.get("weights")
     if weights and _is_path(weights):
         return Weights(_read_state_dict(Path(weights)), None, str(weights))
@@ -62,8 +58,6 @@ def read_weights(model_cfg) -> Weights:
         state = entry.get_state_dict(progress=True, weights_only=True)
         return Weights(state, (tuple(transform.mean), tuple(transform.std)), f"torchvision {entry}")
     if source == "timm" and model_cfg.get("pretrained", False):
-        from kdrun.models.external import import_timm
-
         net = import_timm().create_model(model_cfg.arch, pretrained=True)
         cfg = net.pretrained_cfg
         return Weights(net.state_dict(), (tuple(cfg["mean"]), tuple(cfg["std"])), f"timm {model_cfg.arch} pretrained")

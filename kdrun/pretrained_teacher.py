@@ -15,12 +15,12 @@ from pathlib import Path
 
 from kdrun.checkpoint import save_checkpoint
 from kdrun.console import console
-from kdrun.io import atomic_write_json
+from kdrun.io import atomic_write_json, file_sha256
 from kdrun.model_sources import arch_of, build_configured, path_safe
 from kdrun.pretrained import weights_identity
 from kdrun.runtime import seed_everything
 from kdrun.strategies.scratch import Scratch
-from kdrun.teachers import (Teacher, cache_lock, file_sha256, fingerprint, load_cached, teacher_recipe)
+from kdrun.teachers import Teacher, cache_lock, fingerprint, load_cached, teacher_recipe
 from kdrun.trainer import Trainer, evaluate_split, trainer_config
 
 

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from kdrun.deploy.prune import KINDS as PRUNE_KINDS
 from kdrun.errors import ConfigError
 from kdrun.models import MODEL_NAMES
+from kdrun.models.external import check_name
 
 ROLES = ("result", "seed", "location", "display", "speed")
 
@@ -301,6 +302,13 @@ def check_config(cfg: DictConfig, strategy_config: type | None = None) -> None:
         _check_model_name(node[role], role)
 
 
+def source_of(model_cfg) -> str:
+    source = model_cfg.get("source", "zoo")
+    if source not in SOURCES:
+        raise ConfigError(f"model source {source!r} is not allowed; allowed: {', '.join(SOURCES)}")
+    return source
+
+
 def model_group_keys() -> set[str]:
     """Every key a teacher/student group declares; with source=custom any other key is a class argument."""
     return set(_fields(TeacherKeys)) | set(_fields(StudentKeys))
@@ -313,8 +321,6 @@ def _check_model_name(group: dict, role: str) -> None:
         raise ConfigError(f"{role}.arch: {group.get('arch')!r} is not allowed; allowed: {', '.join(MODEL_NAMES)} "
                           f"(or {role}=torchvision / timm / custom for models beyond the zoo)")
     if source in SOURCES[1:]:  # before any teacher trains: a typo in a name costs nothing
-        from kdrun.models.external import check_name
-
         name = group.get("_target_") if source == "custom" else group.get("arch")
         if not name:
             raise ConfigError(f"{role}={source} needs the class to build: {role}._target_=mypkg.nets.TinyNet "

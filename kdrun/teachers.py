@@ -33,7 +33,7 @@ from kdrun.console import console
 from kdrun.data import BatchAugment, DatasetSplits
 from kdrun.data.image_folder import folder_identity
 from kdrun.errors import CheckpointError
-from kdrun.io import atomic_write_json
+from kdrun.io import atomic_write_json, file_sha256
 from kdrun.model_sources import arch_of, is_pretrained, path_safe
 from kdrun.models import MODEL_OPTIONS, build_model, count_parameters, model_options, model_size_mb
 from kdrun.runtime import Runtime, seed_everything
@@ -176,14 +176,6 @@ def cache_lock(cache_dir: Path) -> Iterator[None]:
                               f"(lock {lock_path})", soft_wrap=True)
                 fcntl.flock(lock, fcntl.LOCK_EX)
         yield
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def entry_problem(cache_dir: Path, recipe: dict) -> str | None:
