@@ -9,6 +9,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def normalisation(mean: Sequence[float], std: Sequence[float]) -> tuple[Tensor, Tensor]:
+    """(scale, shift), each (1, C, 1, 1), such that x * scale + shift == (x / 255 - mean) / std for pixels x in
+    0..255: the normalisation in fewer passes, shared by both data paths and the exported models."""
+    mean, std = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+    return (1 / (255 * std)).view(1, -1, 1, 1), (-mean / std).view(1, -1, 1, 1)
+
+
 class BatchAugment:
     """uint8 batch (N, C, H, W) -> normalised float32 batch, with optional
     random crop (zero padding, per-sample offsets) and horizontal flip.
@@ -25,10 +32,7 @@ class BatchAugment:
             raise ValueError(f"mean and std need one value per channel and std > 0, got {mean} and {std}")
         self.crop_padding = int(crop_padding)
         self.hflip = bool(hflip)
-        # normalised = x * scale + shift, with x in 0..255: (x / 255 - mean) / std in fewer passes
-        mean, std = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
-        self.scale = (1 / (255 * std)).view(1, -1, 1, 1)
-        self.shift = (-mean / std).view(1, -1, 1, 1)
+        self.scale, self.shift = normalisation(mean, std)
         self._patterns: dict[tuple, Tensor] = {}  # (h, w, device) -> crop_patterns
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None, train: bool = True,

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from kdrun.console import console
 from kdrun.step import Batch
 
+from .augment import normalisation
 from .batches import drops_last, num_batches
 from .folder_index import FolderSplit
 from .images import BadImageError, fit, pad_crop_flip, random_resized_crop, read_image, sample_generator
@@ -89,10 +90,8 @@ class StreamingFolder:
         self.num_classes = len(train.class_names)
         self.class_names = train.class_names
         self.skipped_images = 0
-        std_t = torch.tensor(self.std, dtype=torch.float32)
-        # normalised = x * scale + shift with x in 0..255, as BatchAugment does
-        self.scale = (1 / (255 * std_t)).view(1, -1, 1, 1).to(self.device)
-        self.shift = (-torch.tensor(self.mean, dtype=torch.float32) / std_t).view(1, -1, 1, 1).to(self.device)
+        scale, shift = normalisation(self.mean, self.std)
+        self.scale, self.shift = scale.to(self.device), shift.to(self.device)
 
     @property
     def in_channels(self) -> int:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from kdrun.checkpoint import load_checkpoint
 from kdrun.data import DatasetSplits, load_dataset
+from kdrun.data.augment import normalisation
 from kdrun.deploy.prune import shrink_to
 from kdrun.errors import CheckpointError, KdrunError
 from kdrun.models import KDModel, build_model
@@ -28,10 +29,9 @@ class RawImageModel(nn.Module):
     def __init__(self, model: nn.Module, mean, std):
         super().__init__()
         self.model = model
-        mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-        self.register_buffer("scale", 1 / (255 * std))
-        self.register_buffer("shift", -mean / std)
+        scale, shift = normalisation(mean, std)
+        self.register_buffer("scale", scale)
+        self.register_buffer("shift", shift)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x.to(torch.float32) * self.scale + self.shift)
