@@ -11,18 +11,20 @@ summary only after this check has passed.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from hydra import compose, initialize_config_module
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from kdrun.errors import ConfigError, KdrunError
 from kdrun.plausibility import check_plausible
 from kdrun.recipes import apply_recipes
 from kdrun.resume import check_can_start, check_same_config
 from kdrun.run import check_run_config
+from kdrun.schema import unknown_key_message
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
 
@@ -83,7 +85,8 @@ def check_sweep(argv: list[str]) -> int:
                 cfg = compose_job(overrides)
             except KdrunError as exc:
                 raise ConfigError(f"sweep refused before any job ran: job {num} ({' '.join(overrides)}): {exc}")
-            except Exception:  # a composition error (unknown group option, ...): Hydra's message says it best
+            except Exception as exc:  # a composition error: ours where kdrun can say it better, else Hydra's
+                explain_missing_key(exc, overrides)
                 return 0
             try:
                 check_run_config(cfg)  # types, ranges, known keys, the strategy's own rules
@@ -93,6 +96,38 @@ def check_sweep(argv: list[str]) -> int:
             except KdrunError as exc:
                 raise ConfigError(f"sweep refused before any job ran: job {num} ({' '.join(overrides)}): {exc}")
     return len(jobs)
+
+
+def check_single_run_keys(argv: list[str]) -> None:
+    """For a single run: every `a.b=v` names a key the chosen options have (see explain_missing_key)."""
+    if any(a.startswith("-") for a in argv):
+        return  # -m is check_sweep's; --cfg, --help and other flags are Hydra's own
+    with initialize_config_module("kdrun.conf", version_base="1.3"):
+        try:
+            compose("config", overrides=argv)
+        except Exception as exc:
+            explain_missing_key(exc, argv)
+
+
+def explain_missing_key(error: Exception, overrides: list[str]) -> None:
+    """A key that kdrun declares but the chosen group option lacks (optim.momentum with optim=adamw): Hydra's
+    own message would advise adding it with `+`, which forces a key the option never reads. Raise ConfigError
+    naming the option and its keys instead; any other composition error is left to Hydra."""
+    missing = re.search(r"Could not override '([^']+)'", str(error))
+    if missing is None:
+        return
+    key = missing.group(1)
+    group, _, _ = key.rpartition(".")
+    rest = [o for o in overrides if o.split("=", 1)[0] != key]
+    try:
+        cfg = compose("config", overrides=rest, return_hydra_config=True)
+    except Exception:
+        return
+    option = cfg.hydra.runtime.choices.get(group.split(".")[0])
+    node = OmegaConf.select(cfg, group) if group else cfg
+    siblings = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
+    chosen = f" with {group.split('.')[0]}={option}" if option else ""
+    raise ConfigError(unknown_key_message(key, siblings) + f"{chosen}: that option does not read it")
 
 
 def check_job_dir(cfg: DictConfig, run_dir: Path) -> None:

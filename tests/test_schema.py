@@ -131,3 +131,15 @@ def test_key_lists_come_from_the_roles():
     for key in ("loss.T", "optim.lr", "dataset.augment.crop_padding", "student.arch", "trainer.epochs"):
         assert key not in NOT_SETTINGS and key not in RESUME_MAY_CHANGE, key
     assert set(keys_with_role("location")) >= {"dataset.root", "dataset.download", "paths.teachers"}
+
+
+@pytest.mark.parametrize("sweep", [False, True])
+def test_a_key_the_chosen_option_lacks_gets_kdruns_message_not_hydras(kdrun, tmp_path, sweep):
+    """optim.momentum is declared (sgd reads it) but optim=adamw has none: Hydra would advise forcing it in
+    with +optim.momentum; kdrun names the option and its keys, and writes nothing."""
+    args = ["-m", "seed=0,1"] if sweep else []
+    proc = kdrun("experiment=quickstart", "optim.momentum=0.5", *args, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "unknown config key 'optim.momentum'" in proc.stdout and "with optim=adamw" in proc.stdout
+    assert "+optim.momentum" not in proc.stdout + proc.stderr
+    assert not list(tmp_path.iterdir())
