@@ -302,6 +302,20 @@ def test_a_teacher_checkpoint_that_is_gone_leaves_latency_blank_and_says_why(tmp
     assert "does not exist" in (sweep / "comparison.md").read_text()
 
 
+def test_a_channel_pruned_student_is_timed_as_itself_not_as_its_full_width_architecture(tmp_path, one_thread):
+    from kdrun.deploy.prune import prune_channels
+    from kdrun.report.latency import LatencyMeter
+
+    full, pruned = build_model("cnn_teacher", 1, 8, 10), build_model("cnn_teacher", 1, 8, 10)
+    prune_channels(pruned, 0.9)
+    save_checkpoint(tmp_path / "full.pt", full)
+    save_checkpoint(tmp_path / "pruned.pt", pruned)
+    meter = LatencyMeter()
+    # The pruned one first: were the two one cache entry, both would report its time.
+    pruned_ms, full_ms = meter.measure(tmp_path / "pruned.pt", "cpu").ms, meter.measure(tmp_path / "full.pt", "cpu").ms
+    assert pruned_ms < full_ms / 2, (pruned_ms, full_ms)
+
+
 # --- loggers ----------------------------------------------------------------------------------------------
 
 

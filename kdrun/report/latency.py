@@ -2,7 +2,8 @@
 
 The checkpoint is read with kdrun's weights-only loader, so measuring never runs
 code from a file. Weights do not change the speed of a model, so one measurement
-per architecture, input shape, device and precision serves every seed.
+per architecture, layer shapes, input shape, device and precision serves every seed
+(the layer shapes tell a channel-pruned student from its full-width architecture).
 
 On the CPU the measurement uses one thread: at batch 1 a second thread buys little,
 and on a busy machine the threads wait for each other and the number becomes
@@ -93,7 +94,7 @@ def _time_model(model: torch.nn.Module, runtime: Runtime, input_shape: tuple[int
 
 
 class LatencyMeter:
-    """Measures checkpoints, once per (architecture, input shape, device, precision)."""
+    """Measures checkpoints, once per (architecture, layer shapes, input shape, device, precision)."""
 
     def __init__(self):
         self._cache: dict[tuple, Latency] = {}
@@ -109,8 +110,9 @@ class LatencyMeter:
         meta = payload["model"]
         device, label = usable_device(run_device)
         precision = precision if device.type == torch.device(run_device or "cpu").type else "fp32"
-        key = (meta["arch"], json.dumps(meta.get("options"), sort_keys=True), meta["in_channels"], meta["image_size"],
-               meta["num_classes"], label, precision, channels_last)
+        shapes = tuple(tuple(tensor.shape) for tensor in payload["state_dict"].values())
+        key = (meta["arch"], json.dumps(meta.get("options"), sort_keys=True), shapes, meta["in_channels"],
+               meta["image_size"], meta["num_classes"], label, precision, channels_last)
         if key not in self._cache:
             model = build_model(meta["arch"], meta["in_channels"], meta["image_size"], meta["num_classes"],
                                 meta.get("options"))
