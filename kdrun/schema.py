@@ -111,6 +111,7 @@ class PruneKeys:
 @dataclass
 class StudentKeys(ModelKeys):
     prune: PruneKeys = key()
+    qat: bool = key(doc="train through int8 rounding (kdrun/deploy/qat.py), for kdrun-export --int8")
 
 
 @dataclass

@@ -6,6 +6,7 @@ from omegaconf import DictConfig
 
 from kdrun.data import DatasetSplits
 from kdrun.deploy.prune import prune_student
+from kdrun.deploy.qat import enable_qat
 from kdrun.model_sources import build_configured
 from kdrun.models import build_model
 from kdrun.runtime import Runtime, seed_everything
@@ -18,4 +19,7 @@ def build_student(cfg: DictConfig, data: DatasetSplits, runtime: Runtime, seed: 
     seed_everything(cfg.seed if seed is None else seed)
     if arch is not None:  # a peer or a generation: a zoo name, fresh weights
         return runtime.prepare(build_model(arch, data.in_channels, data.image_size, data.num_classes))
-    return runtime.prepare(prune_student(build_configured(cfg.student, data, "student"), cfg.student.get("prune")))
+    student = prune_student(build_configured(cfg.student, data, "student"), cfg.student.get("prune"))
+    if cfg.student.get("qat"):
+        enable_qat(student)  # after pruning: the layers that int8 will round are the pruned ones
+    return runtime.prepare(student)
