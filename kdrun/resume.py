@@ -132,12 +132,18 @@ def check_same_config(cfg: DictConfig, run_dir: Path) -> None:
     now = _flatten(OmegaConf.to_container(cfg, resolve=True))
     differences = [f"{key}: {saved.get(key, '<unset>')!r} in the run, {now.get(key, '<unset>')!r} now"
                    for key in sorted(saved.keys() | now.keys())
-                   if saved.get(key) != now.get(key) and not _may_change(key)]
+                   if saved.get(key) != now.get(key) and not _may_change(key) and not _new_and_off(saved, now, key)]
     if differences:
         raise ConfigError(
             f"cannot resume {run_dir}: this command's config differs from the run's config.yaml\n  "
             + "\n  ".join(differences)
             + "\nrun the command that started it (with resume=...), or start a new run without resume")
+
+
+def _new_and_off(saved: dict, now: dict, key: str) -> bool:
+    """A key a later kdrun added (the run's config.yaml lacks it) at a value that turns nothing on (its
+    default: student.qat=false, a null path): the run trains as it did, so it may resume after an upgrade."""
+    return key not in saved and now.get(key) in (None, False, 0, "none", [])
 
 
 def _may_change(key: str) -> bool:

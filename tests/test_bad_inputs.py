@@ -274,6 +274,20 @@ def test_resuming_with_another_config_names_each_difference(tmp_path):
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
 
 
+def test_a_run_from_before_a_key_existed_resumes_when_the_key_is_off_and_not_when_it_is_on(tmp_path):
+    """Upgrading kdrun adds keys (student.qat); a run whose config.yaml lacks one still resumes while the
+    key is at its off default, and is refused if the command turns it on."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    old = OmegaConf.create(OmegaConf.to_container(compose_cfg(*BASE), resolve=True))
+    del old.student["qat"]
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(old))
+    with pytest.raises(ConfigError, match="student.qat: '<unset>' in the run, True now"):
+        run_experiment(compose_cfg(*BASE, "student.qat=true", "resume=auto"), run_dir)
+    run_experiment(compose_cfg(*BASE, "resume=auto"), run_dir)
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
+
+
 def test_a_truncated_metrics_json_is_not_trusted_as_completed(tmp_path):
     """A run whose metrics.json is damaged goes on from its last.pt instead of counting as done."""
     run_dir = tmp_path / "run"

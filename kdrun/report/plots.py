@@ -29,6 +29,10 @@ def save_png(fig: Figure, path: str | os.PathLike) -> Path:
     """Render with Agg and write atomically (a temporary sibling, then a rename); the same figure also
     as <name>.svg beside it, a vector file for papers. Returns the PNG's path."""
     FigureCanvasAgg(fig)
+    if fig.get_layout_engine() is not None:
+        # Lay the figure out once and keep it: each savefig would run the (slow) layout again.
+        fig.draw_without_rendering()
+        fig.set_layout_engine("none")
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=DPI)
     with atomic_open(Path(path).with_suffix(".svg"), "wb") as f:
