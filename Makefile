@@ -12,13 +12,14 @@ install:
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@$(KDRUN) --help >/dev/null && echo "kdrun installed in $(VENV); try: make demo"
 
-# Every test, the slow end-to-end ones included (what CI runs).
+# Every test, the slow end-to-end ones included (what CI runs): one test process per core
+# (pytest-xdist; a file's tests stay in one process, so its shared fixtures are made once).
 test:
-	$(PYTEST) --timeout 600
+	$(PYTEST) -n auto --dist loadfile --timeout 600
 
 # The fast ones only, for the edit-test loop.
 test-fast:
-	$(PYTEST) -m "not slow" --timeout 300
+	$(PYTEST) -n auto --dist loadfile -m "not slow" --timeout 300
 
 # Offline quick start on scikit-learn's digits: teacher, student from scratch
 # and distilled student over 5 seeds, then a comparison table.

@@ -13,6 +13,11 @@ import torch
 
 KDRUN = Path(sys.executable).with_name("kdrun")
 
+# One torch thread in this process and in every kdrun it starts: the models here are tiny, and
+# `make test` runs a test process per core (pytest-xdist), so a second thread each would only thrash.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
+
 # A digits job that takes a second or two: the smallest real end-to-end run.
 TINY = ["dataset=digits", "teacher=mlp", "student=cnn_student", "epochs=1", "trainer.progress=false"]
 
