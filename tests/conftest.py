@@ -50,12 +50,3 @@ def kdrun(tmp_path):
         return run_kdrun(tmp_path, *args, check=check, timeout=timeout)
 
     return _run
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """In-process training on one thread: faster for tiny models, and steadier on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

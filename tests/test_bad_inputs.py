@@ -25,7 +25,6 @@ from kdrun.models import build_model
 from kdrun.resume import check_resume_argument, claim_new_dir, output_dir
 from kdrun.run import record_failure, run_experiment
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # in-process training: one thread is faster here
 
 BASE = ["dataset=digits", "dataset.limit_train=200", "dataset.limit_test=100", "student=mlp", "strategy=scratch",
         "epochs=1", "trainer.progress=false"]

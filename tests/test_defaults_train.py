@@ -55,7 +55,7 @@ def dataset_overrides(shape: str) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("shape", SHAPES)
-def test_every_model_trains_on_every_dataset_shape_without_a_nonfinite_loss(shape, tmp_path, one_thread):
+def test_every_model_trains_on_every_dataset_shape_without_a_nonfinite_loss(shape, tmp_path):
     for arch in MODEL_NAMES:
         cfg = composed("strategy=scratch", f"student={arch}", *dataset_overrides(shape), "epochs=1",
                        f"batch_size={BATCH}", "trainer.progress=false", "device=cpu")

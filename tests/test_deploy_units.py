@@ -14,7 +14,7 @@ from kdrun.errors import ConfigError
 from kdrun.models import build_model, count_parameters
 
 
-def test_resnet20_at_32x32_has_the_published_41_million_multiply_adds(one_thread):
+def test_resnet20_at_32x32_has_the_published_41_million_multiply_adds():
     macs = count_macs(build_model("resnet20", 3, 32, 10), (3, 32, 32))
     assert macs == pytest.approx(41e6, rel=0.02)  # He et al. 2016 / the CIFAR KD tables: ~41 M "FLOPs"
 
@@ -32,7 +32,7 @@ def test_raw_image_model_folds_the_normalisation_in():
     torch.testing.assert_close(RawImageModel(inner, (0.3,), (0.4,))(x), expected)
 
 
-def test_unstructured_pruning_reaches_the_amount_and_training_keeps_the_zeros(one_thread):
+def test_unstructured_pruning_reaches_the_amount_and_training_keeps_the_zeros():
     torch.manual_seed(0)
     model = build_model("resnet8", 3, 16, 10)
     prune_unstructured(model, 0.6)
@@ -46,7 +46,7 @@ def test_unstructured_pruning_reaches_the_amount_and_training_keeps_the_zeros(on
     assert sparsity(model) == pytest.approx(0.6, abs=1e-3)
 
 
-def test_channel_pruning_keeps_the_strongest_filters_and_the_checkpoint_reloads(one_thread):
+def test_channel_pruning_keeps_the_strongest_filters_and_the_checkpoint_reloads():
     torch.manual_seed(0)
     model = build_model("resnet8", 3, 16, 10).eval()
     block = model.stages[1][0]

@@ -37,7 +37,6 @@ from kdrun.runtime import Runtime, seed_everything
 from kdrun.strategies.scratch import Scratch
 from kdrun.trainer import Trainer, TrainerConfig
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # in-process training: one thread is faster here
 
 # A scratch run of ~90 steps per epoch that saves last.pt every 5 steps: long enough to be
 # killed mid-epoch, short enough for the suite.

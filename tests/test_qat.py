@@ -27,20 +27,21 @@ def test_weights_are_rounded_to_a_symmetric_int8_grid_per_output_channel():
         assert len(channel.unique()) <= 255
 
 
-def test_qat_layers_keep_the_plain_state_dict_and_learn_their_ranges(one_thread):
+def test_qat_layers_keep_the_plain_state_dict_and_learn_their_ranges():
+    torch.manual_seed(0)
     model = build_model("cnn_student", 1, 8, 10)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     enable_qat(model)
     assert quantized_layers(model) == 3  # conv1, conv2, fc
     assert model.state_dict().keys() == before.keys()  # checkpoints load into a plain model
+    x = torch.randn(64, 1, 8, 8)
     model.train()
-    model(torch.randn(16, 1, 8, 8))
+    model(x)  # the first batch sets each range to its min/max
     ranges = [m for m in model.modules() if isinstance(m, Range)]
     assert len(ranges) == 6 and all(torch.isfinite(r.low) and r.low <= 0 <= r.high for r in ranges)
     plain = build_model("cnn_student", 1, 8, 10)
     plain.load_state_dict(model.state_dict())
     model.eval()
-    x = torch.randn(32, 1, 8, 8)
     with torch.no_grad():
         rounded, exact = model(x), plain(x)
     assert 0 < (rounded - exact).abs().max() < 0.1 * exact.abs().max()  # rounding: small, but not nothing
@@ -62,7 +63,7 @@ def _min_max_over(model: torch.nn.Module, images: torch.Tensor) -> None:
         r.high.fill_(max(v.max() for v in values))
 
 
-def test_the_simulated_int8_model_is_onnxruntimes_int8_model(tmp_path, one_thread):
+def test_the_simulated_int8_model_is_onnxruntimes_int8_model(tmp_path):
     """Given the same ranges, the fake-quantized PyTorch model and onnxruntime's QDQ int8 file agree: the
     rounding QAT trains through is the rounding the deployed model does."""
     torch.manual_seed(0)

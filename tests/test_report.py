@@ -302,7 +302,7 @@ def test_a_teacher_checkpoint_that_is_gone_leaves_latency_blank_and_says_why(tmp
     assert "does not exist" in (sweep / "comparison.md").read_text()
 
 
-def test_a_channel_pruned_student_is_timed_as_itself_not_as_its_full_width_architecture(tmp_path, one_thread):
+def test_a_channel_pruned_student_is_timed_as_itself_not_as_its_full_width_architecture(tmp_path):
     from kdrun.deploy.prune import prune_channels
     from kdrun.report.latency import LatencyMeter
 

@@ -74,7 +74,7 @@ def test_preset_recipe(pair):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("pair", PAIRS)
-def test_every_preset_runs_a_step(pair, tmp_path, one_thread):
+def test_every_preset_runs_a_step(pair, tmp_path):
     # Each target's config (teacher, scratch, KD, DKD) on CIFAR-100-shaped synthetic data, one step.
     base = [f"experiment=cifar100_{pair}", *TINY_CIFAR100, f"paths.outputs={tmp_path}/outputs"]
     for name, extra in {"scratch": ["strategy=scratch"], "kd": [], "dkd": ["loss=dkd"]}.items():
