@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from kdrun.errors import CheckpointError
+from kdrun.deploy.qat import ranges_of
 from kdrun.io import atomic_torch_save
 
 FORMAT = "kdrun-checkpoint"
@@ -56,6 +57,9 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **state) -> None:
     """Write the model's weights and metadata, plus any extra training state, atomically."""
     model = unwrap(model)
     payload = {"format": FORMAT, "version": VERSION, "model": model_meta(model), "state_dict": model.state_dict()}
+    ranges = ranges_of(model)
+    if ranges:  # a quantization-aware student: the int8 export quantizes over the ranges it trained with
+        payload["qat_ranges"] = ranges
     payload.update(state)
     atomic_torch_save(payload, path)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -98,4 +99,41 @@ def test_kdrun_distils_into_a_qat_student_that_exports_to_int8(tmp_path):
     card = json.loads((run / "export" / "model_card.json").read_text())
     assert card["config"]["student"]["qat"] is True
     int8 = card["artefacts"]["int8"]
-    assert (run / "export" / "model.int8.onnx").is_file() and 0 < int8["accuracy"] <= 100
+    assert "ranges from quantization-aware training" in int8["quantization"]
+    # Quantized over the ranges it trained with, the int8 file scores what the run measured in training.
+    recorded = json.loads((run / "metrics.json").read_text())["final_test_acc"]
+    assert abs(int8["accuracy"] - recorded) <= 0.6, (int8["accuracy"], recorded)  # 2 of 360 images
+
+
+def _with_an_outlier_channel(checkpoint: Path, out: Path, factor: float = 100.0) -> None:
+    """The same function with one conv1 channel `factor` times larger (conv2 reads it `factor` times
+    smaller; LeakyReLU and max-pooling commute with a positive scale): one per-tensor uint8 range must
+    then hold values `factor` times wider, the case where post-training int8 loses points."""
+    payload = torch.load(checkpoint, weights_only=True)
+    state = payload["state_dict"]
+    state["conv1.weight"][0] *= factor
+    state["conv1.bias"][0] *= factor
+    state["conv2.weight"][:, 0] /= factor
+    torch.save(payload, out)
+
+
+@pytest.mark.slow
+def test_qat_recovers_int8_accuracy_that_post_training_quantization_loses(tmp_path):
+    from kdrun.deploy.ship import ship_run
+
+    recipe = ["experiment=quickstart", "dataset.augment.crop_padding=0", "optim.schedule=constant",
+              "trainer.progress=false"]
+    run_kdrun(tmp_path, *recipe, "strategy=scratch", "hydra.run.dir=dense")
+    outlier = tmp_path / "outlier.pt"
+    _with_an_outlier_channel(tmp_path / "dense" / "checkpoints" / "last.pt", outlier)
+    run_kdrun(tmp_path, "-m", *recipe, "strategy=scratch", f"student.weights={outlier}", "student.qat=false,true",
+              "epochs=2", "hydra.sweep.dir=finetune")
+    int8 = {}
+    for job, qat in ((0, False), (1, True)):
+        card = ship_run(tmp_path / "finetune" / str(job), tmp_path / f"export{job}", "onnx", True, False)
+        int8[qat] = card["artefacts"]["int8"]
+    post_training = int8[False]
+    assert post_training["accuracy_drop"] > 1.0, post_training  # the case QAT is for
+    assert int8[True]["accuracy"] > post_training["accuracy"] + 1.0, (int8[True], post_training)
+    trained = json.loads((tmp_path / "finetune" / "1" / "metrics.json").read_text())["final_test_acc"]
+    assert abs(int8[True]["accuracy"] - trained) <= 0.6  # deployed under the rounding it trained with

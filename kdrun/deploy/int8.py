@@ -1,7 +1,8 @@
-"""Post-training static int8 quantization of an exported ONNX model with onnxruntime.
+"""Static int8 quantization of an exported ONNX model with onnxruntime.
 
 QDQ format, weights per channel (int8, symmetric), activations per tensor (uint8), ranges from
-calibration batches of the training split (never the test split, whose accuracy is reported).
+calibration batches of the training split (never the test split, whose accuracy is reported); for a
+quantization-aware student, the inputs and outputs of its layers take the ranges it trained with.
 """
 
 from __future__ import annotations
@@ -41,7 +42,31 @@ def calibration_images(train_x: Tensor, count: int = CALIBRATION_IMAGES, seed: i
     return train_x[pick].numpy()
 
 
-def quantize_onnx(fp32_path: Path, int8_path: Path, calibration: np.ndarray) -> None:
+def trained_range_overrides(model_path: str, ranges: dict[str, list[float]]) -> dict:
+    """onnxruntime's TensorQuantOverrides for the tensors a QAT student's layers read and write.
+
+    A layer is found by its weight's name in the graph ("model.<layer>.weight", as RawImageModel exports
+    it); tensors that graph preparation fused away (a conv output folded into a batch norm) keep the
+    calibrated range."""
+    import onnx
+
+    graph = onnx.load(model_path).graph
+    present = {name for node in graph.node for name in (*node.input, *node.output)}
+    overrides = {}
+    for node in graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
+            continue
+        layer = node.input[1].removeprefix("model.").removesuffix(".weight")
+        for tensor, side in ((node.input[0], "input"), (node.output[0], "output")):
+            low_high = ranges.get(f"{layer}.{side}")
+            if low_high and tensor in present:
+                overrides[tensor] = [{"rmin": np.float32(low_high[0]), "rmax": np.float32(low_high[1])}]
+    return overrides
+
+
+def quantize_onnx(fp32_path: Path, int8_path: Path, calibration: np.ndarray,
+                  ranges: dict[str, list[float]] | None = None) -> None:
+    """`ranges`: a QAT student's trained ranges (kdrun.deploy.qat.ranges_of), used where they apply."""
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -52,10 +77,13 @@ def quantize_onnx(fp32_path: Path, int8_path: Path, calibration: np.ndarray) -> 
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
 
+        overrides = trained_range_overrides(str(prepared), ranges) if ranges else {}
+
         def write(out: str) -> None:
             quantize_static(str(prepared), out, _Batches(input_name, calibration),
                             quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=QUANTIZED_OPS)
+                            calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=QUANTIZED_OPS,
+                            extra_options={"TensorQuantOverrides": overrides})
 
         atomic_write_via(int8_path, write)

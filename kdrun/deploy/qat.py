@@ -8,7 +8,10 @@ output per tensor over a running min/max. So the student learns weights and acti
 with `strategy=kd` the teacher's outputs are the target it learns them against.
 
 The parameters stay plain fp32 under the same names: checkpoints, resume, export and reports read them
-as before, and the int8 export then rounds weights that learnt to live on its grid.
+as before. The ranges the student trained with go into its checkpoints beside the weights
+(`qat_ranges`), and `kdrun-export --int8` quantizes with them rather than calibrating afresh: a student
+trained under one rounding is deployed under the same one (calibrated ranges, which do not clip where
+the running ones did, cost a QAT student several points in results/qat/).
 
 Batch norm: onnxruntime folds it into the conv before quantizing, which scales each output channel by
 one factor; symmetric per-channel rounding commutes with such a factor, so rounding the raw conv weight
@@ -95,6 +98,17 @@ def enable_qat(model: nn.Module) -> nn.Module:
             module.__class__ = swap
             module._add_ranges()
     return model
+
+
+def ranges_of(model: nn.Module) -> dict[str, list[float]]:
+    """The trained ranges, {"<layer>.input" | "<layer>.output": [low, high]}; {} without QAT."""
+    ranges = {}
+    for name, module in model.named_modules():
+        if isinstance(module, _FakeQuantized):
+            for side, r in (("input", module.input_range), ("output", module.output_range)):
+                if torch.isfinite(r.low):
+                    ranges[f"{name}.{side}"] = [float(r.low), float(r.high)]
+    return ranges
 
 
 def quantized_layers(model: nn.Module) -> int:

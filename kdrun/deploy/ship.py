@@ -41,7 +41,8 @@ def ship(run: RunModel, out_dir: Path, fmt: str, int8: bool, speed: bool, data: 
     if int8:
         onnx_fp32 = out_dir / "model.onnx" if fmt == "onnx" else write("onnx", "onnx")  # int8 goes through ONNX
         int8_path = out_dir / "model.int8.onnx"
-        quantize_onnx(onnx_fp32, int8_path, calibration_images(data.train_x))
+        trained_ranges = getattr(run.model, "qat_ranges", {})
+        quantize_onnx(onnx_fp32, int8_path, calibration_images(data.train_x), trained_ranges)
         check = ex.check_export(model, ex.runner("onnx", int8_path), data.test_x, data.test_y, tolerance=float("inf"))
         fp32_acc = artefacts["onnx"]["check"]["accuracy"]
         artefacts["int8"] = {"format": "onnx", "path": int8_path.name, "size_mb": round(ex.file_size_mb(int8_path), 5),
@@ -49,7 +50,9 @@ def ship(run: RunModel, out_dir: Path, fmt: str, int8: bool, speed: bool, data: 
                              "accuracy_drop": round(fp32_acc - check.accuracy, 4),
                              "top1_differs_from_fp32": check.top1_differs,
                              "quantization": "onnxruntime quantize_static: QDQ, int8 per-channel weights, uint8 "
-                                             "activations, MinMax calibration on 512 training images"}
+                                             "activations, MinMax calibration on 512 training images"
+                                             + (", the layers' ranges from quantization-aware training"
+                                                if trained_ranges else "")}
     card = model_card(run, data, artefacts, count_flops(run.model, shape))
     if speed:
         onnx_files = {label: out_dir / artefacts[key]["path"] for key, label in

@@ -74,6 +74,7 @@ def model_from_checkpoint(path: Path) -> KDModel:
     except RuntimeError as exc:
         raise CheckpointError(f"{str(path)!r} does not match architecture {meta['arch']}: "
                               f"{str(exc).splitlines()[0]}") from exc
+    model.qat_ranges = payload.get("qat_ranges", {})  # what a quantization-aware student trained with
     return model.eval()
 
 
