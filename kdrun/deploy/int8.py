@@ -42,24 +42,26 @@ def calibration_images(train_x: Tensor, count: int = CALIBRATION_IMAGES, seed: i
     return train_x[pick].numpy()
 
 
-def trained_range_overrides(model_path: str, ranges: dict[str, list[float]]) -> dict:
+def _layers(graph) -> dict[str, tuple[str, str]]:
+    """{layer: (input tensor, output tensor)} of the graph's Conv/Gemm/MatMul nodes, a layer found by its
+    weight's name ("model.<layer>.weight", as RawImageModel exports it)."""
+    return {node.input[1].removeprefix("model.").removesuffix(".weight"): (node.input[0], node.output[0])
+            for node in graph.node if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1}
+
+
+def trained_range_overrides(exported_path: str, prepared_path: str, ranges: dict[str, list[float]]) -> dict:
     """onnxruntime's TensorQuantOverrides for the tensors a QAT student's layers read and write.
 
-    A layer is found by its weight's name in the graph ("model.<layer>.weight", as RawImageModel exports
-    it); tensors that graph preparation fused away (a conv output folded into a batch norm) keep the
-    calibrated range."""
+    Only where the prepared graph still has the exported tensor: a conv whose batch norm was folded
+    into it now writes the norm's output, which QAT never saw, so that tensor keeps its calibrated range."""
     import onnx
 
-    graph = onnx.load(model_path).graph
-    present = {name for node in graph.node for name in (*node.input, *node.output)}
+    exported, prepared = _layers(onnx.load(exported_path).graph), _layers(onnx.load(prepared_path).graph)
     overrides = {}
-    for node in graph.node:
-        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
-            continue
-        layer = node.input[1].removeprefix("model.").removesuffix(".weight")
-        for tensor, side in ((node.input[0], "input"), (node.output[0], "output")):
+    for layer, tensors in prepared.items():
+        for side, tensor, before in zip(("input", "output"), tensors, exported.get(layer, (None, None))):
             low_high = ranges.get(f"{layer}.{side}")
-            if low_high and tensor in present:
+            if low_high and tensor == before:
                 overrides[tensor] = [{"rmin": np.float32(low_high[0]), "rmax": np.float32(low_high[1])}]
     return overrides
 
@@ -77,7 +79,7 @@ def quantize_onnx(fp32_path: Path, int8_path: Path, calibration: np.ndarray,
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
 
-        overrides = trained_range_overrides(str(prepared), ranges) if ranges else {}
+        overrides = trained_range_overrides(str(fp32_path), str(prepared), ranges) if ranges else {}
 
         def write(out: str) -> None:
             quantize_static(str(prepared), out, _Batches(input_name, calibration),

@@ -13,9 +13,11 @@ as before. The ranges the student trained with go into its checkpoints beside th
 trained under one rounding is deployed under the same one (calibrated ranges, which do not clip where
 the running ones did, cost a QAT student several points in results/qat/).
 
-Batch norm: onnxruntime folds it into the conv before quantizing, which scales each output channel by
-one factor; symmetric per-channel rounding commutes with such a factor, so rounding the raw conv weight
-here is rounding the folded one there.
+Batch norm: the exported graph folds it into the conv before quantizing. Its weight is scaled per output
+channel, and symmetric per-channel rounding commutes with such a factor, so rounding the raw conv weight
+here is rounding the folded one there; its output is the norm's output, so for a conv followed by a
+norm, the output rounding is applied after the norm. Not simulated: onnxruntime also rounds the sums of
+residual connections (its Add), which are functional code, not modules.
 """
 
 from __future__ import annotations
@@ -70,34 +72,72 @@ class _FakeQuantized:
     """Mixed into nn.Conv2d / nn.Linear: what onnxruntime's QDQ graph rounds, rounded here: the input
     and the output per tensor, the weight per output channel."""
 
+    output_after_norm = False  # a batch norm follows: its forward hook rounds the output (see enable_qat)
+
     def _add_ranges(self) -> None:
         self.input_range = Range(self.weight.device)
         self.output_range = Range(self.weight.device)
 
 
+    def _round_output(self, out: Tensor) -> Tensor:
+        return out if self.output_after_norm else self.output_range(out)
+
+
 class FakeQuantizedConv2d(_FakeQuantized, nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
-        out = self._conv_forward(self.input_range(x), fake_quantize_weight(self.weight), self.bias)
-        return self.output_range(out)
+        return self._round_output(self._conv_forward(self.input_range(x), fake_quantize_weight(self.weight), self.bias))
 
 
 class FakeQuantizedLinear(_FakeQuantized, nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
-        return self.output_range(F.linear(self.input_range(x), fake_quantize_weight(self.weight), self.bias))
+        return self._round_output(F.linear(self.input_range(x), fake_quantize_weight(self.weight), self.bias))
 
 
 SWAPS = {nn.Conv2d: FakeQuantizedConv2d, nn.Linear: FakeQuantizedLinear}
 
 
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def layers_followed_by_a_norm(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
+    """(layer, norm) pairs where a batch norm runs right after a conv/linear layer, seen in one forward
+    pass of a blank image (the order of the calls, which the module tree alone does not give)."""
+    calls: list[nn.Module] = []
+    leaves = [m for m in model.modules() if isinstance(m, (*SWAPS, *NORMS))]
+    hooks = [m.register_forward_pre_hook(lambda m, args: calls.append(m)) for m in leaves]
+    was_training = model.training
+    try:
+        param = next(model.parameters())
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, model.in_channels, model.image_size, model.image_size, device=param.device))
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return [(a, b) for a, b in zip(calls, calls[1:]) if type(a) in SWAPS and isinstance(b, NORMS)]
+
+
 def enable_qat(model: nn.Module) -> nn.Module:
     """Make every conv and linear layer of `model` fake-quantized, in place."""
+    followed = layers_followed_by_a_norm(model)
     for module in list(model.modules()):
         swap = SWAPS.get(type(module))
         if swap is not None:
             # The same object under a subclass: parameters, hooks and the modules holding it stay as they are.
             module.__class__ = swap
             module._add_ranges()
+    for layer, norm in followed:
+        layer.output_after_norm = True
+        # The norm holds the layer's output range too (one module, two parents), so a replica of the
+        # model (DataParallel) rounds with its own copy.
+        norm.qat_output_range = layer.output_range
+        norm.register_forward_hook(_round_norm_output)
     return model
+
+
+def _round_norm_output(norm: nn.Module, args, out: Tensor) -> Tensor:
+    return norm.qat_output_range(out)
 
 
 def ranges_of(model: nn.Module) -> dict[str, list[float]]:
