@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -117,16 +118,14 @@ def test_kdrun_distils_into_a_qat_student_that_exports_to_int8(tmp_path):
     assert abs(int8["accuracy"] - recorded) <= 0.6, (int8["accuracy"], recorded)  # 2 of 360 images
 
 
-def _with_an_outlier_channel(checkpoint: Path, out: Path, factor: float = 100.0) -> None:
-    """The same function with one conv1 channel `factor` times larger (conv2 reads it `factor` times
-    smaller; LeakyReLU and max-pooling commute with a positive scale): one per-tensor uint8 range must
-    then hold values `factor` times wider, the case where post-training int8 loses points."""
-    payload = torch.load(checkpoint, weights_only=True)
-    state = payload["state_dict"]
-    state["conv1.weight"][0] *= factor
-    state["conv1.bias"][0] *= factor
-    state["conv2.weight"][:, 0] /= factor
-    torch.save(payload, out)
+def _with_an_outlier_channel(checkpoint: Path, out: Path) -> None:
+    """results/qat/outlier.py: one conv1 channel 100x wider, the same function; the case where
+    post-training int8 loses points."""
+    script = Path(__file__).parents[1] / "results" / "qat" / "outlier.py"
+    spec = importlib.util.spec_from_file_location("outlier", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.with_an_outlier_channel(checkpoint, out, 100.0)
 
 
 @pytest.mark.slow
