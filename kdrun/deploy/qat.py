@@ -4,8 +4,8 @@
 per output channel (range -127..127); activations uint8, one scale and zero point per tensor, from their
 min/max. Here every conv and linear layer of the student computes with that rounding during training
 (fake quantization, straight-through gradients): its weight per output channel, its input and its
-output per tensor over a running min/max. So the student learns weights and activations that survive the rounding, and
-with `strategy=kd` the teacher's outputs are the target it learns them against.
+output per tensor over a running min/max. So the student learns weights and activations that survive
+the rounding, and with `strategy=kd` the teacher's outputs are the target it learns them against.
 
 The parameters stay plain fp32 under the same names: checkpoints, resume, export and reports read them
 as before. The ranges the student trained with go into its checkpoints beside the weights
@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 WEIGHT_LEVELS = 127  # symmetric int8: -127..127, as onnxruntime's symmetric weights
 ACTIVATION_MAX = 255  # uint8
-RANGE_MOMENTUM = 0.01  # running min/max of a layer's input: torch's MovingAverageMinMaxObserver constant
+RANGE_MOMENTUM = 0.01  # running min/max of a tensor: torch's MovingAverageMinMaxObserver constant
 
 
 def fake_quantize_weight(weight: Tensor) -> Tensor:
@@ -48,8 +48,8 @@ def fake_quantize_activation(x: Tensor, low: Tensor, high: Tensor) -> Tensor:
 
 
 class Range(nn.Module):
-    """A tensor's running min/max (uint8 rounding over it), as onnxruntime's MinMax calibration sees it.
-    Its numbers are non-persistent buffers: the state dict keeps the plain layer's keys."""
+    """A tensor's running min/max, and the uint8 rounding over it. Its numbers are non-persistent
+    buffers: the state dict keeps the plain layer's keys (checkpoints carry them as `qat_ranges`)."""
 
     def __init__(self, device: torch.device):
         super().__init__()
