@@ -85,8 +85,9 @@ def add_deploy_columns(comparison: Table, s: Study, out_dir: Path) -> Table:
                      get("ms_torch_1t_b1", "{:.3f}"), get("ms_onnxruntime_1t_b1", "{:.3f}"),
                      get("ms_onnxruntime_int8_1t_b1", "{:.3f}")])
     notes = ["Batch 1, one CPU thread: pt = PyTorch eager, ort = onnxruntime fp32, int8 = onnxruntime int8 (QDQ, "
-             "calibrated on 512 training images). KB = ONNX file size (fp32, int8). acc int8 = mean over the group's seeds. "
-             "Batch 64 images/s and all-thread figures are in comparison.csv. Unstructured sparsity does not make "
-             "dense kernels faster: a pruned model's latency and file size drop only with channel pruning.",
+             "calibrated on 512 training images; a QAT student: over the ranges it trained with). KB = ONNX file "
+             "size (fp32, int8). acc int8 = mean over the group's seeds. Batch 64 images/s and all-thread figures "
+             "are in comparison.csv. Unstructured sparsity does not make dense kernels faster: a pruned model's "
+             "latency and file size drop only with channel pruning.",
              "FLOPs: torch.utils.flop_counter, 2 per multiply-add, one image."]
     return Table("deployment", columns, rows, [], [], notes)
