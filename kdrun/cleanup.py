@@ -19,4 +19,18 @@ def discard_unstarted_run(run_dir: Path) -> bool:
     if leftovers:
         return False
     shutil.rmtree(run_dir, ignore_errors=True)
+    _remove_empty_parents(run_dir)
     return True
+
+
+def _remove_empty_parents(run_dir: Path) -> None:
+    """The folders Hydra made for it (outputs/runs/<date>), where nothing else is in them; never above
+    the current directory."""
+    here = Path.cwd().resolve()
+    for parent in run_dir.resolve().parents:
+        if parent == here or here not in parent.parents:
+            return
+        try:
+            parent.rmdir()  # only succeeds on an empty folder
+        except OSError:
+            return
