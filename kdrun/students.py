@@ -8,17 +8,13 @@ from kdrun.data import DatasetSplits
 from kdrun.deploy.prune import prune_student
 from kdrun.deploy.qat import enable_qat
 from kdrun.model_sources import build_configured
-from kdrun.models import build_model
 from kdrun.runtime import Runtime, seed_everything
 
 
-def build_student(cfg: DictConfig, data: DatasetSplits, runtime: Runtime, seed: int | None = None,
-                  arch: str | None = None):
-    """A fresh `arch` (default student.arch) for `data`, initialised from `seed` (default cfg.seed) after any
-    teacher training reseeded the RNGs."""
+def build_student(cfg: DictConfig, data: DatasetSplits, runtime: Runtime, seed: int | None = None):
+    """The configured student for `data`, initialised from `seed` (default cfg.seed) after any teacher
+    training reseeded the RNGs; pruned and made quantization-aware as student.prune / student.qat say."""
     seed_everything(cfg.seed if seed is None else seed)
-    if arch is not None:  # a peer or a generation: a zoo name, fresh weights
-        return runtime.prepare(build_model(arch, data.in_channels, data.image_size, data.num_classes))
     student = prune_student(build_configured(cfg.student, data, "student"), cfg.student.get("prune"))
     if cfg.student.get("qat"):
         enable_qat(student)  # after pruning: the layers that int8 will round are the pruned ones

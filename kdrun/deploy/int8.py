@@ -52,8 +52,9 @@ def _layers(graph) -> dict[str, tuple[str, str]]:
 def trained_range_overrides(exported_path: str, prepared_path: str, ranges: dict[str, list[float]]) -> dict:
     """onnxruntime's TensorQuantOverrides for the tensors a QAT student's layers read and write.
 
-    Only where the prepared graph still has the exported tensor: a conv whose batch norm was folded
-    into it now writes the norm's output, which QAT never saw, so that tensor keeps its calibrated range."""
+    Only where graph preparation kept the exported tensor: one it fused into another node is no longer
+    the tensor QAT measured, and keeps its calibrated range. (Batch norms are folded into their convs
+    already by the export; QAT rounds those convs' outputs after the norm, as the graph has them.)"""
     import onnx
 
     exported, prepared = _layers(onnx.load(exported_path).graph), _layers(onnx.load(prepared_path).graph)

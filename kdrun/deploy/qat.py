@@ -78,14 +78,14 @@ class _FakeQuantized:
         self.input_range = Range(self.weight.device)
         self.output_range = Range(self.weight.device)
 
-
     def _round_output(self, out: Tensor) -> Tensor:
         return out if self.output_after_norm else self.output_range(out)
 
 
 class FakeQuantizedConv2d(_FakeQuantized, nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
-        return self._round_output(self._conv_forward(self.input_range(x), fake_quantize_weight(self.weight), self.bias))
+        out = self._conv_forward(self.input_range(x), fake_quantize_weight(self.weight), self.bias)
+        return self._round_output(out)
 
 
 class FakeQuantizedLinear(_FakeQuantized, nn.Linear):
@@ -94,8 +94,6 @@ class FakeQuantizedLinear(_FakeQuantized, nn.Linear):
 
 
 SWAPS = {nn.Conv2d: FakeQuantizedConv2d, nn.Linear: FakeQuantizedLinear}
-
-
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
