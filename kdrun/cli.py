@@ -28,7 +28,7 @@ from kdrun.data import DatasetNotFoundError
 from kdrun.distributed import init_world, launched_by_torchrun, processes_on_command_line, relaunch
 from kdrun.errors import CheckpointError, ConfigError, DataError, Interrupted, KdrunError
 from kdrun.missing_data import check_not_known_missing, remember_missing
-from kdrun.preflight import check_output_locations, check_single_run_keys, check_sweep
+from kdrun.preflight import check_output_locations, check_single_run, check_sweep
 from kdrun.recipes import apply_recipes
 from kdrun.report.tables import print_run_summary
 from kdrun.resume import check_resume_argument, is_completed, register_resolvers, resume_command
@@ -142,7 +142,7 @@ def main() -> None:
                               "runs its jobs through a Hydra launcher instead (hydra/launcher=joblib, submitit_*)")
         check_output_locations(sys.argv[1:])
         check_sweep(sys.argv[1:])  # every job's config, before Hydra writes any sweep file
-        check_single_run_keys(sys.argv[1:])
+        check_single_run(sys.argv[1:])
     except KdrunError as exc:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(2)

@@ -61,7 +61,11 @@ def existing_sweep_dir(args: list[str]) -> Path | None:
 
 def compose_job(overrides: list[str]) -> DictConfig:
     """The job config the job will run: the hydra node removed, the chosen options' recipes applied."""
-    cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    return as_job(compose("config", overrides=overrides, return_hydra_config=True), overrides)
+
+
+def as_job(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """A composed config (with its hydra node) as the job runs it: see compose_job."""
     choices = dict(cfg.hydra.runtime.choices)
     with open_dict(cfg):
         del cfg["hydra"]
@@ -98,15 +102,32 @@ def check_sweep(argv: list[str]) -> int:
     return len(jobs)
 
 
-def check_single_run_keys(argv: list[str]) -> None:
-    """For a single run: every `a.b=v` names a key the chosen options have (see explain_missing_key)."""
+def check_single_run(argv: list[str]) -> None:
+    """For a single run, before Hydra writes into its folder: every `a.b=v` names a key the chosen options
+    have (see explain_missing_key), and a resume of an existing run has that run's config (else Hydra
+    would already have rewritten the run's .hydra/ files when run.py refuses it)."""
     if any(a.startswith("-") for a in argv):
         return  # -m is check_sweep's; --cfg, --help and other flags are Hydra's own
     with initialize_config_module("kdrun.conf", version_base="1.3"):
         try:
-            compose("config", overrides=argv)
+            cfg = compose("config", overrides=argv, return_hydra_config=True)
         except Exception as exc:
             explain_missing_key(exc, argv)
+            return  # any other composition error is Hydra's to report
+        run_dir = resumed_run_dir(argv)
+        if run_dir is not None:
+            check_job_dir(as_job(cfg, argv), run_dir)
+
+
+def resumed_run_dir(args: list[str]) -> Path | None:
+    """The existing run folder a single run resumes: resume=D, or hydra.run.dir=D with resume=auto."""
+    values = dict(a.lstrip("+").split("=", 1) for a in args if "=" in a)
+    resume = values.get("resume")
+    named = values.get("hydra.run.dir") if resume == "auto" else resume
+    if resume in (None, "", "null") or named is None or "${" in named:
+        return None
+    path = Path(named).expanduser()
+    return path if path.is_dir() else None
 
 
 def explain_missing_key(error: Exception, overrides: list[str]) -> None:

@@ -37,6 +37,11 @@ def digests(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
+def tree_digests(folder: Path) -> dict[str, str]:
+    """Every file under `folder`, subfolders included."""
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 # --- item 1: a refused sweep touches nothing; rows come from each job's config -------------------------
 
 
@@ -143,6 +148,16 @@ def test_resume_into_a_folder_without_a_run_is_refused(tmp_path):
     proc = run_kdrun(tmp_path, *TINY, f"resume={tmp_path / 'empty'}", check=False)
     assert proc.returncode == 2 and "holds no kdrun run or sweep" in proc.stdout
     assert list((tmp_path / "empty").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_resume_with_another_config_is_refused_and_leaves_every_file_of_the_run_as_it_was(tmp_path):
+    run_kdrun(tmp_path, *TINY, "strategy=scratch", "hydra.run.dir=run")
+    before = tree_digests(tmp_path / "run")
+    for resume in (["resume=run"], ["hydra.run.dir=run", "resume=auto"]):
+        proc = run_kdrun(tmp_path, *TINY, "strategy=scratch", "epochs=2", *resume, check=False)
+        assert proc.returncode == 2 and "trainer.epochs: 1 in the run, 2 now" in proc.stdout, proc.stdout
+        assert tree_digests(tmp_path / "run") == before  # Hydra's .hydra/ files included: the refusal comes before Hydra writes them
 
 
 # --- item 10: checkpoint messages -----------------------------------------------------------------------
