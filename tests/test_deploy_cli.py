@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -97,6 +98,18 @@ def test_int8_accuracy_is_measured_and_within_the_bound_of_fp32(onnx_export):
 
 
 @pytest.mark.slow
+def test_kdrun_export_writes_each_run_of_a_sweep(run_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    for job in ("0", "1"):
+        shutil.copytree(run_dir, sweep / job)
+    proc = run_tool("kdrun-export", sweep, "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for job in ("0", "1"):
+        card = json.loads((tmp_path / "out" / job / "model_card.json").read_text())
+        assert card["artefacts"]["onnx"]["check"]["passed"] and (tmp_path / "out" / job / "model.onnx").is_file()
+
+
+@pytest.mark.slow
 def test_kdrun_eval_robustness_writes_a_table_and_a_plot_within_80_columns(run_dir, tmp_path):
     proc = run_tool("kdrun-eval", run_dir, "--robustness", "--out", tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -119,6 +132,7 @@ def test_kdrun_report_deploy_adds_size_int8_and_speed_columns(run_dir, tmp_path)
     for key in ("onnx_int8_kb", "acc_int8", "ms_torch_1t_b1", "ms_onnxruntime_int8_1t_b1",
                 "img_s_onnxruntime_1t_b64", "img_s_torch_1t_b64"):
         assert float(row[key]) > 0, key
+    assert float(row["weight_sparsity"]) == 0.0  # a dense student; pruning's zeros: test_deploy_units
     assert "deployment" in (tmp_path / "report.md").read_text()
     assert widest_line_but_paths(proc.stdout, tmp_path, run_dir) <= 80
 

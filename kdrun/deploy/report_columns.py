@@ -1,7 +1,7 @@
 """`kdrun-report --deploy`: the comparison table grown with what a deployed model costs.
 
 Per row (teacher, students from scratch, distilled students): FLOPs, ONNX size fp32 and int8,
-accuracy fp32 and int8 (int8 averaged over the group's seeds), latency at batch 1 and images/s at
+the weights' sparsity, accuracy fp32 and int8 (int8 averaged over the group's seeds), latency at batch 1 and images/s at
 batch 64 for PyTorch eager and onnxruntime (fp32 and int8), one thread and all threads. Every
 column goes to comparison.csv; the console gets a compact table of the batch-1, one-thread case.
 The exports land in <report>/deploy/<row>/, each with its model card.
@@ -54,7 +54,8 @@ def _columns(card: dict, other_seeds: list[dict]) -> dict:
     fp32_accs = [c["artefacts"]["onnx"]["check"]["accuracy"] for c in (card, *other_seeds)]
     out = {"flops": card["flops"], "onnx_fp32_kb": round(arts["onnx"]["size_mb"] * 1024, 2),
            "onnx_int8_kb": round(arts["int8"]["size_mb"] * 1024, 2),
-           "acc_fp32_onnx": round(statistics.fmean(fp32_accs), 3), "acc_int8": round(statistics.fmean(int8_accs), 3)}
+           "acc_fp32_onnx": round(statistics.fmean(fp32_accs), 3), "acc_int8": round(statistics.fmean(int8_accs), 3),
+           "weight_sparsity": card["weight_sparsity"]}  # unstructured pruning's zeros: the file and speed stay
     for key, value in card["speed"].items():
         if key.endswith("_b1"):
             out[f"ms_{key}"] = value["ms_per_image"]
