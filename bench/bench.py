@@ -202,7 +202,7 @@ class Bench:
         student = build_model(student_arch, 3, 32, 10).to(runtime.device)
         optimizer = torch.optim.SGD(student.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                     weight_decay=cfg.optim.weight_decay)
-        T = cfg.loss.T
+        T = cfg.loss.terms.kd.T
         dtype = runtime.autocast_dtype
         times = []
         for _ in range(s.plain_epochs):

@@ -124,7 +124,14 @@ def plugins_on_command_line(argv: list[str]) -> list[str]:
     return []
 
 
+def term_overrides_add_or_set(argv: list[str]) -> list[str]:
+    """`loss.terms.<term>.<key>=v` sets a key of a listed term, or adds the term with its defaults: Hydra
+    does both for `++` (a plain override may only change a key the preset already has)."""
+    return [f"++{arg}" if arg.startswith("loss.terms.") else arg for arg in argv]
+
+
 def main() -> None:
+    sys.argv[1:] = term_overrides_add_or_set(sys.argv[1:])
     if "--version" in sys.argv[1:]:  # Hydra's own flag would print Hydra's version
         console.print(f"kdrun {version('kdrun')}", markup=False, highlight=False)
         return

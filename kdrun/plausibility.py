@@ -30,10 +30,7 @@ def check_plausible(cfg: DictConfig, data=None, *, warned: set[str] | None = Non
 
 
 def problems(cfg: DictConfig, data=None) -> list[str]:
-    out = []
-    if zero_loss(cfg):
-        out.append("loss.alpha=0 and loss.beta=0 with no feature term: the loss is zero whatever the student "
-                   "predicts, so nothing trains; give loss.alpha (labels) or loss.beta (the teacher) a weight > 0")
+    out = []  # (a loss whose every term weighs 0 is refused with the terms: kdrun.methods.terms.compose)
     epochs, warmup = cfg.trainer.epochs, cfg.optim.warmup_epochs
     if warmup and warmup >= epochs:
         out.append(f"optim.warmup_epochs={warmup} with epochs={epochs}: the learning rate would still be warming "
@@ -61,14 +58,6 @@ def warnings(cfg: DictConfig, data=None) -> list[str]:
         out.append(f"dataset.augment.crop_padding={padding} on {size}x{size} images pads more than a quarter of "
                    f"the side: most crops are largely padding (CIFAR's recipe pads 4 on 32)")
     return out
-
-
-def zero_loss(cfg: DictConfig) -> bool:
-    """A KD loss whose every weight is zero (strategy=self and DKD weigh their terms otherwise)."""
-    if cfg.strategy.name in ("scratch", "self") or cfg.loss.name != "kd":
-        return False
-    feature_weights = [cfg.loss.get(key, 0) or 0 for key in ("hint_weight", "at_weight")]
-    return cfg.loss.alpha == 0 and cfg.loss.beta == 0 and not any(feature_weights)
 
 
 def image_size(cfg: DictConfig, data=None) -> int | None:

@@ -2,23 +2,23 @@
 
 A config file may hold a `recipe:` block (conf/student/cnn_student.yaml: Adam, without
 which that BatchNorm-free CNN diverges under the default SGD; conf/strategy/online.yaml:
-DML's alpha=beta=1, T=1), typed in kdrun/schema.py (Recipe): a whole `optim`, `loss` keys. One applies
-when nothing the user wrote sets that key: no command-line override of it (`optim=...`,
-`optim.lr=...`, `loss.alpha=...`, the short key `T` for `loss.T`) and no experiment
+DML's ce and kd weights of 1 at T=1), typed in kdrun/schema.py (Recipe): a whole `optim`, `loss` keys.
+One applies when nothing the user wrote sets that key: no command-line override of it (`optim=...`,
+`optim.lr=...`, `loss.terms.kd.weight=...`, the short key `T` for a term's `T`) and no experiment
 preset that sets it. Precedence: the strategy's recipe, then the student's, then (for a
 strategy that trains a teacher) the teacher's, each only for keys not yet decided.
 """
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
 from importlib import resources
 from typing import Mapping
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from kdrun.keys import SHORT_KEYS
 from kdrun.strategies.catalog import STRATEGIES, strategy_class
-
-SHORT_KEYS = {"loss.T": "T", "trainer.epochs": "epochs", "trainer.batch_size": "batch_size"}
 
 
 def _flat_keys(tree, prefix: str = "") -> set[str]:
@@ -61,7 +61,7 @@ def _is_chosen(key: str, chosen: set[str]) -> bool:
         return True
     if any(c.startswith(key + ".") for c in chosen):
         return True
-    return SHORT_KEYS.get(key) in chosen
+    return any(short in chosen and any(fnmatchcase(key, p) for p in patterns) for short, patterns in SHORT_KEYS.items())
 
 
 def _recipe_of(group: str, option: str | None) -> dict:
@@ -76,8 +76,14 @@ def _recipe_of(group: str, option: str | None) -> dict:
     flat = {"optim": recipe["optim"]} if "optim" in recipe else {}
     for group_name, keys in recipe.items():
         if group_name != "optim":
-            flat.update({f"{group_name}.{k}": v for k, v in keys.items()})
+            flat.update({k: v for k in sorted(_flat_keys(keys, group_name)) if not isinstance(v := _at(recipe, k), Mapping)})
     return flat
+
+
+def _at(tree: Mapping, dotted: str):
+    for part in dotted.split("."):
+        tree = tree[part]
+    return tree
 
 
 def apply_recipes(cfg: DictConfig, choices: Mapping[str, str | None], overrides: list[str]) -> list[str]:

@@ -23,6 +23,7 @@ from kdrun.report.plots import plot_learning_curves, run_title
 from kdrun.resume import check_can_start, check_same_config, is_completed, read_summary
 from kdrun.runtime import resolve_runtime
 from kdrun.schema import check_config, check_value
+from kdrun.methods.terms.compose import complete_terms, term_configs
 from kdrun.strategies.base import Setup, Strategy
 from kdrun.strategies.catalog import import_plugins, strategy_class
 from kdrun.trainer import Trainer, trainer_config
@@ -34,6 +35,7 @@ def check_run_config(cfg: DictConfig) -> type[Strategy]:
     check_value("plugins", cfg.get("plugins"), list[str], {})
     import_plugins(cfg.get("plugins"))
     method = strategy_class(cfg.strategy.name)
+    complete_terms(cfg)  # each listed term's undeclared keys take its defaults, so config.yaml says what ran
     check_config(cfg, method.Config)
     method.validate(cfg)
     check_prune_config(cfg.student.get("prune") or {})  # before any teacher trains
@@ -71,8 +73,11 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] = (), la
     trainer = Trainer(trainer_config(cfg, label=label or cfg.strategy.name), cfg.optim, runtime, world)
     facts = {"strategy": cfg.strategy.name, "dataset": cfg.dataset.name, "seed": cfg.seed,
              "overrides": list(overrides)}
-    if method.distills:
-        facts.update(T=cfg.loss.T, alpha=cfg.loss.alpha, beta=cfg.loss.beta)
+    if method.distills:  # what the student minimised: each term's weight, and the temperature it was read at
+        facts["terms"] = {name: float(config.weight) for name, _, config in term_configs(cfg)}
+        temperatures = [config.T for _, _, config in term_configs(cfg) if hasattr(config, "T")]
+        if temperatures:
+            facts["T"] = temperatures[0]
 
     def fit(strategy: Strategy, out_dir: Path, extra: dict) -> dict:
         strategy.student.class_names = data.class_names  # saved with its checkpoints (model_meta)

@@ -21,27 +21,17 @@ import difflib
 import math
 import types
 import typing
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Union
+from dataclasses import dataclass
+from typing import Any, Iterator, Union
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from kdrun.deploy.prune import KINDS as PRUNE_KINDS
 from kdrun.errors import ConfigError
+from kdrun.keys import key
+from kdrun.methods.terms.catalog import TERMS, term_class, term_fields
 from kdrun.models import MODEL_NAMES
 from kdrun.models.external import check_name
-
-ROLES = ("result", "seed", "location", "display", "speed")
-
-
-def key(*, role: str = "result", low: float | None = None, strict: bool = False,
-        choices: tuple | Callable[[], tuple] | None = None, doc: str = "") -> Any:
-    """A declared config key: `low` (with `strict`: exclusive) bounds a number, `choices` lists the values
-    allowed (a callable for a registry that fills at import)."""
-    assert role in ROLES, role
-    return field(default=None, metadata={"role": role, "low": low, "strict": strict, "choices": choices,
-                                         "doc": doc})
-
 
 # ---- the groups ------------------------------------------------------------------------------------
 
@@ -124,25 +114,15 @@ class TeacherKeys(ModelKeys):
     finetune_epochs: int = key(low=0)
 
 
+class Terms(dict):
+    """The type of `loss.terms`: term name -> that term's keys, each term declaring its own
+    (kdrun.methods.terms: a term's `Config`)."""
+
+
 @dataclass
 class LossKeys:
-    name: str = key()
-    alpha: float = key(low=0)
-    beta: float = key(low=0)
-    T: float = key(low=0, strict=True)
-    tckd_weight: float = key(low=0)
-    nckd_weight: float = key(low=0)
-    warmup_epochs: int = key(low=0)
-    hint_weight: float = key(low=0)
-    hint_student_stage: int = key()
-    hint_teacher_stage: int = key()
-    at_weight: float = key(low=0)
-    at_student_stages: list[int] | None = key()
-    at_teacher_stages: list[int] | None = key()
-    hint_student_layer: str | None = key()
-    hint_teacher_layer: str | None = key()
-    at_student_layers: list[str] | None = key()
-    at_teacher_layers: list[str] | None = key()
+    name: str = key(doc="the preset the terms came from (conf/loss/<name>.yaml): a label for tables")
+    terms: Terms = key(doc="the weighted terms the run minimises, in order")
 
 
 @dataclass
@@ -268,7 +248,10 @@ def declared_keys(strategy_config: type | None = None) -> Iterator[tuple[str, da
         hints = _hints(schema, strategy_config)
         for name, f in _fields(schema, strategy_config).items():
             role = forced or f.metadata["role"]
-            if dataclasses.is_dataclass(hints[name]):
+            if hints[name] is Terms:  # every registered term's keys
+                for term in TERMS:
+                    yield from walk(term_class(term).Config, f"{prefix}{name}.{term}.", None if role == "result" else role)
+            elif dataclasses.is_dataclass(hints[name]):
                 yield from walk(hints[name], f"{prefix}{name}.", None if role == "result" else role)
             else:
                 yield f"{prefix}{name}", f if role == f.metadata["role"] else _with_role(f, role)
@@ -332,6 +315,17 @@ def _check_model_name(group: dict, role: str) -> None:
             raise ConfigError(f"{role}: {exc}") from None
 
 
+def _check_terms(node, dotted: str) -> None:
+    """Each listed term must be registered, and its keys those its Config declares."""
+    if not isinstance(node, dict):
+        raise ConfigError(f"{dotted} is a group of loss terms (term name -> its keys), got {node!r}")
+    for name, keys in node.items():
+        cls = term_class(name)
+        if keys is not None and not isinstance(keys, dict):
+            raise ConfigError(f"{dotted}.{name} is a group of keys ({', '.join(term_fields(cls))}), got {keys!r}")
+        _check_node(keys or {}, cls.Config, f"{dotted}.{name}.", None)
+
+
 def _check_node(node: dict, schema: type, prefix: str, strategy_config: type | None) -> None:
     fields = _fields(schema, strategy_config)
     hints = _hints(schema, strategy_config)
@@ -340,7 +334,9 @@ def _check_node(node: dict, schema: type, prefix: str, strategy_config: type | N
         if name not in fields:
             raise ConfigError(unknown_key_message(dotted, list(fields)))
         kind = hints[name]
-        if dataclasses.is_dataclass(kind):
+        if kind is Terms:
+            _check_terms(value, dotted)
+        elif dataclasses.is_dataclass(kind):
             if not isinstance(value, dict):
                 raise ConfigError(f"{dotted} is a group of keys ({', '.join(_fields(kind))}), got {value!r}")
             _check_node(value, kind, f"{dotted}.", strategy_config if kind is StrategyKeys else None)
@@ -415,23 +411,35 @@ _NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a s
 _PLURAL = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
 
 
+def _check_term_key(parts: list[str], dotted: str) -> None:
+    if not parts:
+        return
+    cls = term_class(parts[0])
+    if len(parts) > 1 and parts[1] not in term_fields(cls):
+        raise ConfigError(unknown_key_message(f"{dotted}.{parts[0]}.{parts[1]}", list(term_fields(cls))))
+
+
 def check_override_keys(overrides: list[str], groups: set[str], any_strategy: type) -> None:
     """Refuse `a.b=v` overrides whose key no kdrun config declares, before Hydra sees them (Hydra's own
     message would suggest forcing the typo in with `+`). Group choices (`loss=dkd`, names in `groups`),
-    `+`/`~` overrides and `hydra.*` are left to Hydra; strategy keys are checked against every
+    `~` overrides and `hydra.*` are left to Hydra (and `+` ones, but for loss terms); strategy keys are checked against every
     strategy's (`any_strategy`), since the chosen one may come from an experiment preset."""
     for override in overrides:
-        if override.startswith(("+", "~", "-")) or "=" not in override:
+        adds_term = override.lstrip("+").startswith("loss.terms.")
+        if override.startswith(("~", "-")) or (override.startswith("+") and not adds_term) or "=" not in override:
             continue
-        dotted = override.split("=", 1)[0]
+        dotted = override.split("=", 1)[0].lstrip("+")
         if dotted.startswith("hydra") or "/" in dotted or dotted in groups:
             continue
-        schema, prefix = RootKeys, ""
-        for part in dotted.split("."):
+        schema, prefix, parts = RootKeys, "", dotted.split(".")
+        for i, part in enumerate(parts):
             fields = _fields(schema, any_strategy)
             if part not in fields:
                 raise ConfigError(unknown_key_message(prefix + part, list(fields)))
             kind = _hints(schema, any_strategy)[part]
+            if kind is Terms:  # loss.terms.<term>.<key>: a registered term and one of its keys
+                _check_term_key(parts[i + 1:], f"{prefix}{part}")
+                break
             if not dataclasses.is_dataclass(kind):
                 break
             schema, prefix = kind, f"{prefix}{part}."

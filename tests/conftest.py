@@ -50,3 +50,13 @@ def kdrun(tmp_path):
         return run_kdrun(tmp_path, *args, check=check, timeout=timeout)
 
     return _run
+
+
+def kd_terms(alpha: float = 0.1, beta: float = 0.9, T: float = 4.0):
+    """The logit terms of loss=kd with the given ce weight, kd weight and temperature."""
+    from omegaconf import OmegaConf
+
+    from kdrun.methods.terms.compose import build_logit_terms
+
+    return build_logit_terms(OmegaConf.create({"loss": {"terms": {"ce": {"weight": alpha},
+                                                                  "kd": {"weight": beta, "T": T}}}}))

@@ -26,7 +26,7 @@ def test_a_digits_run_writes_every_file_of_the_contract(kdrun, tmp_path):
     assert run_dir.name.endswith("_kd_cnn_student")
 
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert config["loss"]["T"] == 8.0 and config["trainer"]["epochs"] == 2  # resolved, not ${T}
+    assert config["loss"]["terms"]["kd"]["T"] == 8.0 and config["trainer"]["epochs"] == 2  # resolved, not ${T}
 
     epochs = read_jsonl(run_dir / "metrics.jsonl")
     assert [e["epoch"] for e in epochs] == [1, 2]
@@ -118,7 +118,7 @@ def assert_clean_error(proc, *fragments: str) -> None:
         (["student=tiny"], ["Could not find 'student/tiny'", "resnet8x4"]),
         (["dataset=svhn"], ["Could not find 'dataset/svhn'", "digits"]),
         (["T=0"], ["T must be > 0, got 0"]),
-        (["loss.alpha=-1"], ["loss.alpha must be >= 0, got -1"]),
+        (["loss.terms.ce.weight=-1"], ["loss.terms.ce.weight must be >= 0, got -1"]),
         (["batch_size=0"], ["batch_size must be >= 1, got 0"]),
         (["loss.tempreature=3"], ["tempreature"]),
     ],

@@ -51,7 +51,7 @@ def test_groups_offer_what_the_docs_promise():
 
 def test_short_keys_reach_their_groups():
     cfg = compose_cfg("T=8", "epochs=3", "batch_size=32", "seed=5")
-    assert cfg.loss.T == 8
+    assert cfg.loss.terms.kd.T == 8
     assert cfg.trainer.epochs == 3 and cfg.teacher.epochs == 3
     assert cfg.trainer.batch_size == 32
     assert cfg.seed == 5
@@ -59,19 +59,20 @@ def test_short_keys_reach_their_groups():
 
 def test_defaults_follow_the_design():
     cfg = compose_cfg()
-    assert (cfg.loss.alpha, cfg.loss.beta, cfg.loss.T) == (0.1, 0.9, 4.0)
+    assert OmegaConf.to_container(cfg.loss, resolve=True) == {
+        "name": "kd", "terms": {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "T": 4.0}}}
     assert cfg.dataset.name == "cifar10"
 
 
 def test_classic_preset():
     cfg = compose_cfg("experiment=cifar10_resnet34_resnet20")
     assert (cfg.teacher.arch, cfg.student.arch, cfg.dataset.name) == ("resnet34", "resnet20", "cifar10")
-    assert cfg.optim.name == "sgd" and cfg.optim.lr == 0.1 and cfg.loss.T == 4 and cfg.trainer.epochs == 240
+    assert cfg.optim.name == "sgd" and cfg.optim.lr == 0.1 and cfg.loss.terms.kd.T == 4 and cfg.trainer.epochs == 240
 
 
 def test_a_preset_can_still_be_overridden_on_the_command_line():
     cfg = compose_cfg("experiment=quickstart", "T=2", "epochs=1")
-    assert cfg.loss.T == 2 and cfg.trainer.epochs == 1 and cfg.dataset.name == "digits"
+    assert cfg.loss.terms.kd.T == 2 and cfg.trainer.epochs == 1 and cfg.dataset.name == "digits"
 
 
 def test_unknown_keys_are_refused():
@@ -85,8 +86,8 @@ def test_unknown_keys_are_refused():
         (["T=0"], "T must be > 0, got 0"),
         (["T=-1"], "must be > 0, got -1"),
         (["T=hot"], "T must be a number, got 'hot'"),
-        (["loss.alpha=-0.1"], "loss.alpha must be >= 0, got -0.1"),
-        (["loss.beta=-1"], "loss.beta must be >= 0, got -1"),
+        (["loss.terms.ce.weight=-0.1"], "loss.terms.ce.weight must be >= 0, got -0.1"),
+        (["loss.terms.kd.weight=-1"], "loss.terms.kd.weight must be >= 0, got -1"),
         (["batch_size=0"], "batch_size must be >= 1, got 0"),
         (["batch_size=2.5"], "batch_size must be an integer, got 2.5"),
         (["epochs=0"], "epochs must be >= 1"),

@@ -78,12 +78,13 @@ def test_cnn_recipe_applies_unless_an_optimiser_is_chosen():
 
 
 def test_online_defaults_to_the_dml_recipe():
-    loss = composed("strategy=online").loss
-    assert (loss.alpha, loss.beta, loss.T) == (1.0, 1.0, 1.0)
-    loss = composed("strategy=online", "T=4", "loss.alpha=0.5").loss
-    assert (loss.alpha, loss.beta, loss.T) == (0.5, 1.0, 4)
-    loss = composed("strategy=kd").loss
-    assert (loss.alpha, loss.beta, loss.T) == (0.1, 0.9, 4.0)
+    def weights(*overrides):
+        terms = composed(*overrides).loss.terms
+        return terms.ce.weight, terms.kd.weight, terms.kd.T
+
+    assert weights("strategy=online") == (1.0, 1.0, 1.0)
+    assert weights("strategy=online", "T=4", "loss.terms.ce.weight=0.5") == (0.5, 1.0, 4)
+    assert weights("strategy=kd") == (0.1, 0.9, 4.0)
 
 
 def test_attention_weight_scales_with_map_area_below_32x32():
@@ -107,7 +108,7 @@ def test_cnn_pair_on_fashion_mnist_trains_with_its_recipe(kdrun, tmp_path):
 @pytest.mark.slow
 def test_attention_weight_from_cifar_does_not_explode_on_digits(kdrun, tmp_path):
     # optim=sgd on purpose (no recipe): at_weight=1000 unscaled went NaN at step 9 on 8x8 digits.
-    kdrun("dataset=digits", "teacher=cnn_teacher", "student=cnn_student", "optim=sgd", "loss.at_weight=1000",
+    kdrun("dataset=digits", "teacher=cnn_teacher", "student=cnn_student", "optim=sgd", "loss.terms.at.weight=1000",
           "epochs=2", "teacher.epochs=1", "trainer.progress=false")
     rows = read_jsonl(only_run_dir(tmp_path) / "metrics.jsonl")
     assert len(rows) == 2 and all(math.isfinite(r["loss_at"]) for r in rows)

@@ -132,7 +132,7 @@ def test_unaveraged_gradients_would_show():
     # The hint regressor has BatchNorm (RepDistiller's ConvReg), which on CPUs (no SyncBatchNorm) each rank
     # computes over its own half: one process with 2 micro-batches (trainer.accumulate=2) normalises over
     # the same halves, so the two must agree, with the gradient clipped in both.
-    pytest.param(["strategy=kd", "loss.hint_weight=1", "trainer.clip_grad_norm=1"], ["trainer.accumulate=2"],
+    pytest.param(["strategy=kd", "loss.terms.hint.weight=1", "trainer.clip_grad_norm=1"], ["trainer.accumulate=2"],
                  id="kd-hint-clip"),
 ])
 def test_two_processes_train_the_same_weights_as_one(tmp_path, method, one_process):

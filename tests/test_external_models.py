@@ -19,11 +19,13 @@ from conftest import KDRUN, only_run_dir, read_jsonl, run_kdrun
 from kdrun.checkpoint import load_checkpoint
 from kdrun.data import DatasetSplits
 from kdrun.errors import ConfigError
-from kdrun.losses import hint_loss
 from kdrun.model_sources import build_configured
 from kdrun.models import build_model
 from kdrun.models.external import InputNorm
-from kdrun.strategies.features import FeatureDistiller, plan_feature_terms
+from kdrun.methods.terms.base import TermInputs
+from kdrun.methods.terms.compose import build_feature_terms
+from kdrun.methods.terms.feature.hint import hint_loss
+from kdrun.methods.terms.feature.stages import FeatureContext
 
 # 64x64 RGB, 3 classes, a few dozen images: one step of a torchvision pair on a CPU.
 SMALL = ["dataset=synthetic", "dataset.image_size=64", "dataset.num_classes=3", "dataset.train_size=32",
@@ -109,40 +111,43 @@ def test_a_target_student_is_built_through_instantiate_with_the_class_count(tmp_
 
 @pytest.mark.slow  # whole torchvision runs: ~30 s on a shared CPU
 def test_a_hint_between_named_layers_of_two_torchvision_models(tmp_path):
-    run_kdrun(tmp_path, *SMALL, *TORCHVISION_PAIR, "teacher.epochs=1", "loss.hint_weight=1",
-              "loss.hint_student_layer=features.3", "loss.hint_teacher_layer=layer2")
+    run_kdrun(tmp_path, *SMALL, *TORCHVISION_PAIR, "teacher.epochs=1", "loss.terms.hint.weight=1",
+              "loss.terms.hint.student_layer=features.3", "loss.terms.hint.teacher_layer=layer2")
     record = read_jsonl(only_run_dir(tmp_path) / "metrics.jsonl")[0]
     assert record["loss_hint"] > 0
 
 
+def hint_between(student_layer: str, teacher_layer: str, weight: float = 1.0):
+    return OmegaConf.create({"loss": {"terms": {"hint": {"weight": weight, "student_layer": student_layer,
+                                                         "teacher_layer": teacher_layer}}}})
+
+
 def test_named_layer_features_match_torchvision_feature_extraction():
     torch.manual_seed(0)
-    data = fake_data()
-    loss_cfg = OmegaConf.create({"hint_weight": 2.0, "hint_student_stage": 1, "hint_teacher_stage": 1,
-                                 "hint_student_layer": "features.3", "hint_teacher_layer": "layer2",
-                                 "at_weight": 0.0, "at_student_stages": None, "at_teacher_stages": None})
-    terms = plan_feature_terms(loss_cfg, "torchvision:mobilenet_v3_small", "torchvision:resnet18", data)
-    assert terms.hint_shapes == ((24, 8, 8), (128, 8, 8))
+    context = FeatureContext("torchvision:mobilenet_v3_small", "torchvision:resnet18", (3, 64, 3))
+    terms = build_feature_terms(hint_between("features.3", "layer2", weight=2.0), context)
+    hint = terms.terms[0]
+    assert hint.refs == ("features.3", "layer2")
     student = build_model("torchvision:mobilenet_v3_small", 3, 64, 3).eval()
     teacher = build_model("torchvision:resnet18", 3, 64, 3).eval()
-    distiller = FeatureDistiller(terms).tap(student, teacher).eval()
+    terms = terms.tap(student, teacher).eval()
     x = torch.randn(2, 3, 64, 64)
+    y = torch.zeros(2, dtype=torch.long)
     with torch.no_grad():
-        s_feats, _ = student.forward_features(x)
-        t_feats, _ = teacher.forward_features(x)
-        got = distiller(s_feats, t_feats)["hint"]
+        s_feats, s_logits = student.forward_features(x)
+        t_feats, t_logits = teacher.forward_features(x)
+        got = terms(TermInputs(s_logits, t_logits, y, 1, None, terms.outputs(s_feats, 0), terms.outputs(t_feats, 1)))
         s_direct = create_feature_extractor(student.net, {"features.3": "f"})(x)["f"]
         t_direct = create_feature_extractor(teacher.net, {"layer2": "f"})(x)["f"]
-        expected = 2.0 * hint_loss(distiller.regressor(s_direct), t_direct)
-    torch.testing.assert_close(got, expected)
+        assert s_direct.shape[1:] == (24, 8, 8) and t_direct.shape[1:] == (128, 8, 8)
+        expected = 2.0 * hint_loss(hint.regressor(s_direct), t_direct)
+    torch.testing.assert_close(got["hint"], expected)
 
 
 def test_an_unknown_layer_name_lists_the_layers():
-    loss_cfg = OmegaConf.create({"hint_weight": 1.0, "hint_student_stage": 1, "hint_teacher_stage": 1,
-                                 "hint_student_layer": "layer9", "hint_teacher_layer": "layer2",
-                                 "at_weight": 0.0, "at_student_stages": None, "at_teacher_stages": None})
+    context = FeatureContext("torchvision:resnet18", "torchvision:resnet18", (3, 64, 3))
     with pytest.raises(ConfigError, match=r"no layer 'layer9'.*layer1, layer2, layer3, layer4.*kdrun-layers"):
-        plan_feature_terms(loss_cfg, "torchvision:resnet18", "torchvision:resnet18", fake_data())
+        build_feature_terms(hint_between("layer9", "layer2"), context)
 
 
 def test_input_norm_re_normalises_dataset_inputs_to_the_weights_statistics():

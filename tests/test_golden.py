@@ -21,10 +21,10 @@ RUNS = {
     "dkd": ["strategy=kd", "loss=dkd"],
     # The AT weight is now scaled by the maps' area relative to 32x32 ((8/32)^2 on digits: kdrun/feature_scale.py),
     # so 160 is the 10 the reference ran with.
-    "kd_hint_at": ["strategy=kd", "loss.hint_weight=1", "loss.at_weight=160"],
+    "kd_hint_at": ["strategy=kd", "loss.terms.hint.weight=1", "loss.terms.at.weight=160"],
     "multi_teacher": ["strategy=multi_teacher", "strategy.teachers=[cnn_teacher,cnn_student]"],
     # strategy=online now defaults to DML's alpha=beta=1, T=1 (a recipe); the reference ran kdrun's KD weights.
-    "online": ["strategy=online", "loss.alpha=0.1", "loss.beta=0.9", "T=4"],
+    "online": ["strategy=online", "loss.terms.ce.weight=0.1", "loss.terms.kd.weight=0.9", "T=4"],
     "self": ["strategy=self"],
     "born_again": ["strategy=born_again"],
 }

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from kdrun.losses import kd_loss
+from conftest import kd_terms
+from kdrun.methods.terms.logit.kd import kd_loss
 from kdrun.models import build_model
 from kdrun.strategies.kd import KD
 from kdrun.strategies.base import Batch
@@ -48,7 +49,7 @@ def test_kd_objective_matches_direct_formula(T, alpha, beta):
         def forward(self, x):
             return self.logits
 
-    strategy = KD(Fixed(s), Fixed(t), alpha=alpha, beta=beta, T=T)
+    strategy = KD(Fixed(s), Fixed(t), kd_terms(alpha, beta, T))
     out = strategy.step(Batch(torch.zeros(5, 1), y, torch.arange(5), 1))
     got = sum(out.losses.values()).item()
     assert got == pytest.approx(direct_kd_objective(s, t, y, alpha, beta, T), rel=1e-5, abs=1e-6)
@@ -72,7 +73,7 @@ def test_gradients_reach_the_student_and_never_the_teacher():
     torch.manual_seed(0)
     student = build_model("cnn_student", 1, 8, 10)
     teacher = build_model("mlp", 1, 8, 10)
-    strategy = KD(student, teacher, alpha=0.1, beta=0.9, T=4.0)
+    strategy = KD(student, teacher, kd_terms(0.1, 0.9, 4.0))
     strategy.train()
     assert student.training and not teacher.training  # frozen BatchNorm/dropout statistics
     x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 10, (6,))

@@ -6,14 +6,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdrun.losses import (
-    at_loss, attention_map, confidence_weights, cross_entropy, dkd_loss, hint_loss, kd_loss, mixture_logits,
-)
+from omegaconf import OmegaConf
+
+from kdrun.losses import confidence_weights, cross_entropy, mixture_logits
+from kdrun.methods.terms.compose import build_feature_terms, build_logit_terms
+from kdrun.methods.terms.feature.at import at_loss, attention_map
+from kdrun.methods.terms.feature.hint import hint_loss
+from kdrun.methods.terms.feature.stages import FeatureContext
+from kdrun.methods.terms.logit.dkd import dkd_loss
+from kdrun.methods.terms.logit.kd import kd_loss
 from kdrun.models import build_model
 from kdrun.strategies.base import Batch
-from kdrun.strategies.features import FeatureDistiller, FeatureTerms
 from kdrun.strategies.kd import KD
-from kdrun.strategies.objectives import DKDObjective, KDObjective
+
+
+def loss_of(**terms):
+    """A config whose loss lists `terms` (name -> keys); unset keys take each term's declared defaults."""
+    return OmegaConf.create({"loss": {"terms": terms}})
 
 
 def direct_dkd(s, t, y, T):
@@ -57,7 +66,8 @@ def test_dkd_is_finite_and_zero_for_identical_logits():
 def test_dkd_objective_warms_up_linearly_by_epoch():
     g = torch.Generator().manual_seed(0)
     s, t, y = torch.randn(4, 5, generator=g), torch.randn(4, 5, generator=g), torch.tensor([0, 1, 2, 3])
-    objective = DKDObjective(alpha=1.0, beta=1.0, T=4.0, tckd_weight=1.0, nckd_weight=8.0, warmup_epochs=20)
+    objective = build_logit_terms(loss_of(ce={"weight": 1.0}, dkd={"weight": 1.0, "T": 4.0, "tckd_weight": 1.0,
+                                                                  "nckd_weight": 8.0, "warmup_epochs": 20}))
     tckd, nckd = dkd_loss(s, t, y, 4.0)
     for epoch, ramp in [(1, 0.05), (10, 0.5), (20, 1.0), (100, 1.0)]:
         terms = objective(s, t, y, epoch)
@@ -65,7 +75,7 @@ def test_dkd_objective_warms_up_linearly_by_epoch():
         assert terms["tckd"].item() == pytest.approx(ramp * tckd.item(), rel=1e-6)
         assert terms["nckd"].item() == pytest.approx(ramp * 8.0 * nckd.item(), rel=1e-6)
         assert terms["ce"].item() == pytest.approx(cross_entropy(s, y).item())
-    no_warmup = DKDObjective(1.0, 0.5, 4.0, 2.0, 8.0, warmup_epochs=0)
+    no_warmup = build_logit_terms(loss_of(dkd={"weight": 0.5, "T": 4.0, "tckd_weight": 2.0, "warmup_epochs": 0}))
     assert no_warmup(s, t, y, 1)["tckd"].item() == pytest.approx(0.5 * 2.0 * tckd.item(), rel=1e-6)
 
 
@@ -123,24 +133,26 @@ def test_mixture_logits_give_the_weighted_mean_of_softened_outputs(T):
 def test_kd_hint_and_at_together_are_the_sum_of_the_separate_terms():
     torch.manual_seed(0)
     student, teacher = build_model("cnn_student", 1, 8, 10), build_model("resnet8", 1, 8, 10)
-    terms = FeatureTerms(hint_weight=100.0, hint_stages=(1, 1), hint_shapes=((32, 2, 2), (32, 4, 4)),
-                         at_weight=1000.0, at_stages=((0, 1), (1, 2)))
-    features = FeatureDistiller(terms)
+    context = FeatureContext("cnn_student", "resnet8", (1, 8, 10))
+    hint = {"weight": 100.0, "student_stage": 1, "teacher_stage": 1}
+    at = {"weight": 1000.0, "student_stages": [0, 1], "teacher_stages": [1, 2]}
+    logit = {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "T": 4.0}}
+    features = build_feature_terms(loss_of(hint=hint, at=at), context).tap(student, teacher)
     x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 10, (6,))
     batch = Batch(x, y, torch.arange(6), 1)
 
-    def total(objective, hint, at) -> float:
-        parts = FeatureTerms(hint, terms.hint_stages, terms.hint_shapes, at, terms.at_stages)
-        distiller = FeatureDistiller(parts) if hint or at else None
-        if distiller is not None and distiller.regressor is not None:
-            distiller.regressor.load_state_dict(features.regressor.state_dict())
-        strategy = KD(student, teacher, objective=objective, features=distiller)
+    def total(**terms) -> float:
+        cfg = loss_of(**terms)
+        parts = build_feature_terms(cfg, context)
+        if parts is not None and "hint" in terms:
+            parts.terms[0].regressor.load_state_dict(features.terms[0].regressor.state_dict())
+        logits = build_logit_terms(cfg) if any(k in terms for k in ("ce", "kd")) else build_logit_terms(loss_of())
+        strategy = KD(student, teacher, logits, features=parts.tap(student, teacher) if parts else None)
         return sum(strategy.step(batch).losses.values()).item()
 
-    together = KD(student, teacher, objective=KDObjective(0.1, 0.9, 4.0), features=features).step(batch).losses
-    assert set(together) == {"ce", "kd", "hint", "at"}
-    separate = (total(KDObjective(0.1, 0.9, 4.0), 0, 0) + total(KDObjective(0, 0, 4.0), 100.0, 0)
-                + total(KDObjective(0, 0, 4.0), 0, 1000.0))
+    together = KD(student, teacher, build_logit_terms(loss_of(**logit)), features=features).step(batch).losses
+    assert list(together) == ["ce", "kd", "hint", "at"]
+    separate = total(**logit) + total(hint=hint) + total(at=at)
     assert sum(together.values()).item() == pytest.approx(separate, rel=1e-5)
 
     # and each term is the direct computation on the models' stage outputs
@@ -148,8 +160,9 @@ def test_kd_hint_and_at_together_are_the_sum_of_the_separate_terms():
         t_feats, t_logits = teacher.eval().forward_features(x)
     s_feats, s_logits = student.forward_features(x)
     assert together["kd"].item() == pytest.approx(0.9 * kd_loss(s_logits, t_logits, 4.0).item(), rel=1e-5)
-    regressed = features.regressor(s_feats[1])
+    regressed = features.terms[0].regressor(s_feats[1])
     assert together["hint"].item() == pytest.approx(
         100 * ((regressed - F.avg_pool2d(t_feats[1], 2)) ** 2).mean().item(), rel=1e-5)
+    # on 8x8 inputs the AT weight keeps its CIFAR meaning: 1000 * (8/32)^2 (kdrun/feature_scale.py)
     assert together["at"].item() == pytest.approx(
-        1000 * at_loss([s_feats[0], s_feats[1]], [t_feats[1], t_feats[2]]).item(), rel=1e-5)
+        1000 * (8 / 32) ** 2 * at_loss([s_feats[0], s_feats[1]], [t_feats[1], t_feats[2]]).item(), rel=1e-5)

@@ -43,7 +43,7 @@ def make_job(job_dir: Path, *, strategy: str = "kd", seed: int = 0, T: float = 4
         "trainer": {"epochs": epochs, "batch_size": 64, "eval_batch_size": 1024, "progress": False},
         "dataset": {"name": "digits", "augment": {"crop_padding": 1, "hflip": False}},
         "student": {"arch": arch},
-        "loss": {"name": "kd", "alpha": alpha, "beta": 0.9, "T": T},
+        "loss": {"name": "kd", "terms": {"ce": {"weight": alpha}, "kd": {"weight": 0.9, "T": T}}},
         "strategy": {"name": strategy},
         "device": {"name": "cpu", "precision": "auto"},
         "optim": {"name": "adamw", "lr": 0.003},
@@ -128,11 +128,11 @@ def test_jobs_that_differ_only_in_seed_are_one_group(tmp_path):
     sweep = make_t_sweep(tmp_path / "sweep")
     make_job(sweep / "9_T=4,seed=3", T=4.0, seed=3, status="failed")
     groups = group_by_seed(read_sweep(sweep))
-    by_label = {(g.strategy, g.setting.get("loss.T")): g for g in groups}
+    by_label = {(g.strategy, g.setting.get("loss.terms.kd.T")): g for g in groups}
     assert set(by_label) == {("kd", 1.0), ("kd", 4.0), ("kd", 16.0), ("scratch", None)}
     assert [g.seeds for g in groups] == [[0, 1, 2]] * 4  # the failed seed 3 is in no group
     assert by_label["kd", 4.0].stat("final_test_acc").mean == pytest.approx(92.0)
-    assert swept_keys([g for g in groups if g.distills]) == ["loss.T"]
+    assert swept_keys([g for g in groups if g.distills]) == ["loss.terms.kd.T"]
 
 
 def test_grouping_reads_configs_not_command_lines(tmp_path):
@@ -222,18 +222,18 @@ def test_two_swept_scalars_get_a_grid_and_a_heatmap(tmp_path):
                 make_job(sweep / f"{n}_x", T=T, alpha=alpha, seed=seed, final=50 + 10 * T + 10 * alpha + seed)
                 n += 1
     write_report(read_sweep(sweep), sweep, title="t", measure_latency=False)
-    for stem in ("temperature_sweep", "sweep_loss.alpha", "sweep_T_x_loss.alpha"):
+    for stem in ("temperature_sweep", "sweep_ce.weight", "sweep_T_x_ce.weight"):
         for suffix in (".csv", ".md", ".png"):
             assert (sweep / f"{stem}{suffix}").is_file(), stem + suffix
-    grid = (sweep / "sweep_T_x_loss.alpha.md").read_text()
-    assert "| loss.alpha \\ T | 1 | 4 |" in grid
+    grid = (sweep / "sweep_T_x_ce.weight.md").read_text()
+    assert "| ce.weight \\ T | 1 | 4 |" in grid
     assert "| 0.5 | 65.50 ± 0.71 (n=2) | 95.50 ± 0.71 (n=2) |" in grid
-    cells = [r for r in read_csv(sweep / "sweep_T_x_loss.alpha.csv") if r["row"] == "kd"]
+    cells = [r for r in read_csv(sweep / "sweep_T_x_ce.weight.csv") if r["row"] == "kd"]
     assert len(cells) == 6 and all(r["n"] == "2" for r in cells)
-    alpha_rows = read_csv(sweep / "sweep_loss.alpha.csv")
-    assert [(r["T"], r["loss.alpha"]) for r in alpha_rows if r["row"] == "kd"][:3] == [("1", "0.1"), ("1", "0.5"),
+    alpha_rows = read_csv(sweep / "sweep_ce.weight.csv")
+    assert [(r["T"], r["ce.weight"]) for r in alpha_rows if r["row"] == "kd"][:3] == [("1", "0.1"), ("1", "0.5"),
                                                                                          ("1", "0.9")]
-    for stem in ("temperature_sweep", "sweep_loss.alpha", "sweep_T_x_loss.alpha"):
+    for stem in ("temperature_sweep", "sweep_ce.weight", "sweep_T_x_ce.weight"):
         assert_png(sweep / f"{stem}.png", min_width=300, min_height=200)
 
 

@@ -65,11 +65,13 @@ def test_preset_recipe(pair):
     assert cfg.optim.lr == (0.01 if small else 0.05)
     assert (cfg.optim.name, cfg.optim.momentum, cfg.optim.weight_decay, cfg.optim.schedule) == ("sgd", 0.9, 5e-4, "multistep")
     assert list(cfg.optim.milestones) == [150, 180, 210] and cfg.optim.gamma == 0.1
-    assert (cfg.epochs, cfg.batch_size, cfg.loss.T, cfg.loss.alpha, cfg.loss.beta) == (240, 64, 4.0, 0.1, 0.9)
+    terms = cfg.loss.terms
+    assert (cfg.epochs, cfg.batch_size, terms.kd.T, terms.ce.weight, terms.kd.weight) == (240, 64, 4.0, 0.1, 0.9)
     dkd = compose_cfg(f"experiment=cifar100_{pair}", "loss=dkd")
     validate(dkd)
-    assert (dkd.loss.alpha, dkd.loss.beta, dkd.loss.tckd_weight, dkd.loss.warmup_epochs) == (1.0, 1.0, 1.0, 20)
-    assert dkd.loss.nckd_weight == DKD_BETA.get(pair, 8)
+    terms = dkd.loss.terms
+    assert (terms.ce.weight, terms.dkd.weight, terms.dkd.tckd_weight, terms.dkd.warmup_epochs) == (1.0, 1.0, 1.0, 20)
+    assert terms.dkd.nckd_weight == DKD_BETA.get(pair, 8)
 
 
 @pytest.mark.slow

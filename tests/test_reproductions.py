@@ -69,7 +69,8 @@ def test_keras_preset_runs_a_step(tmp_path):
     run_kdrun(tmp_path, "experiment=keras_mnist", *TINY_DATA, "teacher.epochs=1", "hydra.run.dir=kd")
     config = yaml.safe_load((tmp_path / "kd" / "config.yaml").read_text())
     assert (config["optim"]["name"], config["optim"]["lr"], config["optim"]["weight_decay"]) == ("adamw", 1e-3, 0)
-    assert (config["loss"]["alpha"], config["loss"]["beta"], config["loss"]["T"]) == (0.1, 0.9, 10.0)
+    terms = config["loss"]["terms"]
+    assert (terms["ce"]["weight"], terms["kd"]["weight"], terms["kd"]["T"]) == (0.1, 0.9, 10.0)
     assert config["batch_size"] == 64 and config["teacher"]["arch"] == "cnn_teacher"
     assert json.loads((tmp_path / "kd" / "metrics.json").read_text())["status"] == "completed"
 

@@ -107,8 +107,10 @@ def test_the_issues_examples_are_refused(override, message):
 
 
 @pytest.mark.parametrize("override,message", [
-    ("loss.tempreature=3", "unknown config key 'loss.tempreature' \\(known keys of loss: name, alpha, beta, T,"),
-    ("loss.alhpa=3", "unknown config key 'loss.alhpa'; did you mean loss.alpha?"),
+    ("loss.tempreature=3", "unknown config key 'loss.tempreature' \\(known keys of loss: name, terms\\)"),
+    ("loss.terms.kd.temperature=3", "unknown config key 'loss.terms.kd.temperature' \\(known keys of loss.terms.kd: weight, T\\)"),
+    ("loss.terms.kd.wieght=3", "did you mean loss.terms.kd.weight?"),
+    ("++loss.terms.dkdd.weight=1", "unknown loss term 'dkdd'; did you mean dkd\\?"),
     ("trainer.epoch=3", "unknown config key 'trainer.epoch'; did you mean trainer.epochs?"),
     ("epoch=3", "unknown config key 'epoch'; did you mean epochs?"),
     ("strategy.generation=3", "unknown config key 'strategy.generation'; did you mean strategy.generations?"),
@@ -128,7 +130,7 @@ def test_key_lists_come_from_the_roles():
     for key in ("paths.outputs", "dataset.root", "trainer.progress", "logger.name", "checkpoint.every_steps",
                 "teacher.cache", "device.channels_last", "trainer.eval_batch_size", "resume"):
         assert key in NOT_SETTINGS and key in RESUME_MAY_CHANGE, key
-    for key in ("loss.T", "optim.lr", "dataset.augment.crop_padding", "student.arch", "trainer.epochs"):
+    for key in ("loss.terms", "optim.lr", "dataset.augment.crop_padding", "student.arch", "trainer.epochs"):
         assert key not in NOT_SETTINGS and key not in RESUME_MAY_CHANGE, key
     assert set(keys_with_role("location")) >= {"dataset.root", "dataset.download", "paths.teachers"}
 

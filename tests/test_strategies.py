@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,17 +18,17 @@ from kdrun.errors import ConfigError
 from kdrun.models import build_model
 from kdrun.runtime import resolve_runtime
 from kdrun.strategies.base import Setup
+from conftest import kd_terms
 from kdrun.strategies.multi_teacher import MultiTeacher
 from kdrun.strategies.online import Online
 from kdrun.strategies.self_distillation import SelfDistillation
 from kdrun.strategies.base import Batch
 from kdrun.strategies.born_again import BornAgain
-from kdrun.strategies.features import plan_feature_terms, stage_shapes
+from kdrun.methods.terms.compose import build_feature_terms
+from kdrun.methods.terms.feature.stages import FeatureContext, stage_shapes
 from kdrun.strategies.multi_teacher import TeacherEnsemble
-from kdrun.strategies.objectives import KDObjective
 
-DIGITS = SimpleNamespace(in_channels=1, image_size=8, num_classes=10)  # what stage checks read of a dataset
-KD_OBJECTIVE = KDObjective(alpha=0.1, beta=0.9, T=4.0)
+KD_OBJECTIVE = kd_terms(0.1, 0.9, 4.0)
 
 
 def compose_cfg(*overrides: str):
@@ -122,34 +121,36 @@ def test_self_distillation_heads_train_with_the_student_and_stay_out_of_it():
     assert student.training
 
 
+def terms_cfg(**terms):
+    return OmegaConf.create({"loss": {"terms": terms}})
+
+
 @pytest.mark.parametrize(
-    "overrides,arch_pair,message",
+    "terms,arch_pair,message",
     [
-        ({"hint_weight": 1, "hint_student_stage": 5}, ("cnn_student", "resnet8"),
-         r"loss.hint_student_stage=5, but cnn_student has 2 stages; allowed: -2..1"),
-        ({"hint_weight": 1}, ("cnn_student", "mlp"),
-         r"cannot match student cnn_student stage 1 \(a 32x2x2 \(CxHxW\) feature map\) to teacher mlp stage 1 "
+        ({"hint": {"student_stage": 5}}, ("cnn_student", "resnet8"),
+         r"loss.terms.hint.student_stage=5, but cnn_student has 2 stages; allowed: -2..1"),
+        ({"hint": {}}, ("cnn_student", "mlp"),
+         r"cannot match student cnn_student 1 \(a 32x2x2 \(CxHxW\) feature map\) to teacher mlp 1 "
          r"\(a 256-vector\)"),
-        ({"at_weight": 1}, ("cnn_student", "mlp"), r"attention transfer needs spatial feature maps, but mlp stage 0"),
-        ({"at_weight": 1, "at_student_stages": [0, 1], "at_teacher_stages": [2]}, ("cnn_student", "resnet8"),
+        ({"at": {}}, ("cnn_student", "mlp"), r"attention transfer needs spatial feature maps, but mlp 0"),
+        ({"at": {"student_stages": [0, 1], "teacher_stages": [2]}}, ("cnn_student", "resnet8"),
          r"must be two lists of the same, non-zero length"),
     ],
 )
-def test_stage_choices_that_cannot_be_matched_are_named(overrides, arch_pair, message):
-    loss = OmegaConf.merge(compose_cfg().loss, overrides)
+def test_stage_choices_that_cannot_be_matched_are_named(terms, arch_pair, message):
     with pytest.raises(ConfigError, match=message):
-        plan_feature_terms(loss, *arch_pair, DIGITS)
+        build_feature_terms(terms_cfg(**terms), FeatureContext(*arch_pair, (1, 8, 10)))
 
 
 def test_feature_stages_default_and_pool_across_sizes():
-    loss = OmegaConf.merge(compose_cfg().loss, {"hint_weight": 1, "at_weight": 1})
-    terms = plan_feature_terms(loss, "resnet8", "resnet34", SimpleNamespace(in_channels=3, image_size=32,
-                                                                              num_classes=10))
-    assert terms.hint_stages == (1, 1) and terms.hint_shapes == ((32, 16, 16), (128, 16, 16))
-    assert terms.at_stages == ((0, 1), (1, 2), (2, 3))  # the last three stages of each, paired from the end
-    assert plan_feature_terms(compose_cfg().loss, "resnet8", "mlp", DIGITS) is None  # both weights 0: no checks
-    at_only = OmegaConf.merge(compose_cfg().loss, {"at_weight": 1, "hint_student_stage": 9})
-    assert plan_feature_terms(at_only, "resnet8", "cnn_student", DIGITS).at_stages == ((1, 0), (2, 1))
+    terms = build_feature_terms(terms_cfg(hint={}, at={}), FeatureContext("resnet8", "resnet34", (3, 32, 10)))
+    hint, at = terms.terms
+    assert hint.refs == (1, 1) and hint.regressor[0].weight.shape[:2] == (128, 32)  # 32 -> 128 channels
+    assert at.pairs == ((0, 1), (1, 2), (2, 3))  # the last three stages of each, paired from the end
+    assert build_feature_terms(terms_cfg(ce={}, kd={}), FeatureContext("resnet8", "mlp", (1, 8, 10))) is None
+    at_only = build_feature_terms(terms_cfg(at={}), FeatureContext("resnet8", "cnn_student", (1, 8, 10)))
+    assert at_only.terms[0].pairs == ((1, 0), (2, 1))
 
 
 def test_born_again_trains_each_generation_from_the_previous_one(tmp_path):
@@ -200,9 +201,9 @@ def test_born_again_trains_each_generation_from_the_previous_one(tmp_path):
         (["strategy=multi_teacher", "teacher.checkpoint=t.pt"], "give strategy.checkpoints=\\[path,...\\]"),
         (["strategy=online", "strategy.peers=[]"], "strategy.peers is empty"),
         (["strategy=born_again", "strategy.generations=0"], "strategy.generations must be >= 1, got 0"),
-        (["loss.hint_weight=-1"], "loss.hint_weight must be >= 0, got -1"),
-        (["strategy=online", "loss.at_weight=1000"], "loss.at_weight=1000 does not apply to strategy=online"),
-        (["loss=dkd", "loss.warmup_epochs=1.5"], "loss.warmup_epochs must be an integer, got 1.5"),
+        (["loss=fitnets", "loss.terms.hint.weight=-1"], "loss.terms.hint.weight must be >= 0, got -1"),
+        (["strategy=online", "loss=at"], "loss.terms.at is a feature term, which strategy=online cannot train"),
+        (["loss=dkd", "loss.terms.dkd.warmup_epochs=1.5"], "loss.terms.dkd.warmup_epochs must be an integer, got 1.5"),
         (["strategy=self", "loss=ce"], "strategy=self with loss=ce has no distillation term"),
     ],
 )
@@ -240,7 +241,7 @@ def run(tmp_path, teachers, *args) -> tuple[Path, list[dict], dict]:
 
 def test_cli_kd_with_hint_and_attention(tmp_path, teachers):
     run_dir, epochs, summary = run(tmp_path, teachers, "strategy=kd", "loss=kd", "teacher=resnet8",
-                                   "loss.hint_weight=100", "loss.at_weight=1000")
+                                   "loss.terms.hint.weight=100", "loss.terms.at.weight=1000")
     for record in epochs:
         assert record["loss"] == pytest.approx(sum(record[f"loss_{t}"] for t in ("ce", "kd", "hint", "at")))
     assert summary["teacher_arch"] == "resnet8"
@@ -250,7 +251,7 @@ def test_cli_kd_with_hint_and_attention(tmp_path, teachers):
 def test_cli_dkd(tmp_path, teachers):
     _, epochs, summary = run(tmp_path, teachers, "strategy=kd", "loss=dkd", "teacher=mlp", "epochs=2")
     assert {"loss_ce", "loss_tckd", "loss_nckd"} <= set(epochs[0]) and "loss_kd" not in epochs[0]
-    assert summary["alpha"] == 1.0 and summary["T"] == 4.0
+    assert summary["terms"] == {"ce": 1.0, "dkd": 1.0} and summary["T"] == 4.0
 
 
 def test_cli_multi_teacher(tmp_path, teachers):
@@ -288,7 +289,7 @@ def test_cli_born_again(tmp_path, teachers):
 
 
 def test_cli_self(tmp_path, teachers):
-    run_dir, epochs, summary = run(tmp_path, teachers, "strategy=self", "student=resnet8", "loss.hint_weight=1")
+    run_dir, epochs, summary = run(tmp_path, teachers, "strategy=self", "student=resnet8", "strategy.hint_weight=1")
     assert {"loss_ce", "loss_head0_kd", "loss_head1_hint", "head0_test_acc", "head1_test_acc"} <= set(epochs[0])
     assert set(summary["head_test_acc"]) == {"head0", "head1"}
     assert_saved_student_is_plain(run_dir, "resnet8")
@@ -300,6 +301,5 @@ def test_vector_stages_work_too_self_on_an_mlp_and_a_hint_between_mlps():
     strategy = SelfDistillation(mlp, stage_shapes("mlp", 1, 8, 10), KD_OBJECTIVE, ce_weight=1.0, hint_weight=1.0)
     out = strategy.step(batch())
     assert set(out.losses) == {"ce", "head0_ce", "head0_kd", "head0_hint"}
-    loss = OmegaConf.merge(compose_cfg().loss, {"hint_weight": 1.0, "hint_student_stage": 0})
-    terms = plan_feature_terms(loss, "mlp", "mlp", DIGITS)
-    assert terms.hint_shapes == ((256,), (256,))
+    terms = build_feature_terms(terms_cfg(hint={"student_stage": 0}), FeatureContext("mlp", "mlp", (1, 8, 10)))
+    assert terms.terms[0].regressor[0].weight.shape == (256, 256)  # a linear map between two 256-vectors

@@ -50,20 +50,20 @@ def training_views(cfg, data, augment, runtime: Runtime, epochs: int):
 
 def key_of(cfg, teacher_seed: int = 0) -> str:
     data, _, runtime, teacher = setup(cfg, teacher_seed)
-    return cache_key(output_recipe(cfg, data, runtime, teacher, TargetFormat(data.num_classes, cfg.teacher.topk, cfg.loss.T)))
+    return cache_key(output_recipe(cfg, data, runtime, teacher, TargetFormat(data.num_classes, cfg.teacher.topk, cfg.loss.terms.kd.T)))
 
 
 @pytest.mark.parametrize("topk", [None, 3])
 def test_a_cache_hit_returns_exactly_the_teachers_output_for_that_view(tmp_path, topk):
     cfg = compose_cfg(tmp_path, f"teacher.topk={'null' if topk is None else topk}")
     data, augment, runtime, teacher = setup(cfg)
-    fmt = TargetFormat(data.num_classes, topk, cfg.loss.T)
+    fmt = TargetFormat(data.num_classes, topk, cfg.loss.terms.kd.T)
 
-    recording = build_teacher_outputs(cfg, data, runtime, teacher)
+    recording = build_teacher_outputs(cfg, data, runtime, teacher, cfg.loss.terms.kd.T)
     first = [(batch, recording(batch)) for batch in training_views(cfg, data, augment, runtime, epochs=2)]
     assert recording.summary()["teacher_cache_recorded"] == 2
 
-    reading = build_teacher_outputs(cfg, data, runtime, teacher)  # a later job: every epoch is on disk
+    reading = build_teacher_outputs(cfg, data, runtime, teacher, cfg.loss.terms.kd.T)  # a later job: every epoch is on disk
     for batch, recorded in first:
         got = reading(batch)
         with torch.inference_mode():
@@ -112,7 +112,7 @@ def test_top_k_targets_are_exact_at_the_runs_temperature(T):
 
 def test_the_key_follows_teacher_data_augmentation_and_data_order_only(tmp_path):
     base = key_of(compose_cfg(tmp_path))
-    for same in (["T=8"], ["loss.alpha=0.5", "loss.beta=0.5"], ["student=resnet8"], ["seed=3"], ["epochs=5"]):
+    for same in (["T=8"], ["loss.terms.ce.weight=0.5", "loss.terms.kd.weight=0.5"], ["student=resnet8"], ["seed=3"], ["epochs=5"]):
         assert key_of(compose_cfg(tmp_path, *same)) == base, same
     assert key_of(compose_cfg(tmp_path), teacher_seed=1) != base  # other teacher weights
     for other in (["dataset.seed=1"], ["dataset.train_size=60"], ["dataset.augment.crop_padding=2"],
@@ -145,7 +145,7 @@ def test_training_with_the_cache_gives_the_same_numbers_and_a_sweep_shares_one_c
 def test_a_damaged_epoch_file_is_reported_and_recomputed(tmp_path, capsys):
     cfg = compose_cfg(tmp_path)
     data, augment, runtime, teacher = setup(cfg)
-    outputs = build_teacher_outputs(cfg, data, runtime, teacher)
+    outputs = build_teacher_outputs(cfg, data, runtime, teacher, cfg.loss.terms.kd.T)
     batches = list(training_views(cfg, data, augment, runtime, epochs=2))
     expected = [outputs(batch) for batch in batches]
     first, second = outputs.cache.path(1), outputs.cache.path(2)
@@ -154,7 +154,7 @@ def test_a_damaged_epoch_file_is_reported_and_recomputed(tmp_path, capsys):
     first.write_bytes(bytes(flipped))
     second.write_bytes(second.read_bytes()[:-3])  # truncated
 
-    again = build_teacher_outputs(cfg, data, runtime, teacher)
+    again = build_teacher_outputs(cfg, data, runtime, teacher, cfg.loss.terms.kd.T)
     capsys.readouterr()
     got = [again(batch) for batch in batches]
     out = " ".join(capsys.readouterr().out.split())
@@ -162,7 +162,7 @@ def test_a_damaged_epoch_file_is_reported_and_recomputed(tmp_path, capsys):
     assert "epoch_0002.bin is damaged" in out and "recomputing that epoch" in out
     assert all(torch.equal(a, b) for a, b in zip(got, expected))
     assert again.summary()["teacher_cache_recorded"] == 2  # rewritten whole
-    healed = build_teacher_outputs(cfg, data, runtime, teacher)
+    healed = build_teacher_outputs(cfg, data, runtime, teacher, cfg.loss.terms.kd.T)
     assert all(torch.equal(healed(batch), e) for batch, e in zip(batches, expected))
     assert healed.summary()["teacher_cache_hits"] == 2
 
@@ -170,18 +170,18 @@ def test_a_damaged_epoch_file_is_reported_and_recomputed(tmp_path, capsys):
 def test_a_cache_for_other_views_or_another_recipe_is_refused(tmp_path):
     cfg = compose_cfg(tmp_path)
     data, augment, runtime, teacher = setup(cfg)
-    outputs = build_teacher_outputs(cfg, data, runtime, teacher)
+    outputs = build_teacher_outputs(cfg, data, runtime, teacher, cfg.loss.terms.kd.T)
     batches = list(training_views(cfg, data, augment, runtime, epochs=2))
     for batch in batches:
         outputs(batch)
-    reading = build_teacher_outputs(cfg, data, runtime, teacher)
+    reading = build_teacher_outputs(cfg, data, runtime, teacher, cfg.loss.terms.kd.T)
     first = batches[0]
     with pytest.raises(TeacherCacheError, match="differ from the views its outputs were recorded for"):
         reading(Batch(first.x.flip(-1), first.y, first.index, first.epoch))
 
     (outputs.cache.dir / "recipe.json").write_text('{"version": 0}')
     with pytest.raises(TeacherCacheError, match="another recipe"):
-        build_teacher_outputs(cfg, data, runtime, teacher)
+        build_teacher_outputs(cfg, data, runtime, teacher, cfg.loss.terms.kd.T)
 
 
 def test_a_cache_that_would_not_fit_the_disk_is_refused_with_its_size(tmp_path, monkeypatch, capsys):
@@ -190,7 +190,7 @@ def test_a_cache_that_would_not_fit_the_disk_is_refused_with_its_size(tmp_path, 
     usage = type("usage", (), {"free": 100 * 2**20})
     monkeypatch.setattr("kdrun.teacher_outputs.serve.shutil.disk_usage", lambda path: usage)
     with pytest.raises(TeacherCacheError, match=r"needs .* more .* only 104.9 MB is free .*teacher.cache=false"):
-        build_teacher_outputs(cfg, data, runtime, teacher)
+        build_teacher_outputs(cfg, data, runtime, teacher, cfg.loss.terms.kd.T)
     # 240 epochs x 50 samples x (10 fp16 logits + a 16-bit view checksum) + a 64-byte header per epoch
     assert f"= {240 * (64 + 50 * 22) / 1000:.1f} KB on disk" in " ".join(capsys.readouterr().out.split())
 
@@ -200,7 +200,7 @@ def test_the_live_path_is_lean_and_shares_the_students_batch(tmp_path):
     data, augment, runtime, teacher = setup(cfg)
     seen = []
     teacher.register_forward_hook(lambda module, args, out: seen.append((args[0], torch.is_inference_mode_enabled())))
-    outputs = build_teacher_outputs(cfg, data, runtime, teacher)
+    outputs = build_teacher_outputs(cfg, data, runtime, teacher, cfg.loss.terms.kd.T)
     batch = next(training_views(cfg, data, augment, runtime, epochs=1))
     targets = outputs(batch)
     assert seen[0][0] is batch.x and seen[0][1]  # the student's own augmented batch, under inference_mode
@@ -243,11 +243,11 @@ def test_on_a_gpu_steps_between_an_epochs_ends_copy_nothing_between_host_and_dev
     cfg = compose_cfg(tmp_path, "device=cuda", "dataset.train_size=330", "batch_size=32")  # 10 steps an epoch
     data, augment, runtime, teacher = setup(cfg)
     batches = list(training_views(cfg, data, augment, runtime, epochs=1))
-    recording = build_teacher_outputs(cfg, data, runtime, teacher)
+    recording = build_teacher_outputs(cfg, data, runtime, teacher, cfg.loss.terms.kd.T)
     for batch in batches:
         recording(batch)
     live = build_teacher_outputs(compose_cfg(tmp_path, "device=cuda", "teacher.cache=false"), data, runtime, teacher)
-    cached = build_teacher_outputs(cfg, data, runtime, teacher)
+    cached = build_teacher_outputs(cfg, data, runtime, teacher, cfg.loss.terms.kd.T)
     for name, outputs in (("live", live), ("cached", cached)):
         outputs(batches[0])  # a cached epoch moves to the device here, in one copy per tensor
         torch.cuda.synchronize()

@@ -31,7 +31,7 @@ def test_mlflow_run_is_read_back_with_mlflows_client(tmp_path, monkeypatch):
     experiment = client.get_experiment_by_name("kdrun")
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.run_name == run_dir.name and run.info.status == "FINISHED"
-    assert run.data.params["loss.T"] == "3.5" and run.data.params["student.arch"] == "cnn_student"
+    assert run.data.params["loss.terms.kd.T"] == "3.5" and run.data.params["student.arch"] == "cnn_student"
     history = client.get_metric_history(run.info.run_id, "test_acc")
     assert [(m.step, m.value) for m in history] == [(r["epoch"], r["test_acc"]) for r in records]
     assert set(run.data.metrics) >= {"loss", "loss_ce", "loss_kd", "train_acc", "test_acc", "lr"}

@@ -30,6 +30,7 @@ from kdrun.report.jobs import find_jobs, read_sweep
 from kdrun.report.plots import plot_learning_curves, run_title
 from kdrun.report.tables import comparison_table, sweep_table
 from kdrun.resume import output_dir
+from kdrun.run import check_run_config
 from test_report import make_job
 
 
@@ -72,7 +73,7 @@ def test_t_4_and_t_4_0_are_one_group_in_every_table(tmp_path):
     jobs = find_jobs([tmp_path / "a", tmp_path / "b"])
     groups = group_by_seed(jobs)
     assert len(groups) == 2 and sorted(len(g.jobs) for g in groups) == [1, 2]
-    table = sweep_table(study(jobs), "loss.T")
+    table = sweep_table(study(jobs), "loss.terms.kd.T")
     assert [row[-2] for row in table.rows if row[0] == "kd"] == ["2", "1"]  # n: T=4 has both seeds
 
 
@@ -89,7 +90,7 @@ def test_the_comparison_table_fits_80_columns_without_breaking_words(tmp_path):
     out.print(table.rich(files="comparison.md, comparison.csv"))
     text = out.export_text()
     assert max(len(line) for line in text.splitlines()) <= 80
-    for word in ("cnn_student", "teacher", "loss.alpha=0.5", "loss.alpha=0.25", "comparison.csv"):
+    for word in ("cnn_student", "teacher", "ce.weight=0.5", "ce.weight=0.25", "comparison.csv"):
         assert word in text, text
     assert "size MB" not in text and "size MB" in table.markdown()  # left to the files
 
@@ -212,13 +213,18 @@ class FakeData:
 
 
 @pytest.mark.parametrize("overrides, data, fragment", [
-    (("loss.alpha=0", "loss.beta=0"), None, "the loss is zero"),
     (("optim.warmup_epochs=100", "epochs=1"), None, "optim.warmup_epochs=100 with epochs=1"),
     (("batch_size=100000",), FakeData(1437, 8), "batch_size=100000 is larger than the training split"),
     (("dataset.augment.crop_padding=100",), FakeData(1437, 8), "crop_padding=100 on 8x8 images"),
 ])
 def test_meaningless_values_are_refused(overrides, data, fragment):
     assert any(fragment in p for p in problems(composed(*overrides), data))
+
+
+def test_a_loss_whose_every_term_weighs_zero_is_refused():
+    with pytest.raises(ConfigError, match=r"every term of loss=kd has weight 0 \(loss.terms.ce.weight=0, "
+                                          r"loss.terms.kd.weight=0\): the loss is zero"):
+        check_run_config(composed("loss.terms.ce.weight=0", "loss.terms.kd.weight=0"))
 
 
 def test_ordinary_values_pass_and_a_large_crop_is_warned_about():
@@ -237,7 +243,7 @@ def test_a_batch_larger_than_the_data_is_refused_by_the_cli_and_leaves_no_run_fo
 
 
 def test_a_bad_value_in_the_last_job_stops_the_sweep_before_the_first_job(tmp_path):
-    proc = run_kdrun(tmp_path, "-m", *TINY, "loss.alpha=0.5,0.25,0", "loss.beta=0", check=False)
+    proc = run_kdrun(tmp_path, "-m", *TINY, "loss.terms.ce.weight=0.5,0.25,0", "loss.terms.kd.weight=0", check=False)
     assert proc.returncode == 2 and "job 2" in proc.stdout and "the loss is zero" in proc.stdout
     assert not (tmp_path / "outputs" / "sweeps").exists() or not list((tmp_path / "outputs" / "sweeps").rglob("*.json"))
     assert "Launching" not in proc.stdout + proc.stderr

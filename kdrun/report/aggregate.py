@@ -13,7 +13,8 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
-from kdrun.report.jobs import SHORT_KEYS, JobRecord
+from kdrun.keys import SHORT_KEYS
+from kdrun.report.jobs import JobRecord
 from kdrun.schema import keys_with_role
 
 SEED_KEYS = keys_with_role("seed")
@@ -25,7 +26,7 @@ UNUSED_BY_SCRATCH = ("loss.", "teacher.")
 # How keys are shown: as people type them on the command line. When several keys vary
 # together (another experiment preset), the first of them in this order names the family.
 DISPLAY_NAMES = {
-    "loss.T": "T", "strategy.name": "strategy", "student.arch": "student", "teacher.arch": "teacher",
+    "strategy.name": "strategy", "loss.name": "loss", "student.arch": "student", "teacher.arch": "teacher",
     "dataset.name": "dataset", "trainer.epochs": "epochs", "optim.name": "optim",
     "trainer.batch_size": "batch_size", "device.name": "device",
 }
@@ -53,8 +54,21 @@ def stat(values: list[float]) -> Stat:
     return Stat(statistics.fmean(values), std, len(values))
 
 
+def is_temperature(key: str) -> bool:
+    """The short key T, or a loss term's temperature (loss.terms.<term>.T): shown as T, swept first."""
+    return key == "T" or (key.startswith("loss.terms.") and key.endswith(".T"))
+
+
 def display_name(key: str) -> str:
-    return DISPLAY_NAMES.get(key, key)
+    """T for a temperature; a term's key as <term>.<key> (ce.weight: loss.terms.ce.weight on the command
+    line), short enough for an 80-column table; other keys as typed."""
+    if is_temperature(key):
+        return "T"
+    return key.removeprefix("loss.terms.") if key.startswith("loss.terms.") else DISPLAY_NAMES.get(key, key)
+
+
+def _priority(key: str) -> int:
+    return -1 if is_temperature(key) else _PRIORITY.get(key, len(_PRIORITY))
 
 
 def _matches(key: str, patterns) -> bool:
@@ -70,9 +84,10 @@ def setting(job: JobRecord) -> dict:
     if job.config:
         values = dict(job.config)
     else:
-        values = {SHORT_KEYS.get(k, k): v for k, v in job.typed_overrides.items()}
+        values = job.typed_overrides  # as typed: T stays T
     strategy = values.get("strategy.name", job.metrics.get("strategy"))
-    drop = [*SEED_KEYS, *NOT_SETTINGS, *SHORT_KEYS]
+    # With a config, a short key's value is in the group key it feeds; without one, it is all there is.
+    drop = [*SEED_KEYS, *NOT_SETTINGS, *(SHORT_KEYS if job.config else ())]
     if strategy == "scratch":
         drop += UNUSED_BY_SCRATCH
     return {k: canonical(v) for k, v in sorted(values.items()) if not _matches(k, drop)}
@@ -163,8 +178,8 @@ def swept_keys(groups: list[Group]) -> list[str]:
         if len(set(values)) > 1:
             pattern = tuple(values.index(v) for v in values)  # which groups share a value
             families.setdefault(pattern, []).append(key)
-    chosen = [min(family, key=lambda k: (_PRIORITY.get(k, len(_PRIORITY)), len(k), k)) for family in families.values()]
-    return sorted(chosen, key=lambda k: (k != "loss.T", k))
+    chosen = [min(family, key=lambda k: (_priority(k), len(k), k)) for family in families.values()]
+    return sorted(chosen, key=lambda k: (not is_temperature(k), k))
 
 
 def is_numeric(groups: list[Group], key: str) -> bool:

@@ -41,7 +41,7 @@ def read_runs(root: Path) -> list[dict]:
         runs.append({
             "role": "teacher" if is_teacher else cfg.strategy.name,
             "width": int(cfg.student.hidden[0]),
-            "T": None if is_teacher or cfg.strategy.name == "scratch" else float(cfg.loss.T),
+            "T": None if is_teacher or cfg.strategy.name == "scratch" else float(metrics["T"]),
             "seed": int(cfg.seed), "errors": errors_from_accuracy(metrics["final_test_acc"], n), "test_images": n,
             "dataset": cfg.dataset.name,
         })

@@ -12,9 +12,6 @@ import yaml
 
 from kdrun.errors import KdrunError
 
-# Short keys that conf/config.yaml interpolates into a group key: the group key holds the value.
-SHORT_KEYS = {"T": "loss.T", "epochs": "trainer.epochs", "batch_size": "trainer.batch_size"}
-
 
 @dataclass
 class JobRecord:
@@ -36,12 +33,11 @@ class JobRecord:
         return self.metrics.get("error", "no metrics.json: the job died before finishing (or is still running)")
 
     def value_of(self, key: str):
-        """What the job ran with for a command-line key: its config.yaml's value (short keys such as
-        T read through to loss.T), else the override as typed when the job wrote no config."""
-        for name in (SHORT_KEYS.get(key, key), key):
-            if name in self.config:
-                value = self.config[name]
-                return list(value) if isinstance(value, tuple) else value
+        """What the job ran with for a command-line key: its config.yaml's value, else the override as
+        typed when the job wrote no config."""
+        if key in self.config:
+            value = self.config[key]
+            return list(value) if isinstance(value, tuple) else value
         return self.overrides.get(key, "")
 
     @property
@@ -82,7 +78,7 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
-    """{"loss": {"T": 4}} -> {"loss.T": 4}; lists become tuples so values can be compared and hashed."""
+    """{"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}; lists become tuples so values can be compared and hashed."""
     flat = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"

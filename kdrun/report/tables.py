@@ -18,7 +18,8 @@ from rich.table import Table as RichTable
 
 from kdrun.console import console
 from kdrun.report.console_table import console_table
-from kdrun.report.aggregate import Group, Stat, Study, TeacherRef, display_name, format_value, swept_keys
+from kdrun.report.aggregate import (Group, Stat, Study, TeacherRef, display_name, format_value, is_temperature,
+                                    swept_keys)
 from kdrun.report.jobs import JobRecord
 from kdrun.report.latency import Latency, LatencyMeter
 from kdrun.report.teacher_check import run_warning
@@ -203,7 +204,7 @@ def _runtime_of(job: JobRecord) -> tuple[str, str, bool]:
 
 def sweep_file_stem(keys: list[str]) -> str:
     """temperature_sweep for T, sweep_<key> for another key, sweep_<a>_x_<b> for two."""
-    if keys == ["loss.T"]:
+    if len(keys) == 1 and is_temperature(keys[0]):
         return "temperature_sweep"
     return "sweep_" + "_x_".join(display_name(k) for k in keys)
 

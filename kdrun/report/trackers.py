@@ -21,7 +21,7 @@ REPORT_FILES = ("config.yaml", "metrics.json", "metrics.jsonl", "learning_curves
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, str]:
-    """Nested config -> {"loss.T": "4.0", ...}: trackers take flat parameters."""
+    """Nested config -> {"optim.lr": "0.1", ...}: trackers take flat parameters."""
     out = {}
     for key, value in config.items():
         if isinstance(value, dict):

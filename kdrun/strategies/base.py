@@ -21,7 +21,7 @@ from kdrun.data import BatchAugment, DatasetSplits
 from kdrun.errors import ConfigError
 from kdrun.runtime import Runtime
 from kdrun.step import Batch, StepOutput
-from kdrun.strategies.objectives import OBJECTIVES
+from kdrun.methods.terms.compose import check_terms
 
 __all__ = ["Batch", "Fit", "STRATEGIES", "Setup", "StepOutput", "Strategy", "register", "strategy_class"]
 
@@ -45,9 +45,9 @@ class Strategy(ABC):
 
     name: ClassVar[str] = "base"
     uses_teacher_recipe: ClassVar[bool] = False  # trains teachers with teacher.epochs / teacher.seed
-    # Feature terms (loss.hint_weight, loss.at_weight) this strategy can train; others must be 0.
-    feature_terms: ClassVar[tuple[str, ...]] = ()
-    distills: ClassVar[bool] = True  # learns through the objective the `loss` group names
+    # The kinds of loss term (kdrun.methods.terms: logit, feature) this strategy can train.
+    term_kinds: ClassVar[tuple[str, ...]] = ("logit",)
+    distills: ClassVar[bool] = True  # learns through the terms the `loss` group lists
 
     @dataclass
     class Config:
@@ -61,14 +61,8 @@ class Strategy(ABC):
     @classmethod
     def validate(cls, cfg: DictConfig) -> None:
         """Refuse combinations of keys this strategy cannot train (types and ranges are checked already)."""
-        if cls.distills and cfg.loss.name not in OBJECTIVES:
-            raise ConfigError(f"strategy={cls.name} with loss={cfg.loss.name} has no distillation term; use "
-                              f"strategy=scratch to train on the labels, or loss={' or loss='.join(OBJECTIVES)}")
-        for term in ("hint_weight", "at_weight"):
-            if cfg.loss.get(term) and term not in cls.feature_terms:
-                users = [name for name, c in STRATEGIES.items() if term in c.feature_terms]
-                raise ConfigError(f"loss.{term}={cfg.loss[term]} does not apply to strategy={cls.name}; it works "
-                                  f"with strategy={' or '.join(users)}. Set loss.{term}=0")
+        if cls.distills:
+            check_terms(cfg, cls.name, cls.term_kinds)
 
     @classmethod
     @abstractmethod

@@ -18,10 +18,12 @@ from pathlib import Path
 from rich.table import Table
 
 from kdrun.console import console
+from kdrun.model_sources import arch_of
 from kdrun.schema import key
 from kdrun.strategies.base import Fit, Setup, register
-from kdrun.strategies.features import FeatureTerms, plan_feature_terms
-from kdrun.strategies.kd import KD
+from kdrun.methods.terms.compose import build_feature_terms
+from kdrun.methods.terms.feature.stages import FeatureContext
+from kdrun.strategies.kd import KD, feature_context
 from kdrun.teachers import Teacher, load_model, resolve_teacher, with_teacher
 
 
@@ -38,30 +40,31 @@ class BornAgain(KD):
     @classmethod
     def from_config(cls, setup: Setup) -> KD:
         """Generation 1: the first student distilled from generation 0."""
-        features, teacher = cls._generation_zero(setup)
-        return KD.from_teacher(setup, teacher, features, seed=setup.cfg.seed + 1)
+        context, teacher = cls._generation_zero(setup)
+        return KD.from_teacher(setup, teacher, context, seed=setup.cfg.seed + 1)
 
     @classmethod
-    def _generation_zero(cls, setup: Setup) -> tuple[FeatureTerms | None, Teacher]:
+    def _generation_zero(cls, setup: Setup) -> tuple[FeatureContext, Teacher]:
         cfg = setup.cfg
         arch = cfg.student.arch
-        features = plan_feature_terms(cfg.loss, arch, arch, setup.data)  # before generation 0 trains
+        context = feature_context(cfg, setup.data, teacher_arch=arch_of(cfg.student))
+        build_feature_terms(cfg, context)  # checks every stage choice before generation 0 trains
         teacher = resolve_teacher(with_teacher(cfg, arch, cfg.teacher.checkpoint), setup.data, setup.augment,
                                   setup.runtime)
-        return features, teacher
+        return context, teacher
 
     @classmethod
     def run(cls, setup: Setup, run_dir: Path, fit: Fit) -> dict:
         """Train generations 1..strategy.generations; returns the last one's summary plus the table."""
         cfg = setup.cfg
         arch, count = cfg.student.arch, cfg.strategy.generations
-        features, teacher = cls._generation_zero(setup)
+        context, teacher = cls._generation_zero(setup)
         table = [{"generation": 0, "arch": arch, "teacher": f"labels ({teacher.source})",
                   "final_test_acc": teacher.test_acc, "best_test_acc": None, "wall_time_s": None,
                   "path": str(teacher.path)}]
         for k in range(1, count + 1):
             out_dir = run_dir if k == count else run_dir / f"generation_{k}"
-            strategy = KD.from_teacher(setup, teacher, features, seed=cfg.seed + k)
+            strategy = KD.from_teacher(setup, teacher, context, seed=cfg.seed + k)
             summary = fit(strategy, out_dir, {"generation": k, "generations": count})
             weights = out_dir / "checkpoints" / "last.pt"  # the final weights teach, as for any teacher
             table.append({"generation": k, "arch": arch, "teacher": f"generation {k - 1}",

@@ -1,5 +1,5 @@
-"""Knowledge distillation from one frozen teacher: vanilla KD (Hinton et al. 2015) or DKD
-on the logits, plus optional FitNets hints and attention transfer on the features."""
+"""Knowledge distillation from one frozen teacher: the `loss` group's logit terms (kd, dkd, ...) and
+feature terms (hint, at, ...), summed."""
 
 from __future__ import annotations
 
@@ -7,63 +7,75 @@ from itertools import chain
 from typing import Iterator
 
 import torch
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from kdrun.strategies.base import Batch, Setup, StepOutput, Strategy, register
-from kdrun.strategies.features import FeatureDistiller, FeatureTerms, plan_feature_terms
-from kdrun.strategies.objectives import KDObjective, Objective, build_objective
+from kdrun.methods.terms.base import TermInputs
+from kdrun.methods.terms.compose import FeatureTerms, LogitTerms, build_feature_terms, build_logit_terms
+from kdrun.methods.terms.feature.stages import FeatureContext
 from kdrun.model_sources import arch_of
+from kdrun.strategies.base import Batch, Setup, StepOutput, Strategy, register
 from kdrun.students import build_student
 from kdrun.teacher_outputs import TeacherOutputs, build_teacher_outputs
 from kdrun.teachers import Teacher, freeze, resolve_teacher
+
+
+def feature_context(cfg: DictConfig, data, teacher_arch: str | None = None) -> FeatureContext:
+    return FeatureContext(arch_of(cfg.student), teacher_arch or arch_of(cfg.teacher),
+                          (data.in_channels, data.image_size, data.num_classes))
 
 
 @register
 class KD(Strategy):
     name = "kd"
     uses_teacher_recipe = True
-    feature_terms = ("hint_weight", "at_weight")
+    term_kinds = ("logit", "feature")
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, *, objective: Objective | None = None,
-                 alpha: float | None = None, beta: float | None = None, T: float | None = None,
-                 features: FeatureDistiller | None = None, teacher_summary: dict | None = None,
+    def __init__(self, student: nn.Module, teacher: nn.Module, terms: LogitTerms, *,
+                 features: FeatureTerms | None = None, teacher_summary: dict | None = None,
                  teacher_outputs: TeacherOutputs | None = None):
-        """`objective` gives the logit terms (kd or dkd); alpha, beta, T are shorthand for vanilla KD.
-        `teacher_outputs` serves the teacher's logits (cached or lean live, kdrun.teacher_outputs)."""
+        """`teacher_outputs` serves the teacher's logits (cached or lean live, kdrun.teacher_outputs)."""
         super().__init__(student)
         self.teacher = freeze(teacher)
         self.teacher_outputs = teacher_outputs
-        self.objective = objective if objective is not None else KDObjective(alpha, beta, T)
-        self.features = features  # owns the hint regressor: trained, never saved with the student
+        self.terms = terms
+        self.features = features  # owns the feature terms' trainable parts: trained, never saved with the student
         self.teacher_summary = teacher_summary or {}
 
     @classmethod
     def from_config(cls, setup: Setup) -> KD:
-        cfg = setup.cfg
-        features = plan_feature_terms(cfg.loss, arch_of(cfg.student), arch_of(cfg.teacher), setup.data)  # before training a teacher
-        return cls.from_teacher(setup, resolve_teacher(cfg, setup.data, setup.augment, setup.runtime), features)
+        context = feature_context(setup.cfg, setup.data)
+        build_feature_terms(setup.cfg, context)  # checks every stage choice before a teacher trains
+        teacher = resolve_teacher(setup.cfg, setup.data, setup.augment, setup.runtime)
+        return cls.from_teacher(setup, teacher, context)
 
     @staticmethod
-    def from_teacher(setup: Setup, teacher: Teacher, features: FeatureTerms | None, seed: int | None = None) -> KD:
+    def from_teacher(setup: Setup, teacher: Teacher, context: FeatureContext, seed: int | None = None) -> KD:
         """A fresh student (initialised from `seed`, default cfg.seed) that learns from `teacher` with the
         `loss` group."""
         cfg, data, runtime = setup.cfg, setup.data, setup.runtime
         student = build_student(cfg, data, runtime, seed)
-        distiller = runtime.prepare(FeatureDistiller(features)).tap(student, teacher.model) if features is not None else None
+        features = build_feature_terms(cfg, context)  # after the student: its RNG draws follow the student's
+        if features is not None:
+            features = runtime.prepare(features).tap(student, teacher.model)
+        terms = build_logit_terms(cfg).to(runtime.device)  # a term's own parameters live beside the student's
         # Logit terms need only the teacher's logits, which can be cached; feature terms need its stages, live.
-        outputs = build_teacher_outputs(cfg, data, runtime, teacher.model) if features is None else None
-        return KD(student, teacher.model, objective=build_objective(cfg.loss), features=distiller,
-                  teacher_summary=teacher.summary(), teacher_outputs=outputs)
+        outputs = build_teacher_outputs(cfg, data, runtime, teacher.model, terms.temperature()) \
+            if features is None else None
+        return KD(student, teacher.model, terms, features=features, teacher_summary=teacher.summary(),
+                  teacher_outputs=outputs)
+
+    def parts(self) -> dict[str, nn.Module]:
+        """What trains besides the student: the terms' own parameters (never saved with the student)."""
+        return {"terms": self.terms, **({"features": self.features} if self.features is not None else {})}
 
     def parameters(self) -> Iterator[nn.Parameter]:
-        if self.features is None:
-            return self.student.parameters()
-        return chain(self.student.parameters(), self.features.parameters())
+        return chain(self.student.parameters(), *(part.parameters() for part in self.parts().values()))
 
     def train(self) -> None:
         self.student.train()
-        if self.features is not None:
-            self.features.train()
+        for part in self.parts().values():
+            part.train()
 
     def teacher_logits(self, batch: Batch) -> Tensor:
         """The frozen teacher's logits for a batch."""
@@ -76,13 +88,15 @@ class KD(Strategy):
         if self.features is None:
             teacher_logits = self.teacher_logits(batch)
             logits = self.student(batch.x)
-            return StepOutput(logits, self.objective(logits, teacher_logits, batch.y, batch.epoch))
+            return StepOutput(logits, self.terms(logits, teacher_logits, batch.y, batch.epoch, batch.index))
         # Feature terms need the teacher's stage outputs, which logits alone (or a logit cache) cannot give.
         with torch.no_grad():
-            teacher_features, teacher_logits = self.teacher.forward_features(batch.x)
-        features, logits = self.student.forward_features(batch.x)
-        losses = self.objective(logits, teacher_logits, batch.y, batch.epoch)
-        losses.update(self.features(features, teacher_features))
+            teacher_stages, teacher_logits = self.teacher.forward_features(batch.x)
+        stages, logits = self.student.forward_features(batch.x)
+        losses = self.terms(logits, teacher_logits, batch.y, batch.epoch, batch.index)
+        losses.update(self.features(TermInputs(logits, teacher_logits, batch.y, batch.epoch, batch.index,
+                                               self.features.outputs(stages, 0),
+                                               self.features.outputs(teacher_stages, 1))))
         return StepOutput(logits, losses)
 
     def summary(self) -> dict:
@@ -92,8 +106,9 @@ class KD(Strategy):
         return summary
 
     def state_dict(self) -> dict:
-        return {} if self.features is None else {"features": self.features.state_dict()}
+        return {name: part.state_dict() for name, part in self.parts().items() if part.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        if self.features is not None:
-            self.features.load_state_dict(state["features"])
+        for name, part in self.parts().items():
+            if name in state:
+                part.load_state_dict(state[name])

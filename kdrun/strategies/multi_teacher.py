@@ -14,7 +14,7 @@ from kdrun.losses import confidence_weights, mixture_logits
 from kdrun.models import MODEL_NAMES
 from kdrun.schema import key
 from kdrun.strategies.base import Batch, Setup, StepOutput, Strategy, register
-from kdrun.strategies.objectives import Objective, build_objective
+from kdrun.methods.terms.compose import LogitTerms, build_logit_terms
 from kdrun.students import build_student
 from kdrun.teachers import freeze, resolve_teacher, with_teacher
 from kdrun.trainer import evaluate_split
@@ -62,11 +62,11 @@ class MultiTeacher(Strategy):
         weights: list[float] | None = key(low=0)  # combine=weighted: one per teacher, normalised
         checkpoints: list[str | None] | None = key()  # one path (or null) per teacher, like teacher.checkpoint
 
-    def __init__(self, student: nn.Module, ensemble: TeacherEnsemble, objective: Objective,
+    def __init__(self, student: nn.Module, ensemble: TeacherEnsemble, terms: LogitTerms,
                  teacher_summary: dict | None = None):
         super().__init__(student)
         self.ensemble = ensemble
-        self.objective = objective
+        self.terms = terms
         self.teacher_summary = teacher_summary or {}
 
     @classmethod
@@ -116,12 +116,12 @@ class MultiTeacher(Strategy):
             "combine": cfg.strategy.combine,
             "teachers": each,
         }
-        return cls(build_student(cfg, data, runtime), ensemble, build_objective(cfg.loss), summary)
+        return cls(build_student(cfg, data, runtime), ensemble, build_logit_terms(cfg), summary)
 
     def step(self, batch: Batch) -> StepOutput:
-        teacher_logits = self.ensemble.logits(batch.x, self.objective.T)
+        teacher_logits = self.ensemble.logits(batch.x, self.terms.temperature())
         logits = self.student(batch.x)
-        return StepOutput(logits, self.objective(logits, teacher_logits, batch.y, batch.epoch))
+        return StepOutput(logits, self.terms(logits, teacher_logits, batch.y, batch.epoch, batch.index))
 
     def summary(self) -> dict:
         return dict(self.teacher_summary)

@@ -15,14 +15,14 @@ from kdrun.models import MODEL_NAMES, build_model
 from kdrun.runtime import seed_everything
 from kdrun.schema import key
 from kdrun.strategies.base import Batch, Setup, StepOutput, Strategy, register
-from kdrun.strategies.objectives import Objective, build_objective
+from kdrun.methods.terms.compose import LogitTerms, build_logit_terms
 
 
 @register
 class Online(Strategy):
     """Peer 0 is the student: its logits give the train accuracy and it is the saved model.
 
-    Each peer's terms (peer<i>_ce, peer<i>_kd, ...) are the objective against every
+    Each peer's terms (peer<i>_ce, peer<i>_kd, ...) are the logit terms against every
     other peer, averaged over them: DML's CE + 1/(K-1) sum_l KL(p_l || p_k).
     """
 
@@ -32,10 +32,10 @@ class Online(Strategy):
     class Config:
         peers: list[str] = key(choices=lambda: MODEL_NAMES)  # the other peers' architectures
 
-    def __init__(self, peers: list[nn.Module], objective: Objective):
+    def __init__(self, peers: list[nn.Module], terms: LogitTerms):
         super().__init__(peers[0])
         self.peers = nn.ModuleList(peers)
-        self.objective = objective
+        self.terms = terms
         self.peer_acc: list[float] = []
 
     @classmethod
@@ -50,7 +50,7 @@ class Online(Strategy):
         seed_everything(cfg.seed)  # peers differ: each draws its initial weights in turn, from one seed
         peers = [setup.runtime.prepare(build_model(arch, data.in_channels, data.image_size, data.num_classes))
                  for arch in (cfg.student.arch, *cfg.strategy.peers)]
-        return cls(peers, build_objective(cfg.loss))
+        return cls(peers, build_logit_terms(cfg))
 
     def parameters(self) -> Iterator[nn.Parameter]:
         return self.peers.parameters()
@@ -62,7 +62,7 @@ class Online(Strategy):
         logits = [peer(batch.x) for peer in self.peers]
         losses = {}
         for i, own in enumerate(logits):
-            pairs = [self.objective(own, other.detach(), batch.y, batch.epoch)
+            pairs = [self.terms(own, other.detach(), batch.y, batch.epoch, batch.index)
                      for j, other in enumerate(logits) if j != i]
             for term in pairs[0]:
                 losses[f"peer{i}_{term}"] = sum(p[term] for p in pairs) / len(pairs)

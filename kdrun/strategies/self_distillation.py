@@ -3,7 +3,7 @@
 An auxiliary classifier sits on every stage of the student but the last. The
 network's own classifier (the deepest head) learns from the labels; each
 shallower head learns from the labels and from the deepest head's softened,
-detached outputs (the `loss` objective), and optionally (loss.hint_weight) from
+detached outputs (the `loss` group's logit terms), and optionally (strategy.hint_weight) from
 the deepest stage's features through its own adaptation layer. The heads are
 trained with the student and dropped at the end: the saved model is the plain
 network.
@@ -19,12 +19,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdrun.errors import ConfigError
-from kdrun.losses import cross_entropy, hint_loss
+from kdrun.losses import cross_entropy
 from kdrun.schema import key
 from kdrun.model_sources import arch_of
 from kdrun.strategies.base import Batch, Setup, StepOutput, Strategy, register
-from kdrun.strategies.features import Shape, describe, stage_shapes
-from kdrun.strategies.objectives import Objective, build_objective
+from kdrun.methods.terms.feature.hint import hint_loss
+from kdrun.methods.terms.feature.stages import Shape, describe, stage_shapes
+from kdrun.methods.terms.compose import LogitTerms, build_logit_terms
 from kdrun.students import build_student
 
 
@@ -65,13 +66,13 @@ class HeadClassifier(nn.Module):
 @register
 class SelfDistillation(Strategy):
     name = "self"
-    feature_terms = ("hint_weight",)  # deep-to-shallow feature hints through each head's adaptation layer
 
     @dataclass
     class Config:
         ce_weight: float = key(low=0)  # the deepest head's cross-entropy
+        hint_weight: float = key(low=0)  # deep-to-shallow feature hints through each head's adaptation layer
 
-    def __init__(self, student: nn.Module, stage_shapes: tuple[Shape, ...], objective: Objective, *,
+    def __init__(self, student: nn.Module, stage_shapes: tuple[Shape, ...], terms: LogitTerms, *,
                  ce_weight: float, hint_weight: float):
         super().__init__(student)
         if len(stage_shapes) < 2:
@@ -82,10 +83,10 @@ class SelfDistillation(Strategy):
             for stage, shape in enumerate(stage_shapes[:-1]):
                 if len(shape) != len(deep):
                     raise ConfigError(
-                        f"strategy=self with loss.hint_weight: {student.arch} stage {stage} ({describe(shape)}) "
-                        f"cannot be matched to its deepest stage ({describe(deep)}); set loss.hint_weight=0")
+                        f"strategy=self with strategy.hint_weight: {student.arch} stage {stage} ({describe(shape)}) "
+                        f"cannot be matched to its deepest stage ({describe(deep)}); set strategy.hint_weight=0")
         self.heads = nn.ModuleList(AuxiliaryHead(shape, deep, student.num_classes) for shape in stage_shapes[:-1])
-        self.objective = objective
+        self.terms = terms
         self.ce_weight, self.hint_weight = ce_weight, hint_weight
         self.head_acc: list[float] = []
 
@@ -93,8 +94,8 @@ class SelfDistillation(Strategy):
     def from_config(cls, setup: Setup) -> SelfDistillation:
         cfg, data, runtime = setup.cfg, setup.data, setup.runtime
         shapes = stage_shapes(arch_of(cfg.student), data.in_channels, data.image_size, data.num_classes)
-        strategy = cls(build_student(cfg, data, runtime), shapes, build_objective(cfg.loss),
-                       ce_weight=cfg.strategy.ce_weight, hint_weight=cfg.loss.hint_weight)
+        strategy = cls(build_student(cfg, data, runtime), shapes, build_logit_terms(cfg),
+                       ce_weight=cfg.strategy.ce_weight, hint_weight=cfg.strategy.hint_weight)
         runtime.prepare(strategy.heads)
         return strategy
 
@@ -111,7 +112,7 @@ class SelfDistillation(Strategy):
         deep_logits, deep_features = logits.detach(), features[-1].detach()
         for stage, head in enumerate(self.heads):
             adapted, head_logits = head(features[stage])
-            for term, value in self.objective(head_logits, deep_logits, batch.y, batch.epoch).items():
+            for term, value in self.terms(head_logits, deep_logits, batch.y, batch.epoch, batch.index).items():
                 losses[f"head{stage}_{term}"] = value
             if self.hint_weight:
                 losses[f"head{stage}_hint"] = self.hint_weight * hint_loss(adapted, deep_features)

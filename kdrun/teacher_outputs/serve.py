@@ -238,12 +238,14 @@ def cache_key(recipe: dict) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def build_teacher_outputs(cfg, data: DatasetSplits, runtime: Runtime, teacher: nn.Module) -> TeacherOutputs:
-    """Targets from `teacher` for a run whose strategy needs only the teacher's logits."""
+def build_teacher_outputs(cfg, data: DatasetSplits, runtime: Runtime, teacher: nn.Module,
+                          T: float = 1.0) -> TeacherOutputs:
+    """Targets from `teacher` for a run whose strategy needs only the teacher's logits, read by its terms at
+    temperature T (top-k targets keep the rest's mass exactly at that T)."""
     topk = cfg.teacher.topk
     if topk is not None and (isinstance(topk, bool) or not isinstance(topk, int) or topk < 1):
         raise ConfigError(f"teacher.topk must be a positive integer or null (keep every class), got {topk!r}")
-    fmt = TargetFormat(data.num_classes, topk, cfg.loss.T)
+    fmt = TargetFormat(data.num_classes, topk, T)
     if not cfg.teacher.cache:
         return TeacherOutputs(teacher, fmt)
 

@@ -25,7 +25,7 @@ def groups(root: Path) -> dict[tuple, list[float]]:
         cfg = OmegaConf.load(path.parent / "config.yaml")
         student = (cfg.student.arch + (f"{list(cfg.student.hidden)}" if cfg.student.get("hidden") else "")
                    + f", {cfg.epochs} ep")
-        T = None if cfg.strategy.name == "scratch" else float(cfg.loss.T)
+        T = None if cfg.strategy.name == "scratch" else float(cfg.T)
         found.setdefault((student, T), []).append(float(metrics["final_val_acc"]))
     return found
 

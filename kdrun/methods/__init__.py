@@ -1,0 +1,1 @@
+"""Ways of training (strategies) and what they minimise (terms)."""

@@ -1,0 +1,117 @@
+"""What every loss term shares, and the registry that `loss.terms.<name>` picks from.
+
+A term is one class in one file, as a strategy is: its own typed `Config` (kdrun.schema keys with their
+defaults beside them; every term has a `weight`), a `validate` for how its keys combine with the rest
+of the run's config, and a registration by name (`@register_term`). There are two kinds:
+
+- a logit term (`LogitTerm`) reads the student's and the teacher's logits, the labels and the epoch;
+- a feature term (`FeatureTerm`) also reads stage outputs of both models, and may own trainable parts
+  (a regressor, an embedding, a memory bank): the strategy trains them, last.pt keeps them for resume,
+  and they are never saved with the student.
+
+A term returns its weighted value(s) by name; the trainer sums every term of a step and logs each as
+`loss_<name>`. Nothing outside a term's file knows its keys: whoever needs a temperature asks
+`temperature()`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import Tensor, nn
+
+from kdrun.errors import ConfigError
+from kdrun.keys import key
+
+LOGIT, FEATURE = "logit", "feature"
+
+
+@dataclass
+class TermInputs:
+    """What a term may read for one batch. Feature lists are present for feature terms only."""
+
+    logits: Tensor  # the student's
+    teacher_logits: Tensor
+    labels: Tensor
+    epoch: int  # 1-based
+    index: Tensor | None = None  # positions of the samples in the training split
+    features: object | None = None  # the student's StageOutputs (kdrun.methods.terms.feature.stages)
+    teacher_features: object | None = None
+
+
+class Term(nn.Module):
+    """One weighted loss. Subclasses set `name`, `kind` and a `Config` with at least `weight`."""
+
+    name: ClassVar[str] = "term"
+    kind: ClassVar[str] = LOGIT
+    uses_labels: ClassVar[bool] = False  # reads the labels: sees labelled images only
+    distils: ClassVar[bool] = True  # learns from the teacher (cross-entropy alone does not)
+
+    @dataclass
+    class Config:
+        weight: float = key(default=1.0, low=0, doc="what the term's value is multiplied by")
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.weight = float(config.weight)
+
+    @classmethod
+    def validate(cls, config, cfg) -> None:
+        """Refuse combinations of this term's keys with the rest of the run's config (types and ranges are
+        checked already). `config` is the term's own Config, `cfg` the whole run's."""
+
+    def temperature(self) -> float | None:
+        """The temperature at which this term reads the teacher's logits, if it has one."""
+        return None
+
+    def weighted(self, value: Tensor) -> dict[str, Tensor]:
+        return {self.name: self.weight * value}
+
+    def forward(self, inputs: TermInputs) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+
+class LogitTerm(Term):
+    kind = LOGIT
+
+    @classmethod
+    def build(cls, config, context) -> "LogitTerm":
+        return cls(config)
+
+
+class FeatureTerm(Term):
+    """Reads stage outputs. `build` gets a FeatureContext (both architectures, the data's dimensions) so
+    stage choices are checked, and trainable parts sized, before any teacher trains."""
+
+    kind = FEATURE
+
+    @classmethod
+    def build(cls, config, context) -> "FeatureTerm":
+        raise NotImplementedError
+
+    def layer_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Layers by module name this term reads besides the models' own stages: (student's, teacher's)."""
+        return (), ()
+
+
+TERMS: dict[str, type[Term]] = {}
+
+
+def register_term(cls: type[Term]) -> type[Term]:
+    """Class decorator: `loss.terms.<cls.name>` builds this term."""
+    if cls.name in TERMS and TERMS[cls.name] is not cls:
+        raise ValueError(f"two loss terms are named {cls.name!r}: {TERMS[cls.name].__qualname__} and "
+                         f"{cls.__qualname__}")
+    TERMS[cls.name] = cls
+    return cls
+
+
+def term_class(name: str) -> type[Term]:
+    if name not in TERMS:
+        match = difflib.get_close_matches(str(name), list(TERMS), n=1)
+        hint = f"; did you mean {match[0]}?" if match else ""
+        raise ConfigError(f"unknown loss term {name!r}{hint} (known terms: {', '.join(sorted(TERMS))})")
+    return TERMS[name]

@@ -1,0 +1,22 @@
+"""Every loss term kdrun ships, registered by importing its module (logit/*.py, feature/*.py), plus those
+of the `plugins` modules a config names. Adding a term is one module in one of those folders."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+
+import kdrun.methods.terms.feature as feature_package
+import kdrun.methods.terms.logit as logit_package
+from kdrun.methods.terms.base import TERMS, Term, term_class
+
+for _package in (logit_package, feature_package):
+    for _module in pkgutil.iter_modules(_package.__path__):
+        importlib.import_module(f"{_package.__name__}.{_module.name}")
+
+__all__ = ["TERMS", "term_class", "term_fields"]
+
+
+def term_fields(cls: type[Term]) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls.Config)}

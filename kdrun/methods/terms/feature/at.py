@@ -1,0 +1,84 @@
+"""Attention transfer (Zagoruyko & Komodakis 2017): stage pairs compare their spatial attention maps.
+
+RepDistiller's AT row (-b 1000) and mdistiller's AT (FEAT_WEIGHT 1000, p=2): the map is the channel
+mean of the squared activations, flattened and L2-normalised; the term is the mean squared difference,
+summed over stage pairs. The weight keeps its CIFAR meaning on smaller images (kdrun/feature_scale.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+import torch.nn.functional as F
+
+from kdrun.errors import ConfigError
+from kdrun.feature_scale import scaled_at_weight
+from kdrun.keys import key
+from kdrun.methods.terms.base import FeatureTerm, TermInputs, register_term
+from kdrun.methods.terms.feature.stages import FeatureContext, describe, match_spatial
+
+
+def attention_map(features: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B, H*W): mean over channels of the squared activations, L2-normalised."""
+    return F.normalize(features.pow(2).mean(dim=1).flatten(1), dim=1)
+
+
+def at_loss(student_features: list[Tensor], teacher_features: list[Tensor]) -> Tensor:
+    """Sum over stage pairs of the mean squared difference of the attention maps; the larger map is
+    pooled to the smaller size first (as RepDistiller)."""
+    total = 0.0
+    for s, t in zip(student_features, teacher_features, strict=True):
+        s, t = match_spatial(s, t)
+        total = total + (attention_map(s) - attention_map(t)).pow(2).mean()
+    return total
+
+
+@register_term
+class AttentionTransfer(FeatureTerm):
+    name = "at"
+
+    @dataclass
+    class Config:
+        weight: float = key(default=1000.0, low=0)
+        student_stages: list[int] | None = key(doc="paired with teacher_stages; both null = the last stages of each")
+        teacher_stages: list[int] | None = key()
+        student_layers: list[str] | None = key(doc="layers by module path instead, paired with teacher_layers")
+        teacher_layers: list[str] | None = key()
+
+    def __init__(self, config, pairs, image_size: int):
+        super().__init__(config)
+        self.pairs = pairs  # (student ref, teacher ref) per pair
+        self.weight = scaled_at_weight(config.weight, image_size)
+
+    @classmethod
+    def build(cls, config, context: FeatureContext) -> "AttentionTransfer":
+        by_name = config.student_layers is not None or config.teacher_layers is not None
+        s_list, t_list = ((config.student_layers, config.teacher_layers) if by_name
+                          else (config.student_stages, config.teacher_stages))
+        if not by_name and s_list is None and t_list is None:  # pair the last stages of both, from the end
+            k = min(len(context.stages("student")), len(context.stages("teacher")))
+            s_list, t_list = list(range(-k, 0)), list(range(-k, 0))
+        what = "layers" if by_name else "stages"
+        if s_list is None or t_list is None or len(s_list) != len(t_list) or not len(s_list):
+            raise ConfigError(f"loss.terms.at.student_{what}={s_list} and loss.terms.at.teacher_{what}={t_list} "
+                              f"must be two lists of the same, non-zero length (pairs), or all null to pair the "
+                              f"last stages of each model")
+        pairs = []
+        for s, t in zip(s_list, t_list):
+            picked = [context.pick(side, cls.name, None if by_name else ref, ref if by_name else None,
+                                   f"{side}_{what}") for side, ref in (("student", s), ("teacher", t))]
+            for side, (ref, shape) in zip(("student", "teacher"), picked):
+                if len(shape) != 3:
+                    raise ConfigError(f"attention transfer needs spatial feature maps, but {context.arch(side)} "
+                                      f"{ref!r} outputs {describe(shape)}; choose other stages or layers")
+            pairs.append((picked[0][0], picked[1][0]))
+        return cls(config, tuple(pairs), context.image_size)
+
+    def layer_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return (tuple(s for s, _ in self.pairs if isinstance(s, str)),
+                tuple(t for _, t in self.pairs if isinstance(t, str)))
+
+    def forward(self, inputs: TermInputs) -> dict[str, Tensor]:
+        return self.weighted(at_loss([inputs.features[s] for s, _ in self.pairs],
+                                     [inputs.teacher_features[t] for _, t in self.pairs]))
