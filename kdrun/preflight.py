@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from kdrun.errors import ConfigError, KdrunError
 from kdrun.plausibility import check_plausible
 from kdrun.recipes import apply_recipes
+from kdrun.methods.terms.compose import complete_terms
 from kdrun.resume import check_can_start, check_same_config
 from kdrun.run import check_run_config
 from kdrun.schema import unknown_key_message
@@ -70,6 +71,7 @@ def as_job(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     with open_dict(cfg):
         del cfg["hydra"]
     apply_recipes(cfg, choices, overrides)
+    complete_terms(cfg)  # as run.py does: a resumed run's config.yaml lists every key of its terms
     return cfg
 
 
