@@ -31,6 +31,10 @@ class KDModel(nn.Module, ABC):
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_features(x)[1]
 
+    def layer_root(self) -> nn.Module:
+        """Where layer names start (kdrun-layers, named-layer feature terms): the model itself."""
+        return self
+
     def run_stages(self, out: Tensor) -> list[Tensor]:
         """Each of `self.stages` in turn from `out`; the output of every stage (the last is the deepest)."""
         features = []

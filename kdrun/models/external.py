@@ -19,6 +19,7 @@ import json
 import torch
 from torch import Tensor, nn
 
+from kdrun.errors import ConfigError
 from kdrun.models.base import KDModel
 from kdrun.models.layers import LayerTap
 
@@ -65,6 +66,9 @@ class ExternalModel(KDModel):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(self.input_norm(x))
+
+    def layer_root(self) -> nn.Module:
+        return self.net  # `layer2`, not `net.layer2`
 
     def forward_features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
         with LayerTap(self.net, self.stage_layers) as tap:
@@ -155,7 +159,6 @@ def import_timm():
     try:
         import timm
     except ImportError as exc:
-        from kdrun.errors import ConfigError
         raise ConfigError("teacher=timm / student=timm needs the timm package: pip install 'kdrun[timm]'") from exc
     return timm
 

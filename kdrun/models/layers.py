@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from kdrun.errors import ConfigError
+from kdrun.models.base import KDModel
 
 
 class LayerTap:
@@ -53,9 +54,7 @@ class LayerTap:
 
 def feature_root(model: nn.Module) -> nn.Module:
     """Where layer names start: inside the wrapper of an external model (`layer2`, not `net.layer2`)."""
-    from kdrun.models.external import ExternalModel
-
-    return model.net if isinstance(model, ExternalModel) else model
+    return model.layer_root() if isinstance(model, KDModel) else model
 
 
 def find_layer(model: nn.Module, name: str) -> nn.Module:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdrun.errors import ConfigError
+from kdrun.report.trackers import MLflowLogger, WandbLogger
 
 LOGGERS = ("none", "tensorboard", "mlflow", "wandb")
 
@@ -66,11 +67,7 @@ def build_logger(logger_cfg, run_dir: Path, params: dict | None = None, outputs:
     if name == "tensorboard":
         return TensorBoardLogger(Path(run_dir) / logger_cfg.log_dir)
     if name == "mlflow":
-        from kdrun.report.trackers import MLflowLogger
-
         return MLflowLogger(logger_cfg, run_dir, params or {}, outputs)
     if name == "wandb":
-        from kdrun.report.trackers import WandbLogger
-
         return WandbLogger(logger_cfg, run_dir, params or {})
     return EpochLogger()
