@@ -47,15 +47,16 @@ bench:
 	$(PY) bench/bench.py --out bench.json
 	$(PY) bench/bench_folders.py --out bench_folders.json
 
-# The RepDistiller/CRD CIFAR-100 table (13 pairs) with DKD, beside the published numbers
-# (results/published/cifar100.csv): per pair the teacher, the student from scratch, KD and DKD,
+# The RepDistiller/CRD CIFAR-100 table (13 pairs), beside the published numbers (results/published/cifar100.csv):
+# per pair the teacher, the student from scratch and each of METHODS (default kd dkd; any loss= preset, +ls, +kd),
 # 3 seeds, 240 epochs each; a GPU job. PAIRS=resnet56_resnet20 (space-separated) for a subset;
 # REPRO_SMOKE=1 runs every target a few steps on a tiny subset (synthetic 3x32x32, 100 classes,
 # when CIFAR-100 is not in data/). Tables in outputs/reproduce/cifar100/reproduction.md/.csv.
 PAIRS ?=
+METHODS ?= kd dkd
 REPRO_OUT ?= outputs/reproduce/cifar100$(if $(REPRO_SMOKE),-smoke)
 reproduce-cifar100:
-	$(PY) -m kdrun.reproduce --pairs "$(PAIRS)" --out $(REPRO_OUT) $(if $(REPRO_SMOKE),--smoke)
+	$(PY) -m kdrun.reproduce --pairs "$(PAIRS)" --methods "$(METHODS)" --out $(REPRO_OUT) $(if $(REPRO_SMOKE),--smoke)
 
 # Reproductions that run on a CPU (results/README.md). MNIST by default (downloaded into data/); on a
 # machine without MNIST: REPRO_DATA="dataset=fashion_mnist dataset.root=/usr/share/datasets/fashion-mnist".

@@ -1,11 +1,12 @@
-"""`python -m kdrun.reproduce`: the CIFAR-100 table of RepDistiller/CRD and DKD, pair by pair.
+"""`python -m kdrun.reproduce`: the CIFAR-100 table of RepDistiller/CRD, mdistiller and later papers, pair by
+pair and method by method.
 
-For each pair (`experiment=cifar100_<pair>`) four targets, each a `kdrun -m` sweep in
-<out>/<pair>/<target>/:
-  teacher  the teacher trained from scratch at lr 0.05 (RepDistiller train_teacher.py), seed 0
-  scratch  the student from scratch, over the seeds
-  kd       the student distilled from that teacher (its last.pt), over the seeds
-  dkd      the same with loss=dkd (the preset's dkd_beta), over the seeds
+For each pair (`experiment=cifar100_<pair>`) these targets, each a `kdrun -m` sweep in <out>/<pair>/<target>/:
+  teacher   the teacher trained from scratch at lr 0.05 (RepDistiller train_teacher.py), seed 0
+  scratch   the student from scratch, over the seeds
+  <method>  for each of --methods, the student distilled from that teacher (its last.pt), over the seeds:
+            `loss=<method>` (its preset's reference weights), `<m>+ls` with logit standardisation,
+            `crd+kd` with KD added, `kd+dot` with optim=dot
 Finished jobs are skipped on a rerun (resume=<sweep dir>). Then <out>/reproduction.md/.csv put
 our numbers beside results/published/cifar100.csv (kdrun.report.published).
 
@@ -24,7 +25,7 @@ from pathlib import Path
 from kdrun.console import console
 from kdrun.errors import KdrunError
 from kdrun.io import atomic_write_text
-from kdrun.report.published import csv_text, markdown, read_published, table_rows
+from kdrun.report.published import cifar100_pairs, csv_text, markdown, read_published, table_rows
 
 TEACHER_LR = 0.05  # RepDistiller train_teacher.py's default, for every teacher
 SMOKE_SAMPLES = 32
@@ -41,15 +42,38 @@ def smoke_overrides(data_root: Path) -> list[str]:
     return SMOKE + data
 
 
-def target_commands(pair: str, teacher_arch: str, seeds: list[int], out: Path, extra: list[str]) -> dict[str, list[str]]:
+def loss_presets() -> list[str]:
+    """Every `loss=` preset kdrun ships that distils (ce trains on the labels alone)."""
+    folder = resources.files("kdrun.conf").joinpath("loss")
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml") and p.name != "ce.yaml")
+
+
+def method_overrides(method: str) -> list[str]:
+    """The kdrun overrides that train a method as the papers name it."""
+    base, _, extra = method.partition("+")
+    if base not in loss_presets() or extra not in ("", "ls", "kd", "dot"):
+        allowed = loss_presets()
+        raise KdrunError(f"unknown method {method!r}; allowed: {', '.join(allowed)}, each optionally +ls (logit "
+                         f"standardisation), crd+kd and the like (+kd adds vanilla KD), kd+dot (optim=dot)")
+    overrides = [f"loss={base}"]
+    if extra == "ls":
+        overrides.append("loss.standardize=true")
+    elif extra == "kd":
+        overrides.append("loss.terms.kd.weight=1")
+    elif extra == "dot":
+        overrides.append("optim=dot")
+    return overrides
+
+
+def target_commands(pair: str, teacher_arch: str, seeds: list[int], out: Path, extra: list[str],
+                    methods: list[str]) -> dict[str, list[str]]:
     """target -> the `kdrun` arguments that run it."""
     seed_list = "seed=" + ",".join(map(str, seeds))
     teacher_ckpt = out / pair / "teacher" / "0" / "checkpoints" / "last.pt"
     specific = {
         "teacher": ["strategy=scratch", f"student={teacher_arch}", f"optim.lr={TEACHER_LR}", "seed=0"],
         "scratch": ["strategy=scratch", seed_list],
-        "kd": [f"teacher.checkpoint={teacher_ckpt}", seed_list],
-        "dkd": ["loss=dkd", f"teacher.checkpoint={teacher_ckpt}", seed_list],
+        **{m: [*method_overrides(m), f"teacher.checkpoint={teacher_ckpt}", seed_list] for m in methods},
     }
     commands = {}
     for target, args in specific.items():
@@ -72,7 +96,8 @@ def preset_teacher(pair: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kdrun.reproduce", description=__doc__.split("\n")[0])
-    parser.add_argument("--pairs", default="", help="space- or comma-separated pairs (default: every row of --published)")
+    parser.add_argument("--pairs", default="", help="space- or comma-separated pairs (default: every pair of --published)")
+    parser.add_argument("--methods", default="kd dkd", help="space- or comma-separated methods (default: kd dkd)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--out", default="outputs/reproduce/cifar100")
     parser.add_argument("--published", default="results/published/cifar100.csv")
@@ -82,8 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         published = read_published(args.published)
-        known = [row.pair for row in published]
+        known = cifar100_pairs(published)
         pairs = args.pairs.replace(",", " ").split() or known
+        methods = args.methods.replace(",", " ").split()
+        for method in methods:
+            method_overrides(method)  # an unknown method is refused before anything runs
         unknown = [p for p in pairs if p not in known]
         if unknown:
             raise KdrunError(f"unknown pair(s) {', '.join(unknown)}; allowed: {', '.join(known)}")
@@ -93,13 +121,13 @@ def main(argv: list[str] | None = None) -> int:
         kdrun = Path(sys.executable).with_name("kdrun")
         failed = []
         for pair in [] if args.report_only else pairs:
-            for target, command in target_commands(pair, preset_teacher(pair), seeds, out, extra).items():
+            for target, command in target_commands(pair, preset_teacher(pair), seeds, out, extra, methods).items():
                 console.print(f"[bold]{pair} {target}[/]: kdrun {' '.join(command)}", soft_wrap=True, markup=True)
                 if subprocess.run([str(kdrun), *command]).returncode != 0:
                     failed.append(f"{pair} {target}")
                     if target == "teacher":
-                        break  # KD and DKD need this teacher
-        rows, warnings = table_rows([r for r in published if r.pair in pairs], out)
+                        break  # every method needs this teacher
+        rows, warnings = table_rows(published, out, pairs, methods)
         title = "CIFAR-100: ours beside the published numbers"
         if args.smoke:
             title += " (SMOKE RUN: a few steps on a tiny subset; the numbers mean nothing)"

@@ -14,14 +14,15 @@ from hydra import compose, initialize_config_module
 
 from kdrun.errors import KdrunError
 from kdrun.report.aggregate import stat
-from kdrun.report.published import Cell, read_published, teacher_warning
-from kdrun.reproduce import preset_teacher
+from kdrun.report.published import Cell, Published, cifar100_pairs, read_published, teacher_warning
+from kdrun.reproduce import loss_presets, method_overrides, preset_teacher
 from kdrun.run import check_run_config as validate
 from kdrun.run import run_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = REPO / "results" / "published" / "cifar100.csv"
-PAIRS = [row.pair for row in read_published(PUBLISHED)]
+NUMBERS = read_published(PUBLISHED)
+PAIRS = cifar100_pairs(NUMBERS)
 # mdistiller configs/cifar100/dkd/*.yaml DKD.BETA (8 where the file leaves its default).
 DKD_BETA = {"resnet56_resnet20": 2, "resnet110_resnet20": 2, "resnet110_resnet32": 2, "wrn_40_2_wrn_16_2": 6,
             "wrn_40_2_wrn_40_1": 6, "vgg13_vgg8": 6, "vgg13_mobilenetv2": 6}
@@ -34,25 +35,44 @@ def compose_cfg(*overrides: str):
         return compose(config_name="config", overrides=list(overrides))
 
 
-def test_published_csv_has_the_13_pairs_each_with_a_preset_and_sources():
-    rows = read_published(PUBLISHED)
-    assert len(rows) == 13 == len(set(PAIRS))
-    for row in rows:
-        teacher = preset_teacher(row.pair)  # raises if the preset is missing
-        assert row.pair.startswith(teacher + "_")
-        assert all(row.accuracy[r] is not None for r in ("teacher", "scratch", "kd"))
-        assert row.accuracy["teacher"] > row.accuracy["scratch"]
-        assert all(row.source[r] for r in row.accuracy if row.accuracy[r] is not None)
-    # The two rows the DKD paper does not have.
-    assert [r.pair for r in rows if r.accuracy["dkd"] is None] == ["resnet110_resnet20", "resnet50_vgg8"]
+def test_published_csv_has_the_13_pairs_each_with_a_preset_sources_and_the_epoch_kind():
+    assert len(PAIRS) == 13
+    for pair in PAIRS:
+        teacher = preset_teacher(pair)  # raises if the preset is missing
+        assert pair.startswith(teacher + "_")
+        by_method = {n.method: n for n in NUMBERS if n.pair == pair}
+        assert {"teacher", "scratch", "kd", "crd"} <= set(by_method)
+        assert by_method["teacher"].acc > by_method["scratch"].acc
+    assert all(n.source and n.repo and n.epoch in ("last", "best") for n in NUMBERS)
+    # RepDistiller's numbers are last-epoch (its authors, RepDistiller issue 16); mdistiller's best (issue 30).
+    assert {n.epoch for n in NUMBERS if n.repo.startswith("github.com/HobbitLong")} == {"last"}
+    assert {n.epoch for n in NUMBERS if n.repo.startswith("github.com/megvii-research")} == {"best"}
+    # one number per (experiment, method), and the ImageNet pair is there
+    assert len({(n.experiment, n.method) for n in NUMBERS}) == len(NUMBERS)
+    assert {"teacher", "scratch", "kd", "dkd"} <= {n.method for n in NUMBERS if n.experiment == "imagenet_resnet34_resnet18"}
+    # the CRD table's cells, spot-checked against the README's: resnet32x4 -> resnet8x4 CRD, vgg13 -> MobileNetV2 AT
+    assert next(n.acc for n in NUMBERS if n.pair == "resnet32x4_resnet8x4" and n.method == "crd") == 75.51
+    assert next(n.acc for n in NUMBERS if n.pair == "vgg13_mobilenetv2" and n.method == "at") == 59.40
 
 
 def test_published_csv_bad_value_is_named(tmp_path):
     bad = tmp_path / "bad.csv"
     text = PUBLISHED.read_text().splitlines()
     bad.write_text("\n".join([text[0], text[1].replace("75.61", "75.6x", 1)]) + "\n")
-    with pytest.raises(KdrunError, match=r"bad.csv:2: teacher_acc must be a percentage or empty, got '75.6x'"):
+    with pytest.raises(KdrunError, match=r"bad.csv:2: acc must be a percentage, got '75.6x'"):
         read_published(bad)
+    bad.write_text("\n".join([text[0], text[1].replace(",last,", ",final,", 1)]) + "\n")
+    with pytest.raises(KdrunError, match=r"bad.csv:2: epoch must be one of last, best, got 'final'"):
+        read_published(bad)
+
+
+def test_every_method_maps_to_a_kdrun_command_and_an_unknown_one_is_refused():
+    assert method_overrides("kd") == ["loss=kd"]
+    assert method_overrides("dkd+ls") == ["loss=dkd", "loss.standardize=true"]
+    assert method_overrides("at+kd") == ["loss=at", "loss.terms.kd.weight=1"]
+    assert "kd" in loss_presets() and "ce" not in loss_presets()
+    with pytest.raises(KdrunError, match=r"unknown method 'kdd'; allowed: .*dkd"):
+        method_overrides("kdd")
 
 
 @pytest.mark.parametrize("pair", PAIRS)
@@ -85,39 +105,52 @@ def test_every_preset_runs_a_step(pair, tmp_path):
         assert math.isfinite(summary["final_test_acc"])
 
 
+def published(acc: float, epoch: str = "last") -> Published:
+    return Published("cifar100_resnet56_resnet20", "resnet56", "resnet20", "kd", acc, epoch, "paper", "repo")
+
+
 def test_cell_delta_and_verdict_against_a_hand_computation():
     ours = stat([70.0, 71.0, 72.0])  # mean 71, sample std 1
-    assert Cell("kd", 70.66, ours, ours).delta == pytest.approx(71.0 - 70.66)
-    assert Cell("kd", 70.66, ours, ours).verdict == "within"  # |0.34| <= 2 * 1
-    assert Cell("kd", 68.5, ours, ours).verdict == "ours higher"  # 2.5 > 2
-    assert Cell("kd", 73.5, ours, ours).verdict == "ours lower"
-    assert Cell("kd", 73.0, ours, ours).verdict == "within"  # exactly 2 stds
+    best = stat([72.0, 73.0, 74.0])  # mean 73
+    assert Cell("kd", published(70.66), ours, best).delta == pytest.approx(71.0 - 70.66)
+    assert Cell("kd", published(70.66, "best"), ours, best).delta == pytest.approx(73.0 - 70.66)  # like with like
+    assert Cell("kd", published(70.66), ours, ours).verdict == "within"  # |0.34| <= 2 * 1
+    assert Cell("kd", published(68.5), ours, ours).verdict == "ours higher"  # 2.5 > 2
+    assert Cell("kd", published(73.5), ours, ours).verdict == "ours lower"
+    assert Cell("kd", published(73.0), ours, ours).verdict == "within"  # exactly 2 stds
     assert Cell("dkd", None, ours, ours).verdict == "no published number"
-    assert Cell("kd", 70.0, stat([70.0]), stat([70.0])).verdict == "1 seed: no spread"
-    assert Cell("kd", 70.0, None, None).verdict == "not run"
+    assert Cell("kd", published(70.0), stat([70.0]), stat([70.0])).verdict == "1 seed: no spread"
+    assert Cell("kd", published(70.0), None, None).verdict == "not run"
 
 
 def test_teacher_no_better_than_scratch_is_reported_with_both_numbers():
-    cells = [Cell("teacher", 72.3, stat([60.0]), stat([61.0])), Cell("scratch", 69.1, stat([60.0, 62.0]), None)]
+    cells = [Cell("teacher", published(72.3), stat([60.0]), stat([61.0])),
+             Cell("scratch", published(69.1), stat([60.0, 62.0]), None)]
     warning = teacher_warning(cells)
     assert "60.00%" in warning and "61.00%" in warning
-    assert teacher_warning([Cell("teacher", 72.3, stat([65.0]), None), cells[1]]) is None
+    assert teacher_warning([Cell("teacher", published(72.3), stat([65.0]), None), cells[1]]) is None
 
 
 @pytest.mark.slow
-def test_make_reproduce_smoke_for_one_pair(tmp_path):
-    """`make reproduce-cifar100 REPRO_SMOKE=1 PAIRS=...`: all four targets run and the table is written."""
+def test_make_reproduce_smoke_for_one_pair_and_every_method(tmp_path):
+    """`make reproduce-cifar100 REPRO_SMOKE=1 PAIRS=... METHODS=...`: every target runs, every loss preset kdrun
+    ships included, and the table is written."""
+    methods = loss_presets()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
     out = tmp_path / "repro"
     proc = subprocess.run(
         ["make", "-C", str(REPO), "reproduce-cifar100", "REPRO_SMOKE=1", "PAIRS=resnet56_resnet20",
+         f"METHODS={' '.join(methods)}",
          f"REPRO_OUT={out}", f"PY={sys.executable}"],
         capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = list(csv.DictReader((out / "reproduction.csv").open()))
-    assert [(r["pair"], r["role"]) for r in rows] == [("resnet56_resnet20", t) for t in ("teacher", "scratch", "kd", "dkd")]
+    targets = ("teacher", "scratch", *methods)
+    assert [(r["pair"], r["method"]) for r in rows] == [("resnet56_resnet20", t) for t in targets]
     assert all(r["ours last epoch (mean ± std)"].endswith("(n=1)") for r in rows)
     assert "SMOKE RUN" in (out / "reproduction.md").read_text()
-    for target in ("teacher", "scratch", "kd", "dkd"):
+    crd = next(r for r in rows if r["method"] == "crd") if "crd" in methods else None
+    assert crd is None or (crd["published"] == "71.16" and crd["epoch"] == "last")
+    for target in targets:
         assert (out / "resnet56_resnet20" / target / "0" / "metrics.json").is_file()
