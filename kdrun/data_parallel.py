@@ -12,7 +12,7 @@ from torch import nn
 from kdrun.distributed import World
 from kdrun.errors import ConfigError
 from kdrun.runtime import Runtime
-from kdrun.strategies.base import Strategy
+from kdrun.contract import Strategy
 from kdrun.train_state import EpochTotals
 
 

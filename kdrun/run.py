@@ -23,7 +23,7 @@ from kdrun.report.plots import plot_learning_curves, run_title
 from kdrun.resume import check_can_start, check_same_config, is_completed, read_summary
 from kdrun.runtime import resolve_runtime
 from kdrun.schema import check_config, check_value
-from kdrun.methods.terms.compose import complete_terms, term_configs
+from kdrun.methods.terms.compose import check_terms, complete_terms, term_configs
 from kdrun.strategies.base import Setup, Strategy
 from kdrun.strategies.catalog import import_plugins, strategy_class
 from kdrun.trainer import Trainer, trainer_config
@@ -37,6 +37,8 @@ def check_run_config(cfg: DictConfig) -> type[Strategy]:
     method = strategy_class(cfg.strategy.name)
     complete_terms(cfg)  # each listed term's undeclared keys take its defaults, so config.yaml says what ran
     check_config(cfg, method.Config)
+    if method.distills:  # the loss's terms are of kinds the strategy trains, and each agrees with the rest
+        check_terms(cfg, method.name, method.term_kinds)
     method.validate(cfg)
     check_prune_config(cfg.student.get("prune") or {})  # before any teacher trains
     return method

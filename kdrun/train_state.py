@@ -21,7 +21,7 @@ from kdrun.console import console
 from kdrun.distributed import SOLO, World
 from kdrun.errors import CheckpointError
 from kdrun.runtime import Runtime
-from kdrun.strategies.base import Strategy
+from kdrun.contract import Strategy
 
 
 @dataclass

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from kdrun.checkpoint import load_checkpoint, save_checkpoint, unwrap
-from kdrun.data import BatchAugment, DatasetSplits, iterate_batches
+from kdrun.data import BatchAugment, DatasetSplits
 from kdrun.data.feed import Data, eval_batches, has_val, make_feed
 from kdrun.data_parallel import average_gradients, global_totals, same_start, use_sync_batchnorm
 from kdrun.distributed import SOLO, World, check_divisible
@@ -36,7 +36,7 @@ from kdrun.optim import build_optimizer, build_scheduler
 from kdrun.progress import TrainingReport
 from kdrun.runtime import Runtime
 from kdrun.step import Batch
-from kdrun.strategies.base import Strategy
+from kdrun.contract import Strategy
 from kdrun.train_state import EpochTotals, Training, TrainState, position, restore, save_last
 
 CHECK_EVERY = 20  # steps between looks at the loss (each look syncs the device)
@@ -86,14 +86,6 @@ def accuracy(model: nn.Module, batches, runtime: Runtime, world: World = SOLO) -
     return 100.0 * int(counts[0]) / int(counts[1])
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, augment: BatchAugment,
-             runtime: Runtime, batch_size: int = 1024, world: World = SOLO) -> float:
-    """Top-1 accuracy in percent on un-augmented in-memory inputs (each rank its share)."""
-    x, y = world.shard(x), world.shard(y)
-    return accuracy(model, ((augment(xb, None, train=False), yb)
-                            for xb, yb in iterate_batches(x, y, batch_size, shuffle=False)), runtime, world)
-
-
 def evaluate_split(model: nn.Module, data: Data, augment: BatchAugment, runtime: Runtime, batch_size: int,
                    split: str = "test", world: World = SOLO) -> float:
     """Top-1 accuracy in percent on a split ("test" or "val") of in-memory or streamed data."""
@@ -113,129 +105,31 @@ class Trainer:
         last.pt on Ctrl-C or SIGTERM, NonFiniteLoss on a NaN/inf loss term (with on_nonfinite=stop;
         last.pt then stays the last good one).
         """
-        cfg, runtime, run_dir, world = self.cfg, self.runtime, Path(run_dir), self.world
-        check_batchnorm_batches(strategy, len(data.train_y), cfg)
-        check_divisible(cfg.batch_size, len(data.train_y), world, cfg.accumulate, cfg.label)
-        if cfg.sync_bn and world.distributed:
-            use_sync_batchnorm(strategy, runtime)
-        params = [p for p in strategy.parameters() if p.requires_grad]
-        same_start(strategy, world)
-        feed = make_feed(data, augment, cfg.batch_size, cfg.data_seed, runtime, world)
-        optimizer = build_optimizer(strategy.parameters(), self.optim_cfg)
-        training = Training(strategy, optimizer,
-                            build_scheduler(optimizer, self.optim_cfg, steps_per_epoch=feed.steps_per_epoch,
-                                            epochs=cfg.epochs),
-                            runtime.grad_scaler(), feed, feed.steps_per_epoch)
-        last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
-        st = restore(last_path, training, runtime, cfg.label, world) if resume else TrainState(totals=EpochTotals.new(runtime.device))
-        started = time.perf_counter()
-        saved_at = (st.epoch, st.step) if resume else None
-        policy = NonFinitePolicy(cfg.on_nonfinite)
-        evaluation = Evaluation(data, augment, runtime, cfg.eval_batch_size, world)
-
-        def kept() -> str:  # what a stopped run leaves to resume from
-            if saved_at is None:
-                return "No checkpoint was written before this point."
-            return f"The last good checkpoint is kept: {last_path} ({position(TrainState(*saved_at), training.steps_per_epoch)})."
-
-        def save() -> None:
-            nonlocal saved_at
-            policy.check(kept())  # never save weights that a NaN has touched
-            saving = TrainState(**{**vars(st), "totals": global_totals(st.totals, world)})  # every rank sums
-            if world.is_main:
-                save_last(last_path, training, saving, runtime, st.wall_time_s + time.perf_counter() - started,
-                          world.size)
-            saved_at = (st.epoch, st.step)
-
-        if world.is_main:
-            last_path.parent.mkdir(parents=True, exist_ok=True)
-            # metrics.jsonl holds exactly the epochs last.pt knows (a kill can fall between the two writes).
-            atomic_write_jsonl(run_dir / "metrics.jsonl", st.history)
-        # With device.compile, compiling happens here, outside the timed epochs (streamed data: in epoch 1).
-        if isinstance(data, DatasetSplits):
-            runtime.warm_up(strategy, data, augment, cfg.batch_size)
-        report = TrainingReport(cfg.label, cfg.epochs, training.steps_per_epoch,
-                                run_dir / "train.log" if world.is_main else None, live=cfg.progress and world.is_main)
-        with report, InterruptGuard() as interrupt:
-            report.resumed_at(st.epoch, st.step)
-            while st.epoch <= cfg.epochs:
-                totals, steps_per_epoch = st.totals, training.steps_per_epoch
+        run = FitRun(self, strategy, data, augment, Path(run_dir), resume)
+        st, training, policy = run.st, run.training, run.policy
+        with run.report, InterruptGuard() as interrupt:
+            run.report.resumed_at(st.epoch, st.step)
+            while st.epoch <= self.cfg.epochs:
                 strategy.train()
-                t0, since = time.perf_counter(), st.step
-                for batch in feed.batches(st.epoch, st.step):
-                    if totals.lr is None:
-                        totals.lr = optimizer.param_groups[0]["lr"]
-                    optimizer.zero_grad(set_to_none=True)
+                run.start_epoch()
+                for batch in training.feed.batches(st.epoch, st.step):
+                    run.note_lr()
+                    training.optimizer.zero_grad(set_to_none=True)
                     names, values, correct = self._forward_backward(strategy, batch, training.scaler)
-                    stop = interrupt.requested is not None
-                    if world.distributed:  # one all-reduce: the gradients, whether any rank saw a NaN or a signal
-                        bad, stop = average_gradients(params, world, [~torch.isfinite(values).all(), stop])
-                        if bad and bool(torch.isfinite(values).all()):  # another rank's loss: the same verdict here
-                            values = values * float("nan")
-                    if policy.admits(st.epoch, st.step + 1, steps_per_epoch, names, values, totals.skipped):
-                        if cfg.clip_grad_norm is not None:
-                            training.scaler.unscale_(optimizer)
-                            torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
-                        training.scaler.step(optimizer)
-                        training.scaler.update()
-                        training.scheduler.step()
-                        for name, value in zip(names, values):
-                            totals.term_sums[name] = totals.term_sums.get(name, 0) + value
-                        totals.correct += correct
-                        totals.seen += len(batch.y)
-                        totals.steps += 1
+                    values, stop = run.agree(values, interrupt)
+                    if policy.admits(st.epoch, st.step + 1, training.steps_per_epoch, names, values,
+                                     st.totals.skipped):
+                        run.optimiser_step()
+                        run.count(names, values, correct, batch)
                     else:
-                        totals.skipped += 1
-                        with warnings.catch_warnings():  # "scheduler stepped before the optimizer": on purpose
-                            warnings.simplefilter("ignore", UserWarning)
-                            training.scheduler.step()  # the schedule follows the step count, skipped or not
+                        run.skip()
                     st.step += 1
-                    if st.step % CHECK_EVERY == 1 or st.step == steps_per_epoch:
-                        # Reading a loss syncs the device: do it rarely, and time the steps between reads.
-                        policy.check(kept())
-                        loss = values.sum().item()
-                        now = time.perf_counter()
-                        report.steps_done(st.epoch, st.step - since, now - t0, loss)
-                        totals.seconds += now - t0
-                        t0, since = now, st.step
-                    global_step = (st.epoch - 1) * steps_per_epoch + st.step
-                    periodic = cfg.every_steps and global_step % cfg.every_steps == 0
-                    if st.step < steps_per_epoch and (stop or periodic):
-                        totals.seconds += time.perf_counter() - t0
-                        t0 = time.perf_counter()
-                        save()
-                        if stop:
-                            raise Interrupted(f"interrupted ({interrupt.requested or 'a signal to another process'}) "
-                                              f"at epoch {st.epoch}, step {st.step}/"
-                                              f"{steps_per_epoch} of {cfg.label}; saved {last_path}", interrupt.exit_status)
-                runtime.synchronize()  # the epoch's time includes the device work still queued
-                totals.seconds += time.perf_counter() - t0
-                policy.check(kept())
-                st.totals = global_totals(totals, world)
-                record = epoch_record(st, strategy, evaluation, policy.skips)
-                st.history.append(record)
-                st.skipped_steps += totals.skipped
-                if record[evaluation.selects] > st.best_acc:
-                    st.best_acc, st.best_epoch = record[evaluation.selects], st.epoch
-                    if world.is_main:
-                        save_checkpoint(best_path, strategy.student, epoch=st.epoch,
-                                        **{evaluation.selects: record[evaluation.selects]})
-                st.epoch, st.step, st.totals = st.epoch + 1, 0, EpochTotals.new(runtime.device)
-                save()
-                if world.is_main:
-                    atomic_write_jsonl(run_dir / "metrics.jsonl", st.history)
-                    report.epoch_done(record)
-                    if on_epoch is not None:
-                        on_epoch(record)
-                # A signal that came after the epoch's last step: every rank must agree before stopping.
-                stopping = world.sum(torch.tensor([float(interrupt.requested is not None)])).item() > 0
-                if stopping and st.epoch <= cfg.epochs:
-                    raise Interrupted(f"interrupted ({interrupt.requested or 'a signal to another process'}) after "
-                                      f"epoch {st.epoch - 1} of {cfg.label}; "
-                                      f"saved {last_path}", interrupt.exit_status)
-        world.barrier()  # best.pt is on disk before any rank reads it back
-        return {**fit_summary(st, strategy, evaluation, best_path, cfg, runtime,
-                              st.wall_time_s + time.perf_counter() - started), "world_size": world.size}
+                    run.look(values)
+                    run.save_mid_epoch(stop, interrupt)
+                run.end_epoch(on_epoch)
+                run.stop_if_signalled(interrupt)
+        self.world.barrier()  # best.pt is on disk before any rank reads it back
+        return run.summary()
 
     def _forward_backward(self, strategy: Strategy, batch: Batch, scaler) -> tuple[list[str], torch.Tensor, torch.Tensor]:
         """The step's loss terms (their mean over trainer.accumulate micro-batches), gradients accumulated,
@@ -252,6 +146,170 @@ class Trainer:
             total = values if total is None else total + values
             correct = correct + (out.logits.detach().argmax(1) == micro.y).sum()
         return list(out.losses), total if k == 1 else total / k, correct
+
+
+class FitRun:
+    """One fit in progress, beside the loop that drives it: the optimiser and schedule, the resume state,
+    the non-finite policy, rank agreement, signals, clocks and the files (last.pt, best.pt, metrics.jsonl)."""
+
+    def __init__(self, trainer: Trainer, strategy: Strategy, data: Data, augment: BatchAugment, run_dir: Path,
+                 resume: bool):
+        cfg, runtime, world = trainer.cfg, trainer.runtime, trainer.world
+        self.cfg, self.runtime, self.world, self.strategy, self.run_dir = cfg, runtime, world, strategy, run_dir
+        check_batchnorm_batches(strategy, len(data.train_y), cfg)
+        check_divisible(cfg.batch_size, len(data.train_y), world, cfg.accumulate, cfg.label)
+        if cfg.sync_bn and world.distributed:
+            use_sync_batchnorm(strategy, runtime)
+        self.params = [p for p in strategy.parameters() if p.requires_grad]
+        same_start(strategy, world)
+        feed = make_feed(data, augment, cfg.batch_size, cfg.data_seed, runtime, world)
+        optimizer = build_optimizer(strategy.parameters(), trainer.optim_cfg)
+        self.training = Training(strategy, optimizer,
+                                 build_scheduler(optimizer, trainer.optim_cfg, steps_per_epoch=feed.steps_per_epoch,
+                                                 epochs=cfg.epochs),
+                                 runtime.grad_scaler(), feed, feed.steps_per_epoch)
+        self.last_path, self.best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
+        self.st = restore(self.last_path, self.training, runtime, cfg.label, world) if resume \
+            else TrainState(totals=EpochTotals.new(runtime.device))
+        self.started = time.perf_counter()
+        self.saved_at = (self.st.epoch, self.st.step) if resume else None
+        self.policy = NonFinitePolicy(cfg.on_nonfinite)
+        self.evaluation = Evaluation(data, augment, runtime, cfg.eval_batch_size, world)
+        if world.is_main:
+            self.last_path.parent.mkdir(parents=True, exist_ok=True)
+            # metrics.jsonl holds exactly the epochs last.pt knows (a kill can fall between the two writes).
+            atomic_write_jsonl(run_dir / "metrics.jsonl", self.st.history)
+        # With device.compile, compiling happens here, outside the timed epochs (streamed data: in epoch 1).
+        if isinstance(data, DatasetSplits):
+            runtime.warm_up(strategy, data, augment, cfg.batch_size)
+        self.report = TrainingReport(cfg.label, cfg.epochs, self.training.steps_per_epoch,
+                                     run_dir / "train.log" if world.is_main else None,
+                                     live=cfg.progress and world.is_main)
+
+    # ---- a step -----------------------------------------------------------------------------------------
+
+    def start_epoch(self) -> None:
+        self.t0, self.since = time.perf_counter(), self.st.step
+
+    def note_lr(self) -> None:
+        if self.st.totals.lr is None:
+            self.st.totals.lr = self.training.optimizer.param_groups[0]["lr"]
+
+    def agree(self, values: torch.Tensor, interrupt: InterruptGuard) -> tuple[torch.Tensor, bool]:
+        """With several processes, one all-reduce: the gradients, whether any rank saw a NaN or a signal."""
+        stop = interrupt.requested is not None
+        if self.world.distributed:
+            bad, stop = average_gradients(self.params, self.world, [~torch.isfinite(values).all(), stop])
+            if bad and bool(torch.isfinite(values).all()):  # another rank's loss: the same verdict here
+                values = values * float("nan")
+        return values, stop
+
+    def optimiser_step(self) -> None:
+        training = self.training
+        if self.cfg.clip_grad_norm is not None:
+            training.scaler.unscale_(training.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip_grad_norm)
+        training.scaler.step(training.optimizer)
+        training.scaler.update()
+        training.scheduler.step()
+
+    def count(self, names: list[str], values: torch.Tensor, correct, batch: Batch) -> None:
+        totals = self.st.totals
+        for name, value in zip(names, values):
+            totals.term_sums[name] = totals.term_sums.get(name, 0) + value
+        totals.correct += correct
+        totals.seen += len(batch.y)
+        totals.steps += 1
+
+    def skip(self) -> None:
+        self.st.totals.skipped += 1
+        with warnings.catch_warnings():  # "scheduler stepped before the optimizer": on purpose
+            warnings.simplefilter("ignore", UserWarning)
+            self.training.scheduler.step()  # the schedule follows the step count, skipped or not
+
+    def look(self, values: torch.Tensor) -> None:
+        """Every CHECK_EVERY steps: the non-finite check and the progress report. Reading a loss syncs the
+        device, so it is done rarely, and the steps between reads are timed."""
+        st = self.st
+        if st.step % CHECK_EVERY == 1 or st.step == self.training.steps_per_epoch:
+            self.policy.check(self.kept())
+            loss = values.sum().item()
+            now = time.perf_counter()
+            self.report.steps_done(st.epoch, st.step - self.since, now - self.t0, loss)
+            st.totals.seconds += now - self.t0
+            self.t0, self.since = now, st.step
+
+    def save_mid_epoch(self, stop: bool, interrupt: InterruptGuard) -> None:
+        """last.pt every checkpoint.every_steps, and on a signal (then stop)."""
+        st, cfg = self.st, self.cfg
+        global_step = (st.epoch - 1) * self.training.steps_per_epoch + st.step
+        periodic = cfg.every_steps and global_step % cfg.every_steps == 0
+        if st.step < self.training.steps_per_epoch and (stop or periodic):
+            st.totals.seconds += time.perf_counter() - self.t0
+            self.t0 = time.perf_counter()
+            self.save()
+            if stop:
+                raise Interrupted(f"interrupted ({interrupt.requested or 'a signal to another process'}) "
+                                  f"at epoch {st.epoch}, step {st.step}/{self.training.steps_per_epoch} of "
+                                  f"{cfg.label}; saved {self.last_path}", interrupt.exit_status)
+
+    # ---- an epoch ---------------------------------------------------------------------------------------
+
+    def end_epoch(self, on_epoch: Callable[[dict], None] | None) -> None:
+        """Evaluate, keep best.pt, save last.pt, append to metrics.jsonl."""
+        st, world, evaluation = self.st, self.world, self.evaluation
+        self.runtime.synchronize()  # the epoch's time includes the device work still queued
+        st.totals.seconds += time.perf_counter() - self.t0
+        self.policy.check(self.kept())
+        totals = st.totals
+        st.totals = global_totals(totals, world)
+        record = epoch_record(st, self.strategy, evaluation, self.policy.skips)
+        st.history.append(record)
+        st.skipped_steps += totals.skipped  # this rank's count, as last.pt has always kept it
+        if record[evaluation.selects] > st.best_acc:
+            st.best_acc, st.best_epoch = record[evaluation.selects], st.epoch
+            if world.is_main:
+                save_checkpoint(self.best_path, self.strategy.student, epoch=st.epoch,
+                                **{evaluation.selects: record[evaluation.selects]})
+        st.epoch, st.step, st.totals = st.epoch + 1, 0, EpochTotals.new(self.runtime.device)
+        self.save()
+        if world.is_main:
+            atomic_write_jsonl(self.run_dir / "metrics.jsonl", st.history)
+            self.report.epoch_done(record)
+            if on_epoch is not None:
+                on_epoch(record)
+
+    def stop_if_signalled(self, interrupt: InterruptGuard) -> None:
+        """A signal that came after the epoch's last step: every rank must agree before stopping."""
+        stopping = self.world.sum(torch.tensor([float(interrupt.requested is not None)])).item() > 0
+        if stopping and self.st.epoch <= self.cfg.epochs:
+            raise Interrupted(f"interrupted ({interrupt.requested or 'a signal to another process'}) after "
+                              f"epoch {self.st.epoch - 1} of {self.cfg.label}; saved {self.last_path}",
+                              interrupt.exit_status)
+
+    # ---- files ------------------------------------------------------------------------------------------
+
+    def kept(self) -> str:
+        """What a stopped run leaves to resume from."""
+        if self.saved_at is None:
+            return "No checkpoint was written before this point."
+        return (f"The last good checkpoint is kept: {self.last_path} "
+                f"({position(TrainState(*self.saved_at), self.training.steps_per_epoch)}).")
+
+    def save(self) -> None:
+        self.policy.check(self.kept())  # never save weights that a NaN has touched
+        st = self.st
+        saving = TrainState(**{**vars(st), "totals": global_totals(st.totals, self.world)})  # every rank sums
+        if self.world.is_main:
+            save_last(self.last_path, self.training, saving, self.runtime, self.wall_time(), self.world.size)
+        self.saved_at = (st.epoch, st.step)
+
+    def wall_time(self) -> float:
+        return self.st.wall_time_s + time.perf_counter() - self.started
+
+    def summary(self) -> dict:
+        return {**fit_summary(self.st, self.strategy, self.evaluation, self.best_path, self.cfg, self.runtime,
+                              self.wall_time()), "world_size": self.world.size}
 
 
 def split_batch(batch: Batch, k: int) -> list[Batch]:
@@ -342,4 +400,4 @@ def check_batchnorm_batches(strategy: Strategy, n_train: int, cfg: TrainerConfig
                           f"(or dataset.limit_train)")
 
 
-__all__ = ["Batch", "Trainer", "TrainerConfig", "evaluate", "trainer_config"]
+__all__ = ["Batch", "Trainer", "TrainerConfig", "evaluate_split", "trainer_config"]

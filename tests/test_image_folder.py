@@ -301,7 +301,7 @@ def test_kdrun_trains_from_a_stream_and_its_numbers_mean_what_memorys_mean(tmp_p
     from kdrun.data import BatchAugment
     from kdrun.models import build_model
     from kdrun.runtime import Runtime
-    from kdrun.trainer import evaluate
+    from kdrun.trainer import evaluate_split
 
     root = make_folder(tmp_path / "photos", per_class=(10, 4))
     kdrun("dataset=image_folder", f"dataset.root={root}", "dataset.in_memory=false", "dataset.image_size=16",
@@ -319,8 +319,8 @@ def test_kdrun_trains_from_a_stream_and_its_numbers_mean_what_memorys_mean(tmp_p
     payload = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     model = build_model("cnn_student", memory.in_channels, memory.image_size, memory.num_classes)
     model.load_state_dict(payload["state_dict"])
-    acc = evaluate(model, memory.test_x, memory.test_y, BatchAugment(0, False, memory.mean, memory.std),
-                   Runtime(torch.device("cpu"), "fp32"))
+    acc = evaluate_split(model, memory, BatchAugment(0, False, memory.mean, memory.std),
+                         Runtime(torch.device("cpu"), "fp32"), batch_size=1024)
     assert acc == pytest.approx(summary["final_test_acc"])
 
 

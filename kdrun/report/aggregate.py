@@ -270,7 +270,7 @@ class Study:
         return [k for k in self.swept if is_numeric(self.subjects, k)]
 
     def label(self, group: Group, keys: list[str] | None = None) -> str:
-        """The group's values of the swept keys, e.g. `T=4 loss.alpha=0.5`."""
+        """The group's values of the swept keys, e.g. `T=4 ce.weight=0.5`."""
         keys = self.swept if keys is None else keys
         return " ".join(f"{display_name(k)}={format_value(group.setting.get(k))}" for k in keys)
 

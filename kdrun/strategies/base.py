@@ -1,109 +1,18 @@
-"""What every way of training shares, and the registry that `strategy=` picks from.
+"""The registry that `strategy=` picks from, and what a strategy's file imports.
 
 A strategy is one class in one file: it declares its own config keys (`Config`, a dataclass of
-kdrun.schema keys), checks how they combine with the rest of the config (`validate`), builds
+kdrun.keys keys), checks how they combine with the rest of the config (`validate`), builds
 itself from the config (`from_config`) and registers under its `strategy=` name with `@register`.
-Its `step` turns a batch into the student's logits and named loss terms (mdistiller's contract);
+Its `step` turns a batch into the student's logits and named loss terms (kdrun/contract.py);
 the trainer minimises their sum. A method that needs several fits (born-again) overrides `run`.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, ClassVar, Iterator
-
-from omegaconf import DictConfig
-from torch import nn
-
-from kdrun.data import BatchAugment, DatasetSplits
+from kdrun.contract import Batch, Fit, Setup, StepOutput, Strategy
 from kdrun.errors import ConfigError
-from kdrun.runtime import Runtime
-from kdrun.step import Batch, StepOutput
-from kdrun.methods.terms.compose import check_terms
 
 __all__ = ["Batch", "Fit", "STRATEGIES", "Setup", "StepOutput", "Strategy", "register", "strategy_class"]
-
-
-@dataclass
-class Setup:
-    """What a strategy is built from: the config, the data and where it computes."""
-
-    cfg: DictConfig
-    data: DatasetSplits
-    augment: BatchAugment
-    runtime: Runtime
-
-
-Fit = Callable[["Strategy", Path, dict], dict]  # (strategy, run dir, extra facts) -> metrics.json summary
-
-
-class Strategy(ABC):
-    """One way of training. The trainer knows nothing about distillation: it asks a
-    strategy for the loss of a batch and which parameters to optimise."""
-
-    name: ClassVar[str] = "base"
-    uses_teacher_recipe: ClassVar[bool] = False  # trains teachers with teacher.epochs / teacher.seed
-    # The kinds of loss term (kdrun.methods.terms: logit, feature) this strategy can train.
-    term_kinds: ClassVar[tuple[str, ...]] = ("logit",)
-    distills: ClassVar[bool] = True  # learns through the terms the `loss` group lists
-
-    @dataclass
-    class Config:
-        """The strategy's own keys (strategy.<key>), beside `name`."""
-
-    def __init__(self, student: nn.Module):
-        self.student = student  # trained, evaluated and checkpointed
-
-    # ---- from a config -------------------------------------------------------------------------
-
-    @classmethod
-    def validate(cls, cfg: DictConfig) -> None:
-        """Refuse combinations of keys this strategy cannot train (types and ranges are checked already)."""
-        if cls.distills:
-            check_terms(cfg, cls.name, cls.term_kinds)
-
-    @classmethod
-    @abstractmethod
-    def from_config(cls, setup: Setup) -> Strategy:
-        """The strategy, its student and whatever it learns from, ready to train."""
-
-    @classmethod
-    def run(cls, setup: Setup, run_dir: Path, fit: Fit) -> dict:
-        """Train: one fit of the strategy into run_dir; returns the metrics.json summary."""
-        return fit(cls.from_config(setup), run_dir, {})
-
-    # ---- training --------------------------------------------------------------------------------
-
-    def parameters(self) -> Iterator[nn.Parameter]:
-        return self.student.parameters()
-
-    def train(self) -> None:
-        self.student.train()
-
-    @abstractmethod
-    def step(self, batch: Batch) -> StepOutput:
-        """The student's logits and the weighted loss terms for one batch."""
-
-    def epoch_metrics(self, evaluate: Callable[[nn.Module], float]) -> dict:
-        """Extra per-epoch numbers for metrics.jsonl; `evaluate(model)` gives a model's accuracy."""
-        return {}
-
-    def summary(self) -> dict:
-        """Extra facts for metrics.json (e.g. the teacher's accuracy)."""
-        return {}
-
-    def state_dict(self) -> dict:
-        """Trainable state besides the student (e.g. a projection head), saved in last.pt for resuming.
-
-        Tensors and plain values only (checkpoints load with weights_only=True). A strategy that
-        owns modules returns their state dicts here and restores them in `load_state_dict`.
-        """
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore what `state_dict` returned."""
 
 
 STRATEGIES: dict[str, type[Strategy]] = {}

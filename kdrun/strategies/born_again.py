@@ -19,7 +19,7 @@ from rich.table import Table
 
 from kdrun.console import console
 from kdrun.model_sources import arch_of
-from kdrun.schema import key
+from kdrun.keys import key
 from kdrun.strategies.base import Fit, Setup, register
 from kdrun.methods.terms.compose import build_feature_terms
 from kdrun.methods.terms.feature.stages import FeatureContext

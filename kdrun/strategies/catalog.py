@@ -36,8 +36,3 @@ def any_strategy_config() -> type:
         for f in dataclasses.fields(cls.Config):
             fields.setdefault(f.name, (f.name, hints[f.name], f))
     return dataclasses.make_dataclass("AnyStrategyConfig", list(fields.values()))
-
-
-def names() -> tuple[str, ...]:
-    return tuple(sorted(STRATEGIES))
-

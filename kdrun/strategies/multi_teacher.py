@@ -12,7 +12,7 @@ from kdrun.console import console
 from kdrun.errors import ConfigError
 from kdrun.losses import confidence_weights, mixture_logits
 from kdrun.models import MODEL_NAMES
-from kdrun.schema import key
+from kdrun.keys import key
 from kdrun.strategies.base import Batch, Setup, StepOutput, Strategy, register
 from kdrun.methods.terms.compose import LogitTerms, build_logit_terms
 from kdrun.students import build_student

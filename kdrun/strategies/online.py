@@ -13,7 +13,7 @@ from kdrun.checkpoint import unwrap
 from kdrun.errors import ConfigError
 from kdrun.models import MODEL_NAMES, build_model
 from kdrun.runtime import seed_everything
-from kdrun.schema import key
+from kdrun.keys import key
 from kdrun.strategies.base import Batch, Setup, StepOutput, Strategy, register
 from kdrun.methods.terms.compose import LogitTerms, build_logit_terms
 

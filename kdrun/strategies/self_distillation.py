@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from kdrun.errors import ConfigError
 from kdrun.losses import cross_entropy
-from kdrun.schema import key
+from kdrun.keys import key
 from kdrun.model_sources import arch_of
 from kdrun.strategies.base import Batch, Setup, StepOutput, Strategy, register
 from kdrun.methods.terms.feature.hint import hint_loss
