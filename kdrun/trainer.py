@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from kdrun.checkpoint import load_checkpoint, save_checkpoint, unwrap
@@ -35,6 +35,7 @@ from kdrun.nonfinite import NonFinitePolicy
 from kdrun.optim import build_optimizer, build_scheduler
 from kdrun.progress import TrainingReport
 from kdrun.runtime import Runtime
+from kdrun.schema import TrainerKeys
 from kdrun.step import Batch
 from kdrun.contract import Strategy
 from kdrun.train_state import EpochTotals, Training, TrainState, position, restore, save_last
@@ -43,29 +44,23 @@ CHECK_EVERY = 20  # steps between looks at the loss (each look syncs the device)
 
 
 @dataclass
-class TrainerConfig:
-    epochs: int
-    batch_size: int
-    eval_batch_size: int
-    data_seed: int
-    progress: bool = True  # the live bar on a terminal
+class TrainerConfig(TrainerKeys):
+    """The `trainer` group's keys (declared once, in kdrun.schema.TrainerKeys; defaults in conf/config.yaml)
+    and the facts of the run the loop needs besides."""
+
+    data_seed: int = 0
     label: str = "train"  # names the run in the bar and the log: "teacher", "kd", ...
     every_steps: int | None = None  # also write last.pt every N steps; None: at the end of each epoch only
-    on_nonfinite: str = "stop"  # a NaN or inf loss term: "stop" the run, or "skip" the batch
-    accumulate: int = 1  # micro-batches per optimiser step
-    clip_grad_norm: float | None = None  # the gradient norm is clipped to this
-    sync_bn: bool = False  # BatchNorm over the global batch when there are several processes
 
 
 def trainer_config(cfg: DictConfig, *, label: str, epochs: int | None = None,
                    data_seed: int | None = None) -> TrainerConfig:
     """The trainer's settings from a run's config; a teacher passes its own epochs and seed."""
-    return TrainerConfig(
-        epochs=cfg.trainer.epochs if epochs is None else epochs, batch_size=cfg.trainer.batch_size,
-        eval_batch_size=cfg.trainer.eval_batch_size, data_seed=cfg.data_seed if data_seed is None else data_seed,
-        progress=cfg.trainer.progress, label=label, every_steps=cfg.checkpoint.every_steps,
-        on_nonfinite=cfg.trainer.on_nonfinite, accumulate=cfg.trainer.get("accumulate", 1),
-        clip_grad_norm=cfg.trainer.get("clip_grad_norm"), sync_bn=cfg.trainer.get("sync_bn", False))
+    keys = OmegaConf.to_container(cfg.trainer, resolve=True)
+    if epochs is not None:
+        keys["epochs"] = epochs
+    return TrainerConfig(**keys, data_seed=cfg.data_seed if data_seed is None else data_seed, label=label,
+                         every_steps=cfg.checkpoint.every_steps)
 
 
 @torch.no_grad()

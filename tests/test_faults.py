@@ -217,7 +217,8 @@ ADAMW = OmegaConf.create({"name": "adamw", "lr": 3e-3, "betas": [0.9, 0.999], "w
 
 
 def trainer(**kwargs) -> Trainer:
-    cfg = {"epochs": 2, "batch_size": 16, "eval_batch_size": 256, "data_seed": 3, "progress": False, **kwargs}
+    cfg = {"epochs": 2, "batch_size": 16, "eval_batch_size": 256, "data_seed": 3, "progress": False,
+           "on_nonfinite": "stop", "sync_bn": False, "accumulate": 1, "clip_grad_norm": None, **kwargs}
     return Trainer(TrainerConfig(**cfg), ADAMW, CPU)
 
 
