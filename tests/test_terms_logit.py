@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import only_run_dir, read_jsonl
+from conftest import read_jsonl
 from kdrun.checkpoint import load_checkpoint
 from kdrun.data import BatchAugment, load_dataset
 from kdrun.methods.terms.compose import build_logit_terms
