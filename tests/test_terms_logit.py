@@ -324,7 +324,7 @@ def refused(kdrun, tmp_path, *args) -> str:
 
 @pytest.mark.parametrize("args,message", [
     (["strategy=online", "loss=ctkd"], "loss.terms.ctkd learns its temperature, a trainable part that only "
-                                       "strategy=kd trains; strategy=online"),
+                                       "strategy=kd (or born_again, each generation a kd fit) trains; strategy=online"),
     (["loss=ctkd", "loss.terms.ctkd.lambda_max=0.5", "loss.terms.ctkd.lambda_min=0.8"], "lambda_max (0.5) must be"),
     (["loss=wttm", "loss.terms.wttm.gamma=0"], "loss.terms.wttm.gamma must be > 0, got 0"),
     (["loss=mlkd", "loss.terms.mlkd.other_temperatures=[2,0]"], "loss.terms.mlkd.other_temperatures must be > 0"),

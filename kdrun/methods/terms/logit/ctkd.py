@@ -13,8 +13,9 @@ The reference's names: --t_start is our T_min, --t_end our T_span (it is added t
 signed factor the reversal multiplies by, -lambda_min / -lambda_max here. -a is our weight (0.9, with
 -r 0.1 as ce). theta trains with the student's optimiser (weight decay included), as there.
 
-theta is the term's trainable part: strategy=kd optimises it, keeps it in last.pt for resume, and never
-saves it with the student; the other strategies do not train a term's parameters, so they refuse ctkd.
+theta is the term's trainable part: strategy=kd (and born_again, whose generations are kd fits) optimises
+it, keeps it in last.pt for resume, and never saves it with the student; the other strategies do not
+train a term's parameters, so ctkd refuses them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ from kdrun.errors import ConfigError
 from kdrun.keys import key
 from kdrun.methods.terms.base import LogitTerm, TermInputs, register_term
 from kdrun.methods.terms.logit.kd import kd_loss
+
+
+# The strategies whose fits optimise a logit term's parameters and keep them in last.pt (KD.parts).
+TRAINS_TERM_PARAMETERS = ("kd", "born_again")
 
 
 class ReverseGradient(torch.autograd.Function):
@@ -65,10 +70,10 @@ class CTKD(LogitTerm):
     @classmethod
     def validate(cls, config, cfg) -> None:
         strategy = cfg.get("strategy", {}).get("name")
-        if strategy is not None and strategy != "kd":
+        if strategy is not None and strategy not in TRAINS_TERM_PARAMETERS:
             raise ConfigError(f"loss.terms.ctkd learns its temperature, a trainable part that only strategy=kd "
-                              f"trains; strategy={strategy} would leave it fixed. Use strategy=kd, or loss=kd "
-                              f"for a fixed temperature")
+                              f"(or born_again, each generation a kd fit) trains; strategy={strategy} would "
+                              f"leave it fixed. Use strategy=kd, or loss=kd for a fixed temperature")
         if config.lambda_max < config.lambda_min:
             raise ConfigError(f"loss.terms.ctkd.lambda_max ({config.lambda_max}) must be at least "
                               f"loss.terms.ctkd.lambda_min ({config.lambda_min}): the curriculum only strengthens")
