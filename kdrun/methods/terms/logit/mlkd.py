@@ -21,6 +21,10 @@ Logged as three terms: mlkd_instance, mlkd_batch, mlkd_class. The reference's KD
 (0.9, with CE_WEIGHT 0.1 as ce), its KD.TEMPERATURE our T (the first temperature; the others are fixed
 there, ours `other_temperatures`).
 
+With loss.standardize, every part here (the masks included) reads the z-scored logits, as the switch
+does for every term with a temperature; logit standardisation's own MLKD z-scores the instance terms
+only, leaving the batch and class terms and the masks on the raw logits.
+
 Not here, on purpose: the reference's recipe trains on two views of each batch, a weak and a strong
 (AutoAugment-style) augmentation. Its loss adds, on the strong view, unmasked instance terms and the
 cross-entropy; kdrun's strategies feed one view, which plays the weak view's part. Without the strong
