@@ -123,6 +123,8 @@ class Terms(dict):
 class LossKeys:
     name: str = key(doc="the preset the terms came from (conf/loss/<name>.yaml): a label for tables")
     terms: Terms = key(doc="the weighted terms the run minimises, in order")
+    standardize: bool = key(doc="z-score both models' logits per sample before every term with a temperature "
+                            "(logit standardisation, Sun et al. CVPR 2024)")
 
 
 @dataclass

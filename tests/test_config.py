@@ -60,7 +60,7 @@ def test_short_keys_reach_their_groups():
 def test_defaults_follow_the_design():
     cfg = compose_cfg()
     assert OmegaConf.to_container(cfg.loss, resolve=True) == {
-        "name": "kd", "terms": {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "T": 4.0}}}
+        "standardize": False, "name": "kd", "terms": {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "T": 4.0}}}
     assert cfg.dataset.name == "cifar10"
 
 

@@ -107,7 +107,7 @@ def test_the_issues_examples_are_refused(override, message):
 
 
 @pytest.mark.parametrize("override,message", [
-    ("loss.tempreature=3", "unknown config key 'loss.tempreature' \\(known keys of loss: name, terms\\)"),
+    ("loss.tempreature=3", "unknown config key 'loss.tempreature' \\(known keys of loss: name, terms, standardize\\)"),
     ("loss.terms.kd.temperature=3", "unknown config key 'loss.terms.kd.temperature' \\(known keys of loss.terms.kd: weight, T\\)"),
     ("loss.terms.kd.wieght=3", "did you mean loss.terms.kd.weight?"),
     ("++loss.terms.dkdd.weight=1", "unknown loss term 'dkdd'; did you mean dkd\\?"),

@@ -68,20 +68,33 @@ def check_terms(cfg: DictConfig, strategy: str, kinds: tuple[str, ...]) -> None:
                           + "): the loss is zero whatever the student predicts, so nothing trains")
 
 
+def standardize(logits: Tensor) -> Tensor:
+    """Each row z-scored (logit standardisation, Sun et al. CVPR 2024): (z - mean) / (1e-7 + std), with the
+    unbiased std, as sunshangquan/logit-standardization-KD computes it. In fp32 under autocast."""
+    z = logits.float()
+    return (z - z.mean(1, keepdim=True)) / (1e-7 + z.std(1, keepdim=True))
+
+
 class LogitTerms(nn.Module):
     """The run's logit terms, called on one pair of logits: a dict of weighted values by name. A module, so
-    that a term's trainable parts (a learnable temperature) train and resume with the strategy."""
+    that a term's trainable parts (a learnable temperature) train and resume with the strategy.
 
-    def __init__(self, terms: list[LogitTerm]):
+    With `standardize` (loss.standardize), every term that has a temperature reads both models' logits
+    z-scored per sample; the others (ce) read them as they are."""
+
+    def __init__(self, terms: list[LogitTerm], standardize: bool = False):
         super().__init__()
         self.terms = nn.ModuleList(terms)
+        self.standardized = [standardize and term.temperature() is not None for term in terms]
 
     def forward(self, logits: Tensor, teacher_logits: Tensor, labels: Tensor, epoch: int,
                 index: Tensor | None = None) -> dict[str, Tensor]:
         inputs = TermInputs(logits, teacher_logits, labels, epoch, index)
+        if any(self.standardized):
+            scored = TermInputs(standardize(logits), standardize(teacher_logits), labels, epoch, index)
         losses: dict[str, Tensor] = {}
-        for term in self.terms:
-            losses.update(term(inputs))
+        for term, standardized in zip(self.terms, self.standardized):
+            losses.update(term(scored if standardized else inputs))
         return losses
 
     def temperature(self) -> float:
@@ -91,7 +104,8 @@ class LogitTerms(nn.Module):
 
 
 def build_logit_terms(cfg: DictConfig) -> LogitTerms:
-    return LogitTerms([cls.build(config, None) for _, cls, config in term_configs(cfg) if cls.kind == LOGIT])
+    return LogitTerms([cls.build(config, None) for _, cls, config in term_configs(cfg) if cls.kind == LOGIT],
+                      standardize=bool(cfg.loss.get("standardize", False)))
 
 
 def has_feature_terms(cfg: DictConfig) -> bool:
