@@ -60,3 +60,13 @@ def kd_terms(alpha: float = 0.1, beta: float = 0.9, T: float = 4.0):
 
     return build_logit_terms(OmegaConf.create({"loss": {"terms": {"ce": {"weight": alpha},
                                                                   "kd": {"weight": beta, "T": T}}}}))
+
+
+def trainer_settings(**keys):
+    """A TrainerConfig with the `trainer` group's shipped defaults (conf/config.yaml), changed by `keys`."""
+    from omegaconf import OmegaConf
+
+    from kdrun.trainer import TrainerConfig
+
+    shipped = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "config.yaml")
+    return TrainerConfig(**{**OmegaConf.to_container(shipped.trainer, resolve=True), **keys})

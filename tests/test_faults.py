@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from conftest import KDRUN, read_jsonl
+from conftest import KDRUN, read_jsonl, trainer_settings
 from kdrun.checkpoint import load_checkpoint, save_checkpoint
 from kdrun.data import BatchAugment, load_dataset
 from kdrun.errors import CheckpointError, NonFiniteLoss, WriteError
@@ -35,7 +35,7 @@ from kdrun.io import atomic_write_text
 from kdrun.models import build_model
 from kdrun.runtime import Runtime, seed_everything
 from kdrun.strategies.scratch import Scratch
-from kdrun.trainer import Trainer, TrainerConfig
+from kdrun.trainer import Trainer
 
 
 # A scratch run of ~90 steps per epoch that saves last.pt every 5 steps: long enough to be
@@ -217,9 +217,8 @@ ADAMW = OmegaConf.create({"name": "adamw", "lr": 3e-3, "betas": [0.9, 0.999], "w
 
 
 def trainer(**kwargs) -> Trainer:
-    cfg = {"epochs": 2, "batch_size": 16, "eval_batch_size": 256, "data_seed": 3, "progress": False,
-           "on_nonfinite": "stop", "sync_bn": False, "accumulate": 1, "clip_grad_norm": None, **kwargs}
-    return Trainer(TrainerConfig(**cfg), ADAMW, CPU)
+    cfg = {"epochs": 2, "batch_size": 16, "eval_batch_size": 256, "data_seed": 3, "progress": False, **kwargs}
+    return Trainer(trainer_settings(**cfg), ADAMW, CPU)
 
 
 def augment_for(data) -> BatchAugment:

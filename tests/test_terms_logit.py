@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import read_jsonl
+from conftest import read_jsonl, trainer_settings
 from kdrun.checkpoint import load_checkpoint
 from kdrun.data import BatchAugment, load_dataset
 from kdrun.methods.terms.compose import build_logit_terms
@@ -18,7 +18,7 @@ from kdrun.models import build_model
 from kdrun.runtime import Runtime, seed_everything
 from kdrun.strategies.base import Batch
 from kdrun.strategies.kd import KD
-from kdrun.trainer import Trainer, TrainerConfig
+from kdrun.trainer import Trainer
 
 B, C = 7, 6
 TOL = 1e-5  # relative, on float64 tensors
@@ -256,7 +256,7 @@ def ctkd_strategy(crash_at=None) -> KD:
 def test_the_ctkd_temperature_trains_is_kept_in_last_pt_resumes_and_stays_out_of_the_student(tmp_path):
     digits = load_dataset({"name": "digits", "limit_train": 160, "limit_test": 80})
     augment = BatchAugment(1, True, digits.mean, digits.std)
-    trainer = lambda: Trainer(TrainerConfig(epochs=2, batch_size=16, eval_batch_size=256, data_seed=3,  # noqa: E731
+    trainer = lambda: Trainer(trainer_settings(epochs=2, batch_size=16, eval_batch_size=256, data_seed=3,  # noqa: E731
                                             progress=False, every_steps=4), SGD, CPU)
     reference = ctkd_strategy()
     trainer().fit(reference, digits, augment, tmp_path / "ref")
