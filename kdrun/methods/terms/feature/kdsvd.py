@@ -38,7 +38,8 @@ def leading_singular(features: Tensor, n: int) -> tuple[Tensor, Tensor]:
     """(B, C, H, W) -> right singular vectors (B, W, <=n), each L2-normalised, and the first <=n singular
     values, L2-normalised, of each sample's (C*H) x W matrix."""
     b, c, h, w = features.shape
-    _, s, vh = torch.linalg.svd(features.reshape(b, c * h, w).float(), full_matrices=False)
+    matrices = features.reshape(b, c * h, w)  # half precision has no SVD: at least float32, as mdistiller
+    _, s, vh = torch.linalg.svd(matrices.to(torch.promote_types(matrices.dtype, torch.float32)), full_matrices=False)
     v = finite(vh.transpose(1, 2))
     return F.normalize(v[:, :, :n], dim=1), F.normalize(finite(s)[:, :n], dim=1)
 
