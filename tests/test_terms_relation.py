@@ -346,3 +346,127 @@ def test_every_term_of_the_group_between_named_layers_of_torchvision_models(tmp_
     record = read_jsonl(only_run_dir(tmp_path) / "metrics.jsonl")[0]
     for part in itertools.chain(*LOGGED.values()):
         assert math.isfinite(record[f"loss_{part}"]) and record[f"loss_{part}"] > 0, (part, record)
+
+
+# --- trainable parts: optimised, kept in last.pt, restored on resume, never in the student -------------------
+
+TRAINED = loss_of(ce={"weight": 1.0}, cc={"weight": 0.02}, vid={"weight": 1.0}, rkd={"weight": 1.0})
+CPU = Runtime(torch.device("cpu"), "fp32")
+ADAMW = OmegaConf.create({"name": "adamw", "lr": 3e-3, "betas": [0.9, 0.999], "weight_decay": 1e-4,
+                          "schedule": "cosine", "warmup_epochs": 0, "milestones": [], "gamma": 0.1})
+
+
+class CrashingKD(KD):
+    """KD that raises at one (epoch, step in epoch), 1-based: a process killed mid-epoch."""
+
+    crash_at: tuple[int, int] | None = None
+
+    def step(self, batch):
+        self.seen = getattr(self, "seen", {})
+        self.seen[batch.epoch] = self.seen.get(batch.epoch, 0) + 1
+        if (batch.epoch, self.seen[batch.epoch]) == self.crash_at:
+            raise RuntimeError("killed")
+        return super().step(batch)
+
+
+def kd_with_trained_terms(crash_at=None) -> CrashingKD:
+    seed_everything(0)
+    student, teacher = build_model("cnn_student", 1, 8, 10), build_model("resnet8", 1, 8, 10)
+    features = build_feature_terms(TRAINED, CONTEXT).tap(student, teacher)
+    strategy = CrashingKD(student, teacher, build_logit_terms(TRAINED), features=features)
+    strategy.crash_at = crash_at
+    return strategy
+
+
+def fit(strategy, data, run_dir, resume=False):
+    trainer = Trainer(TrainerConfig(epochs=2, batch_size=16, eval_batch_size=256, data_seed=3, progress=False,
+                                    every_steps=4), ADAMW, CPU)
+    return trainer.fit(strategy, data, BatchAugment(1, True, data.mean, data.std), run_dir, resume=resume)
+
+
+def test_trainable_parts_are_optimised_kept_for_resume_and_never_saved_with_the_student(tmp_path):
+    data = load_dataset({"name": "digits", "limit_train": 96, "limit_test": 64})
+    initial = {k: v.clone() for k, v in kd_with_trained_terms().features.state_dict().items()}
+    fit(kd_with_trained_terms(), data, tmp_path / "ref")
+    with pytest.raises(RuntimeError, match="killed"):
+        fit(kd_with_trained_terms(crash_at=(2, 3)), data, tmp_path / "run")
+    fit(kd_with_trained_terms(), data, tmp_path / "run", resume=True)
+
+    ref, run = (load_checkpoint(tmp_path / d / "checkpoints" / "last.pt") for d in ("ref", "run"))
+    # the student alone in the checkpoint's weights
+    assert set(ref["state_dict"]) == plain_student_keys()
+    # the terms' parts in the strategy state: both embeddings of cc, vid's regressors and variances
+    ref_parts, run_parts = ref["train"]["strategy"]["features"], run["train"]["strategy"]["features"]
+    assert set(ref_parts) == set(initial)
+    assert any(k.endswith("embed_teacher.weight") for k in initial) and any(k.endswith("alpha") for k in initial)
+    for name, value in initial.items():
+        assert not torch.equal(ref_parts[name], value), f"{name} was not optimised"
+        assert torch.equal(ref_parts[name], run_parts[name]), f"{name} differs after the resume"
+    for name, value in ref["state_dict"].items():  # bit-identical on the CPU
+        assert torch.equal(value, run["state_dict"][name]), name
+
+
+def test_every_trainable_part_gets_a_gradient():
+    s, t = fixed_features()
+    terms = build_feature_terms(TRAINED, CONTEXT).double()
+    inputs = TermInputs(torch.zeros(6, 10), torch.zeros(6, 10), torch.zeros(6, dtype=torch.long), 1, None,
+                        StageOutputs([x.requires_grad_() for x in s], {}), StageOutputs(t, {}))
+    sum(terms(inputs).values()).backward()
+    for name, p in terms.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert all(x.grad is not None and torch.isfinite(x.grad).all() for x in s)
+
+
+# --- wrong use, refused with the term, the key and what is allowed -------------------------------------------
+
+def compose_cfg(*overrides: str):
+    with initialize_config_module(config_module="kdrun.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["strategy=online", "loss=vid"], "loss.terms.vid is a feature term, which strategy=online cannot train"),
+        (["strategy=multi_teacher", "loss=rkd"], "loss.terms.rkd is a feature term, which strategy=multi_teacher cannot"),
+        (["loss=sp", "loss.terms.sp.weight=-1"], "loss.terms.sp.weight must be >= 0, got -1"),
+        (["loss=vid", "loss.terms.vid.init_variance=0"], "loss.terms.vid.init_variance must be > 1e-05, got 0"),
+        (["loss=cc", "loss.terms.cc.embed_dim=0"], "loss.terms.cc.embed_dim must be >= 1, got 0"),
+        (["loss=cc", "loss.terms.cc.embed_dim=1.5"], "loss.terms.cc.embed_dim must be an integer, got 1.5"),
+        (["loss=rkd", "++loss.terms.rkd.angle_wieght=1"], "unknown config key .loss.terms.rkd.angle_wieght.; did you mean loss.terms.rkd.angle_weight"),
+        (["loss=kdsvd", "loss.terms.kdsvd.k=0"], "loss.terms.kdsvd.k must be >= 1, got 0"),
+    ],
+)
+def test_bad_values_are_refused_naming_term_and_key(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        check_run_config(compose_cfg(*overrides))
+
+
+@pytest.mark.parametrize(
+    "terms,arch_pair,message",
+    [
+        ({"sp": {"student_stage": 2}}, ("cnn_student", "resnet8"),
+         r"loss.terms.sp.student_stage=2, but cnn_student has 2 stages; allowed: -2..1"),
+        ({"pkt": {"teacher_layer": "layer9"}}, ("cnn_student", "resnet8"), r"resnet8: .*layer9"),
+        ({"nst": {}}, ("cnn_student", "mlp"), r"neuron selectivity transfer needs spatial feature maps, but mlp 0"),
+        ({"kdsvd": {}}, ("resnet8", "mlp"), r"kdsvd needs spatial feature maps, but mlp 0"),
+        ({"kdsvd": {"student_stages": [1], "teacher_stages": [1]}}, ("cnn_student", "resnet8"),
+         r"loss.terms.kdsvd relates consecutive stages and needs at least 2 stage pairs, got 1"),
+        ({"vid": {"student_stages": [0, 1], "teacher_stages": [1]}}, ("cnn_student", "resnet8"),
+         r"loss.terms.vid.student_stages=\[0, 1\] and loss.terms.vid.teacher_stages=\[1\] must be two lists of "
+         r"the same, non-zero length"),
+    ],
+)
+def test_bad_stage_choices_are_refused_before_any_teacher_trains(terms, arch_pair, message):
+    with pytest.raises(ConfigError, match=message):
+        build_feature_terms(loss_of(**terms), FeatureContext(*arch_pair, (1, 8, 10)))
+
+
+def test_a_refused_term_from_the_command_is_one_line_and_writes_nothing(tmp_path):
+    proc = run_kdrun(tmp_path, *TINY, "strategy=kd", "loss=kdsvd", "loss.terms.kdsvd.student_stages=[1]",
+                     "loss.terms.kdsvd.teacher_stages=[2]", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "error: loss.terms.kdsvd relates consecutive stages and needs at least 2 stage pairs, got 1" in out
+    assert "Traceback" not in out and len([line for line in out.splitlines() if "error" in line]) == 1, out
+    assert not (tmp_path / "outputs").exists()  # refused before any run directory or teacher
