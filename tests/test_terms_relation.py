@@ -19,6 +19,7 @@ from kdrun.data import BatchAugment, load_dataset
 from kdrun.errors import ConfigError
 from kdrun.methods.terms.base import TermInputs
 from kdrun.methods.terms.compose import build_feature_terms, build_logit_terms
+from kdrun.methods.terms.feature.picks import embedding, embedding_size
 from kdrun.methods.terms.feature.stages import FeatureContext, StageOutputs
 from kdrun.models import build_model
 from kdrun.run import check_run_config
@@ -290,6 +291,25 @@ def test_each_term_is_zero_or_least_when_the_student_is_the_teacher(name):
         assert all(torch.isfinite(v) for v in values.values())
     else:
         assert all(v.item() == pytest.approx(0.0, abs=1e-9) for v in values.values()), values
+
+
+@pytest.mark.parametrize("name", ["sp", "cc", "rkd", "pkt", "vid"])
+def test_terms_that_need_no_maps_read_vector_stages_of_an_mlp(name):
+    seed_everything(0)
+    student, teacher = build_model("mlp", 1, 8, 10), build_model("resnet8", 1, 8, 10)
+    terms = build_feature_terms(loss_of(**{name: {}}), FeatureContext("mlp", "resnet8", (1, 8, 10)))
+    x = torch.randn(8, 1, 8, 8)
+    (s, logits), (t, teacher_logits) = student.forward_features(x), teacher.forward_features(x)
+    values = terms(TermInputs(logits, teacher_logits, torch.zeros(8, dtype=torch.long), 1, None,
+                              StageOutputs(s, {}), StageOutputs(t, {})))
+    assert values and all(torch.isfinite(v) and v > 0 for v in values.values()), values
+
+
+def test_the_embedding_of_a_map_is_its_channels_and_of_anything_else_every_value():
+    assert embedding_size((64, 2, 2)) == 64 and embedding_size((32,)) == 32 and embedding_size((5, 7)) == 35
+    x = torch.arange(2 * 3 * 2 * 2, dtype=torch.float64).reshape(2, 3, 2, 2)
+    torch.testing.assert_close(embedding(x), pooled(x))
+    assert embedding(torch.zeros(2, 5, 7)).shape == (2, 35)
 
 
 # --- from the kdrun command -----------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from kdrun.keys import key
 from kdrun.methods.terms.base import FeatureTerm, TermInputs, register_term
-from kdrun.methods.terms.feature.picks import embedding, layers_of, pick_one
+from kdrun.methods.terms.feature.picks import embedding, embedding_size, layers_of, pick_one
 from kdrun.methods.terms.feature.stages import FeatureContext
 
 
@@ -51,7 +51,7 @@ class CorrelationCongruence(FeatureTerm):
     @classmethod
     def build(cls, config, context: FeatureContext) -> "CorrelationCongruence":
         refs, shapes = pick_one(cls.name, config, context)
-        return cls(config, refs, (shapes[0][0], shapes[1][0]))  # pooling keeps the channels
+        return cls(config, refs, (embedding_size(shapes[0]), embedding_size(shapes[1])))
 
     def layer_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return layers_of([self.refs])

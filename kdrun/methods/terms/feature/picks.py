@@ -9,6 +9,8 @@ CIFAR ResNets, every stage: RepDistiller's `feat[1:-1]`).
 
 from __future__ import annotations
 
+import math
+
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -22,6 +24,11 @@ def embedding(features: Tensor) -> Tensor:
     """(B, C, H, W) -> (B, C) by global average pooling; a (B, C) vector stays as it is. The last stage
     pooled is the zoo's penultimate embedding (what its classifiers read; RepDistiller's `feat[-1]`)."""
     return F.adaptive_avg_pool2d(features, 1).flatten(1) if features.dim() == 4 else features.flatten(1)
+
+
+def embedding_size(shape: Shape) -> int:
+    """The length of `embedding` for one sample of this shape: a map's channels, else every value."""
+    return shape[0] if len(shape) == 3 else math.prod(shape)
 
 
 def pick_one(term: str, config, context: FeatureContext) -> tuple[tuple[Ref, Ref], tuple[Shape, Shape]]:

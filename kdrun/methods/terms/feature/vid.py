@@ -8,7 +8,7 @@ map average-pooled to the smaller; per pair a regressor of three bias-free 1x1 c
 channels -> teacher channels -> teacher channels -> teacher channels, ReLU between) and a variance
 softplus(alpha_c) + eps per teacher channel, alpha initialised so the variance starts at 5 (eps 1e-5);
 the term is the mean of 0.5 ((mu - t)^2 / var + log var), summed over pairs (the constant 0.5 log 2 pi
-left out, as the reference). A vector stage reads as a 1x1 map, so MLP stages work too. The regressors
+left out, as the reference). A vector stage (or any non-map layer) reads as a 1x1 map of all its values, so MLP stages work too. The regressors
 and variances train with the student, are kept in last.pt for resume, and are never saved with it.
 """
 
@@ -23,13 +23,14 @@ from torch import Tensor, nn
 
 from kdrun.keys import key
 from kdrun.methods.terms.base import FeatureTerm, TermInputs, register_term
-from kdrun.methods.terms.feature.picks import layers_of, pick_pairs
+from kdrun.methods.terms.feature.picks import embedding_size, layers_of, pick_pairs
 from kdrun.methods.terms.feature.stages import FeatureContext, match_spatial
 
 EPS = 1e-5  # the reference's floor on the variance
 
 
 def as_map(x: Tensor) -> Tensor:
+    """A feature map as it is; anything else (a vector, tokens) as a 1x1 map of all its values."""
     return x if x.dim() == 4 else x.reshape(x.shape[0], -1, 1, 1)
 
 
@@ -71,7 +72,7 @@ class VariationalInformation(FeatureTerm):
     def __init__(self, config, pairs, shapes):
         super().__init__(config)
         self.pairs = pairs  # (student ref, teacher ref) per pair
-        self.predictors = nn.ModuleList(GaussianPredictor(s[0], t[0], config.init_variance) for s, t in shapes)
+        self.predictors = nn.ModuleList(GaussianPredictor(embedding_size(s), embedding_size(t), config.init_variance) for s, t in shapes)
 
     @classmethod
     def build(cls, config, context: FeatureContext) -> "VariationalInformation":
