@@ -278,19 +278,15 @@ def test_kdsvd_matches_mdistillers_formula(k):
     assert got == pytest.approx(want, rel=TOL)
 
 
-@pytest.mark.parametrize("name", ["sp", "cc", "rkd", "pkt", "nst", "vid", "kdsvd"])
-def test_each_term_is_zero_or_least_when_the_student_is_the_teacher(name):
-    """A sanity bound beside the formulas: with identical features the relation terms vanish."""
+@pytest.mark.parametrize("name", ["sp", "rkd", "pkt", "nst", "kdsvd"])
+def test_the_relation_terms_vanish_when_the_student_is_the_teacher(name):
+    """A bound beside the formulas (cc and vid have trained maps between the two, so they need not vanish)."""
     s, _ = fixed_features(seed=7)
     context = FeatureContext("cnn_student", "cnn_student", (1, 8, 10))
     terms = build_feature_terms(loss_of(**{name: {}}), context).double()
     inputs = TermInputs(torch.zeros(6, 10), torch.zeros(6, 10), torch.zeros(6, dtype=torch.long), 1, None,
                         StageOutputs(s, {}), StageOutputs([x.clone() for x in s], {}))
-    values = terms(inputs)
-    if name in ("cc", "vid"):  # trained maps stand between the two: finite, not zero
-        assert all(torch.isfinite(v) for v in values.values())
-    else:
-        assert all(v.item() == pytest.approx(0.0, abs=1e-9) for v in values.values()), values
+    assert all(v.item() == pytest.approx(0.0, abs=1e-9) for v in terms(inputs).values())
 
 
 @pytest.mark.parametrize("name", ["sp", "cc", "rkd", "pkt", "vid"])
@@ -333,7 +329,7 @@ def plain_student_keys() -> set[str]:
     return set(build_model("cnn_student", 1, 8, 10).state_dict())
 
 
-@pytest.mark.slow  # seven one-epoch runs of the CLI: ~5 s each on a shared CPU
+@pytest.mark.slow  # seven one-epoch CLI runs: ~8 s of CPU each (30-40 s wall at load 11 on 2 cores)
 @pytest.mark.parametrize("name", list(LOGGED))
 def test_each_preset_trains_one_epoch_from_the_command(tmp_path, teachers, name):
     run_kdrun(tmp_path, *TINY, teachers, "strategy=kd", f"loss={name}")
@@ -426,15 +422,18 @@ def test_trainable_parts_are_optimised_kept_for_resume_and_never_saved_with_the_
         assert torch.equal(value, run["state_dict"][name]), name
 
 
-def test_every_trainable_part_gets_a_gradient():
+@pytest.mark.parametrize("name", list(LOGGED))
+def test_each_term_gives_the_stages_it_reads_and_its_own_parts_a_finite_gradient(name):
     s, t = fixed_features()
-    terms = build_feature_terms(TRAINED, CONTEXT).double()
+    terms = build_feature_terms(loss_of(**{name: {}}), CONTEXT).double()
     inputs = TermInputs(torch.zeros(6, 10), torch.zeros(6, 10), torch.zeros(6, dtype=torch.long), 1, None,
                         StageOutputs([x.requires_grad_() for x in s], {}), StageOutputs(t, {}))
     sum(terms(inputs).values()).backward()
-    for name, p in terms.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
-    assert all(x.grad is not None and torch.isfinite(x.grad).all() for x in s)
+    for name_, p in terms.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name_
+    read = [i for i, x in enumerate(s) if x.grad is not None]
+    assert read == ([1] if name in ("sp", "cc", "rkd", "pkt") else [0, 1])  # the last stage, or both pairs
+    assert all(torch.isfinite(s[i].grad).all() and s[i].grad.abs().sum() > 0 for i in read)
 
 
 # --- wrong use, refused with the term, the key and what is allowed -------------------------------------------
