@@ -6,13 +6,15 @@ Reference: mdistiller (megvii-research/mdistiller, mdistiller/distillers/KDSVD.p
 KDSVD.K 1, LOSS.CE_WEIGHT 1, LOSS.FEAT_WEIGHT 1 (ours: `k`, `loss.terms.ce.weight`, `weight`), on every
 stage after the stem (`feats[1:]`; here, as `at`: the last stages of both models paired from the end).
 As mdistiller: a (B, C, H, W) map is read as B matrices of (C*H) x W (its reshape of the NCHW tensor;
-the paper's TensorFlow code, NHWC, reads (H*W) x C); the teacher's k right singular vectors and the
+the same reshape of the original TensorFlow code's NHWC tensors would read (H*W) x C); the teacher's k right singular vectors and the
 student's k+3, each L2-normalised, singular values L2-normalised over the first k; each teacher vector
 picks the student vector of largest |cosine| with its sign; both are scaled by the teacher's singular
 values; for each stage after the first, exp(-(v_i - v_i-1)^2 / 8) between every pair of entries of this
 and the previous stage's vectors, and the term is sum((K_s - K_t)^2) / B, non-finite values counted as 0.
-We differ on purpose in one place: two maps of different height and width are average-pooled to the
-smaller first (mdistiller's would fail on a mismatch of widths).
+We differ on purpose in two places: two maps of different height and width are average-pooled to the
+smaller first (mdistiller's would fail on a mismatch of widths), and the SVD runs at the input's precision,
+at least float32 (mdistiller casts to float32). The value depends on the signs the SVD gives its singular
+vectors (the kernel compares entries across stages), and those can differ between float32 and float64.
 """
 
 from __future__ import annotations
