@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from torch import Tensor
 import torch.nn.functional as F
 
-from kdrun.errors import ConfigError
 from kdrun.feature_scale import scaled_at_weight
 from kdrun.keys import key
 from kdrun.methods.terms.base import FeatureTerm, TermInputs, register_term
-from kdrun.methods.terms.feature.stages import FeatureContext, describe, match_spatial
+from kdrun.methods.terms.feature.picks import layers_of, pick_pairs
+from kdrun.methods.terms.feature.stages import FeatureContext, match_spatial
 
 
 def attention_map(features: Tensor) -> Tensor:
@@ -53,31 +53,11 @@ class AttentionTransfer(FeatureTerm):
 
     @classmethod
     def build(cls, config, context: FeatureContext) -> "AttentionTransfer":
-        by_name = config.student_layers is not None or config.teacher_layers is not None
-        s_list, t_list = ((config.student_layers, config.teacher_layers) if by_name
-                          else (config.student_stages, config.teacher_stages))
-        if not by_name and s_list is None and t_list is None:  # pair the last stages of both, from the end
-            k = min(len(context.stages("student")), len(context.stages("teacher")))
-            s_list, t_list = list(range(-k, 0)), list(range(-k, 0))
-        what = "layers" if by_name else "stages"
-        if s_list is None or t_list is None or len(s_list) != len(t_list) or not len(s_list):
-            raise ConfigError(f"loss.terms.at.student_{what}={s_list} and loss.terms.at.teacher_{what}={t_list} "
-                              f"must be two lists of the same, non-zero length (pairs), or all null to pair the "
-                              f"last stages of each model")
-        pairs = []
-        for s, t in zip(s_list, t_list):
-            picked = [context.pick(side, cls.name, None if by_name else ref, ref if by_name else None,
-                                   f"{side}_{what}") for side, ref in (("student", s), ("teacher", t))]
-            for side, (ref, shape) in zip(("student", "teacher"), picked):
-                if len(shape) != 3:
-                    raise ConfigError(f"attention transfer needs spatial feature maps, but {context.arch(side)} "
-                                      f"{ref!r} outputs {describe(shape)}; choose other stages or layers")
-            pairs.append((picked[0][0], picked[1][0]))
-        return cls(config, tuple(pairs), context.image_size)
+        pairs = pick_pairs(cls.name, config, context, needs_maps="attention transfer")[0]
+        return cls(config, pairs, context.image_size)
 
     def layer_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        return (tuple(s for s, _ in self.pairs if isinstance(s, str)),
-                tuple(t for _, t in self.pairs if isinstance(t, str)))
+        return layers_of(self.pairs)
 
     def forward(self, inputs: TermInputs) -> dict[str, Tensor]:
         return self.weighted(at_loss([inputs.features[s] for s, _ in self.pairs],
