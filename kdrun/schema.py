@@ -43,6 +43,11 @@ def key(*, role: str = "result", low: float | None = None, strict: bool = False,
                                          "doc": doc})
 
 
+# What `objective=` may name (kdrun/tune/objective.py reads each from a job's metrics.json): validation and
+# cost metrics only, since a setting is never chosen on the test split.
+OBJECTIVES = ("val_acc", "best_val_acc", "params", "size_mb", "latency_ms")
+
+
 # ---- the groups ------------------------------------------------------------------------------------
 
 
@@ -232,6 +237,8 @@ class RootKeys:
     plugins: list[str] = key(doc="modules imported before the run: a user's strategies or losses register there")
     paths: Paths = key(role="location")
     resume: str | None = key(role="location")
+    objective: str | list[str] = key(role="display", choices=OBJECTIVES,
+                                     doc="what an Optuna sweep (hydra/sweeper=optuna) optimises: validation metrics only")
     dataset: DatasetKeys = key()
     teacher: TeacherKeys = key()
     student: StudentKeys = key()
