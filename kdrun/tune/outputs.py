@@ -20,6 +20,7 @@ from kdrun.report.tables import markdown_table, to_csv
 matplotlib.use("Agg")
 
 JOB = "job"  # a trial's user attribute: the number of its job folder
+FAILED = "failed"  # a trial's user attribute: its job ran and failed (an interrupted trial has no such mark)
 
 
 def trial_rows(study: optuna.Study, names: list[str]) -> tuple[list[str], list[dict]]:
@@ -31,10 +32,17 @@ def trial_rows(study: optuna.Study, names: list[str]) -> tuple[list[str], list[d
         values = dict(zip(names, t.values)) if t.values else {}
         seconds = (t.datetime_complete - t.datetime_start).total_seconds() \
             if t.datetime_complete and t.datetime_start else None
-        rows.append({"trial": t.number, "job": t.user_attrs.get(JOB), "state": t.state.name.lower(),
+        rows.append({"trial": t.number, "job": t.user_attrs.get(JOB), "state": state_name(t),
                      **{n: _round(values.get(n)) for n in names}, **{p: _round(t.params.get(p)) for p in params},
                      "seconds": _round(seconds)})
     return columns, rows
+
+
+def state_name(trial: optuna.trial.FrozenTrial) -> str:
+    """complete, failed, or interrupted (a sweep killed while it ran; retried as a later trial)."""
+    if trial.state == optuna.trial.TrialState.FAIL:
+        return "failed" if trial.user_attrs.get(FAILED) else "interrupted"
+    return trial.state.name.lower()
 
 
 def _round(value):

@@ -56,20 +56,20 @@ def check_study(cfg: DictConfig, args: list[str], compose_job) -> SearchSpace:
     space = parse_space(study_arguments(cfg, args))
     extra = [o for o in (validation_override(cfg),) if o]
     firsts = {p.key: p.ends()[0] for p in space.params}
+    points = [{**firsts, p.key: value} for p in space.params for value in p.ends()]
     warned: set[str] = set()
-    for param in space.params:
-        for value in param.ends():
-            overrides = [*space.overrides({**firsts, param.key: value}), *extra]
-            try:
-                job = compose_job(overrides)
-                check_run_config(job)
-                check_plausible(job, warned=warned)
-            except KdrunError as exc:
-                raise ConfigError(f"search space refused before any trial: {param.text} at "
-                                  f"{param.key}={value}: {exc}") from exc
-            except Exception as exc:  # Hydra's composition error: an option that does not exist
-                raise ConfigError(f"search space refused before any trial: {param.text} at "
-                                  f"{param.key}={value}: {str(exc).splitlines()[0]}") from exc
+    for point in [dict(items) for items in dict.fromkeys(tuple(pt.items()) for pt in points)]:
+        overrides = [*space.overrides(point), *extra]
+        where = ", ".join(f"{key}={value}" for key, value in point.items())
+        try:
+            job = compose_job(overrides)
+            check_run_config(job)
+            check_plausible(job, warned=warned)
+        except KdrunError as exc:
+            raise ConfigError(f"search space refused before any trial: at {where}: {exc}") from exc
+        except Exception as exc:  # Hydra's composition error: an option that does not exist
+            raise ConfigError(f"search space refused before any trial: at {where}: "
+                              f"{str(exc).splitlines()[0]}") from exc
     return space
 
 

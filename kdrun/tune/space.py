@@ -56,23 +56,21 @@ def format_value(value) -> str:
 
 
 def parse_space(arguments: list[str]) -> SearchSpace:
-    """The search space of `arguments` (sweeper params first, then the command line's overrides)."""
+    """The search space of `arguments` (sweeper params first, then the command line's overrides, which win)."""
     try:
         overrides = OverridesParser.create().parse_overrides(arguments)
     except Exception as exc:  # Hydra's grammar error says where in the line
         raise ConfigError(f"search space refused before any trial: {exc}") from exc
-    params, fixed = [], []
+    # A later override of a key replaces an earlier one: the command line wins over a preset's params.
+    latest: dict[str, Param | str] = {}
     for override in overrides:
-        if override.is_sweep_override():
-            params.append(_param(override))
-        else:
-            fixed.append(override.input_line)
+        key = override.get_key_element()
+        latest[key] = _param(override) if override.is_sweep_override() else override.input_line
+    params = [v for v in latest.values() if isinstance(v, Param)]
+    fixed = [v for v in latest.values() if isinstance(v, str)]
     if not params:
         raise ConfigError("an Optuna sweep needs a search space: give at least one key to search, e.g. "
                           "'T=interval(1,16)', 'loss.alpha=interval(0,1)' or teacher=mlp,cnn_teacher")
-    keys = [p.key for p in params]
-    if len(set(keys)) != len(keys):
-        raise ConfigError(f"search space refused before any trial: a key is searched twice ({', '.join(keys)})")
     return SearchSpace(tuple(params), tuple(fixed))
 
 

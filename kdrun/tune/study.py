@@ -15,17 +15,18 @@ from pathlib import Path
 
 import optuna
 from hydra.core.utils import JobReturn
-from omegaconf import DictConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 from rich.markup import escape
 
 from kdrun.console import console
+from kdrun.io import atomic_write_text
 from kdrun.report.latency import LatencyMeter
-from kdrun.tune.outputs import JOB
+from kdrun.tune.outputs import FAILED, JOB
 from kdrun.tune.objective import directions, objective_names, objective_values
 from kdrun.tune.preflight import study_arguments, validation_override
 from kdrun.tune.space import Param, SearchSpace, parse_space
 
-FAILED = "failed"    # user attribute: the job ran and failed (an interrupted trial has no such mark)
 DATABASE = "study.db"
 
 
@@ -36,7 +37,16 @@ class StudySettings:
     n_jobs: int
     storage: str | None
     study_name: str
-    sampler: optuna.samplers.BaseSampler | None
+    sampler: DictConfig | None  # hydra.sweeper.sampler, instantiated once the study's trials are known
+
+
+def make_sampler(sampler_cfg: DictConfig | None, n_trials_before: int) -> optuna.samplers.BaseSampler | None:
+    """The configured sampler. Its seed moves on by the trials the study already holds: a resumed study
+    seeded as at its start would draw its first trials again."""
+    if sampler_cfg is None:
+        return None
+    seed = sampler_cfg.get("seed")
+    return instantiate(sampler_cfg, **({"seed": seed + n_trials_before} if seed is not None else {}))
 
 
 def distribution(param: Param) -> optuna.distributions.BaseDistribution:
@@ -54,8 +64,10 @@ def storage_url(settings: StudySettings, sweep_dir: Path) -> str:
 
 def open_study(settings: StudySettings, sweep_dir: Path, names: list[str]) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is kdrun's, not Optuna's
-    return optuna.create_study(study_name=settings.study_name, storage=storage_url(settings, sweep_dir),
-                               sampler=settings.sampler, directions=directions(names), load_if_exists=True)
+    study = optuna.create_study(study_name=settings.study_name, storage=storage_url(settings, sweep_dir),
+                                directions=directions(names), load_if_exists=True)
+    study.sampler = make_sampler(settings.sampler, len(study.get_trials(deepcopy=False))) or study.sampler
+    return study
 
 
 def counted(trial: optuna.trial.FrozenTrial) -> bool:
@@ -83,6 +95,7 @@ class StudyRunner:
 
     def __init__(self, settings: StudySettings, config: DictConfig, launcher, arguments: list[str]):
         self.settings = settings
+        self.config = config
         self.sweep_dir = Path(config.hydra.sweep.dir)
         self.names = objective_names(config.objective)
         self.space: SearchSpace = parse_space(study_arguments(config, arguments))
@@ -93,6 +106,8 @@ class StudyRunner:
 
     def run(self) -> optuna.Study:
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        # as Hydra's basic sweeper does: the sweep's config, and what marks the folder as a sweep for resume=
+        atomic_write_text(self.sweep_dir / "multirun.yaml", OmegaConf.to_yaml(self.config))
         study = open_study(self.settings, self.sweep_dir, self.names)
         if self.extra:
             console.print(f"[yellow]no validation split[/] to choose on: every trial holds out "

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.markup import escape
 from sqlalchemy.engine import make_url
 
@@ -22,11 +21,8 @@ DISTILLATION_KEYS = ("T", "loss", "teacher", "strategy", "dkd_beta")
 
 
 def run_sweep(options: dict, config: DictConfig, launcher, arguments: list[str]) -> None:
-    sampler = options["sampler"]
-    if isinstance(sampler, (dict, DictConfig)):
-        sampler = instantiate(sampler)
     settings = StudySettings(n_trials=options["n_trials"], n_jobs=options["n_jobs"], storage=options["storage"],
-                             study_name=options["study_name"], sampler=sampler)
+                             study_name=options["study_name"], sampler=options["sampler"])
     runner = StudyRunner(settings, config, launcher, arguments)
     study = runner.run()
     best = best_trials(study)
