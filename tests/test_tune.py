@@ -127,14 +127,14 @@ def test_study_optimises_validation_accuracy_and_leaves_its_files(tmp_path):
 
     # the best setting re-run on new seeds beside scratch, measured on test: Δ and Welch's p
     confirm = sweep / "confirm"
-    assert sorted(p.name for p in confirm.iterdir() if p.is_dir()) == [
-        "kd_seed1", "kd_seed2", "scratch_seed1", "scratch_seed2"]
     best = max(done, key=lambda t: t.value)
-    assert metrics(confirm / "kd_seed1")["T"] == best.params["T"]
-    assert metrics(confirm / "scratch_seed1")["strategy"] == "scratch"
+    assert sorted(p.name for p in confirm.iterdir() if p.is_dir()) == [
+        *(f"job{best.user_attrs['job']}_{kind}_seed{s}" for kind in ("kd", "scratch") for s in (1, 2))]
+    assert metrics(confirm / f"job{best.user_attrs['job']}_kd_seed1")["T"] == best.params["T"]
+    assert metrics(confirm / f"job{best.user_attrs['job']}_scratch_seed2")["strategy"] == "scratch"
     comparison = (confirm / "comparison.md").read_text()
     assert "Δ vs scratch" in comparison and "(p=" in comparison
-    assert comparison.strip() in (sweep / "study.md").read_text()
+    assert comparison.split("\n", 1)[1].strip() in (sweep / "study.md").read_text()
 
     # best.yaml is the best trial again, as a single run
     run_kdrun(tmp_path, "--config-path", str(sweep), "--config-name", "best")
@@ -174,16 +174,47 @@ def test_a_killed_study_goes_on_without_rerunning_a_finished_trial(tmp_path):
         assert "interrupted one(s) retried" in proc.stdout
 
 
+# the presets, made tiny: digits, one epoch, a 1-epoch teacher
+TINY_PRESET = ["epochs=1", "teacher.epochs=1", "dataset.limit_train=256", "trainer.progress=false", "device=cpu",
+               "hydra.sweep.dir=study"]
+
+
 @pytest.mark.slow
-def test_multi_objective_study_writes_its_pareto_front(tmp_path):
-    run_kdrun(tmp_path, *STUDY, "objective=[val_acc,params]", "student=mlp,cnn_student",
-              "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler._target_=optuna.samplers.NSGAIISampler")
+def test_teacher_choice_trains_each_candidate_once(tmp_path):
+    run_kdrun(tmp_path, "-m", "experiment=tune_teacher", "teacher=mlp,cnn_student", *TINY_PRESET,
+              "hydra.sweeper.n_trials=3", "hydra.sweeper.confirm_seeds=0")
     sweep = tmp_path / "study"
     done = trials(sweep)
-    for trial in done:
+    assert len(done) == 3 and {t.params["teacher"] for t in done} <= {"mlp", "cnn_student"}
+    for trial in done:  # each job distilled from the teacher its trial chose
+        assert metrics(sweep / str(trial.user_attrs["job"]))["teacher_arch"] == trial.params["teacher"]
+    cached = {p.parent.parent.name for p in (tmp_path / "outputs" / "teachers").glob("*/*/*/teacher.pt")}
+    assert cached == {t.params["teacher"] for t in done}  # trained once each, then read from the cache
+    assert len(list((tmp_path / "outputs" / "teachers").glob("*/*/*/teacher.pt"))) == len(cached)
+    best = max(done, key=lambda t: t.value)
+    assert f"override teacher: {best.params['teacher']}" in (sweep / "best.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_pareto_preset_writes_its_front_with_distilled_and_scratch_students(tmp_path):
+    run_kdrun(tmp_path, "-m", "experiment=tune_student_pareto", *TINY_PRESET, "hydra.sweeper.n_trials=3",
+              "hydra.sweeper.confirm_seeds=1")
+    sweep = tmp_path / "study"
+    study = optuna.load_study(study_name="kdrun", storage=f"sqlite:///{sweep / 'study.db'}")
+    for trial in study.trials:  # accuracy from the job, latency measured on its student at batch 1
         summary = metrics(sweep / str(trial.user_attrs["job"]))
-        assert trial.values == [summary["final_val_acc"], summary["params"]]
-    front = optuna.load_study(study_name="kdrun", storage=f"sqlite:///{sweep / 'study.db'}").best_trials
+        assert trial.values[0] == summary["final_val_acc"] and trial.values[1] > 0
+        assert summary["arch"] == trial.params["student"]
+    front = study.best_trials
     assert sorted(p.name for p in sweep.glob("pareto_*.yaml")) == sorted(
         f"pareto_{t.user_attrs['job']}.yaml" for t in front)
-    assert (sweep / "pareto_front.png").is_file() and not (sweep / "best.yaml").exists()
+    assert (sweep / "pareto_front.png").is_file() and (sweep / "pareto_front.svg").is_file()
+    assert not (sweep / "best.yaml").exists()
+    table = (sweep / "study.md").read_text().split("## Pareto front", 1)[1].split("##", 1)[0]
+    assert sorted(int(line.split("|")[1]) for line in table.splitlines() if line.startswith("| ") and
+                  line.split("|")[1].strip().isdigit()) == sorted(t.number for t in front)
+    confirmed = {p.name for p in (sweep / "confirm").iterdir() if p.is_dir()}
+    for trial in front:  # each Pareto-optimal student, distilled and from scratch
+        assert f"job{trial.user_attrs['job']}_kd_seed1" in confirmed
+        arch = trial.params["student"]
+        assert any(metrics(sweep / "confirm" / name)["arch"] == arch for name in confirmed if "scratch" in name)

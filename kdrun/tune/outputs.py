@@ -119,14 +119,17 @@ def study_markdown(study: optuna.Study, names: list[str], storage: str, columns:
                    notes: list[str], confirmation: str) -> str:
     best = best_trials(study)
     lines = [f"# Optuna study {study.study_name}", "",
-             f"Objective: {', '.join(f'{n} ({d.name.lower()})' for n, d in zip(names, study.directions))}, "
-             f"on the validation split. Storage: `{storage}`.", ""]
+             f"Objective: {', '.join(f'{n} ({d.name.lower()})' for n, d in zip(names, study.directions))}; "
+             f"accuracies on the validation split. Storage: `{storage}`.", ""]
     if best and len(names) == 1:
         lines += [f"Best: trial {best[0].number} (job {best[0].user_attrs.get(JOB)}), {names[0]} = "
                   f"{best[0].value:.4g}, with " + ", ".join(f"{k}={_round(v)}" for k, v in best[0].params.items())
                   + ". Its config: best.yaml.", ""]
     elif best:
-        lines += [f"Pareto-optimal trials: {', '.join(str(t.number) for t in best)} (pareto_<job>.yaml each).", ""]
+        front = {t.number for t in best}
+        lines += ["## Pareto front", "", "The trials no other trial beats on every objective (pareto_front.png; "
+                  "each one's config: pareto_<job>.yaml).", "",
+                  markdown_table(columns, [[row[c] for c in columns] for row in rows if row["trial"] in front]), ""]
     lines += ["## Trials", "", markdown_table(columns, [[row[c] for c in columns] for row in rows]), ""]
     if confirmation:
         lines += [confirmation, ""]
