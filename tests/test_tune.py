@@ -22,7 +22,7 @@ optuna = pytest.importorskip("optuna")
 from kdrun.errors import ConfigError  # noqa: E402
 from kdrun.tune.objective import objective_names, objective_values  # noqa: E402
 from kdrun.tune.space import parse_space  # noqa: E402
-from kdrun.tune.study import make_sampler  # noqa: E402
+from kdrun.tune.study import SWEEP, make_sampler, next_job_number, retry_interrupted  # noqa: E402
 
 # digits, a 1-epoch teacher and student on 256 training images: a trial takes a second or two
 STUDY = ["-m", "hydra/sweeper=optuna", "experiment=quickstart", "device=cpu", "epochs=1", "teacher.epochs=1",
@@ -218,3 +218,20 @@ def test_pareto_preset_writes_its_front_with_distilled_and_scratch_students(tmp_
         assert f"job{trial.user_attrs['job']}_kd_seed1" in confirmed
         arch = trial.params["student"]
         assert any(metrics(sweep / "confirm" / name)["arch"] == arch for name in confirmed if "scratch" in name)
+
+
+def test_a_restart_retries_only_its_own_folders_trials(tmp_path):
+    """On a shared study (hydra.sweeper.storage), a trial another worker is running is not 'interrupted'."""
+    study = optuna.create_study()
+    mine, theirs = tmp_path / "mine", tmp_path / "theirs"
+    space = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    for folder, job in ((mine, 0), (theirs, 0), (mine, 1)):
+        trial = study.ask(space)
+        trial.set_user_attr("job", job)
+        trial.set_user_attr(SWEEP, str(folder.absolute()))
+    assert next_job_number(study, mine) == 2 and next_job_number(study, theirs) == 1
+    assert retry_interrupted(study, mine) == 2
+    states = [t.state for t in study.get_trials()]
+    assert states[:3] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL]
+    queued = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.WAITING]
+    assert sorted(t.user_attrs["job"] for t in queued) == [0, 1]

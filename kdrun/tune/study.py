@@ -28,6 +28,7 @@ from kdrun.tune.preflight import study_arguments, validation_override
 from kdrun.tune.space import Param, SearchSpace, parse_space
 
 DATABASE = "study.db"
+SWEEP = "sweep_dir"  # user attribute: the sweep folder the trial's job runs in
 
 
 @dataclass
@@ -76,18 +77,23 @@ def counted(trial: optuna.trial.FrozenTrial) -> bool:
         trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs.get(FAILED, False))
 
 
-def retry_interrupted(study: optuna.Study) -> int:
-    """Trials left running by a killed sweep: closed as failed, and queued again with their parameters and
-    job folder, so the next trials asked for are these. Returns how many."""
-    stale = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
+def retry_interrupted(study: optuna.Study, sweep_dir: Path) -> int:
+    """Trials this sweep folder's killed sweep left running: closed as failed, and queued again with their
+    parameters and job folder, so the next trials asked for are these. Returns how many. Trials running in
+    another folder belong to another worker on a shared study (hydra.sweeper.storage) and are left alone."""
+    stale = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING
+             and t.user_attrs.get(SWEEP) == str(sweep_dir.absolute())]
     for trial in stale:
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={JOB: trial.user_attrs[JOB]})
+        study.enqueue_trial(trial.params, user_attrs={JOB: trial.user_attrs[JOB], SWEEP: trial.user_attrs[SWEEP]})
     return len(stale)
 
 
-def next_job_number(study: optuna.Study) -> int:
-    return 1 + max((t.user_attrs.get(JOB, -1) for t in study.get_trials(deepcopy=False)), default=-1)
+def next_job_number(study: optuna.Study, sweep_dir: Path) -> int:
+    """The next free job folder of this sweep folder (workers sharing a study each have their own)."""
+    here = str(sweep_dir.absolute())
+    return 1 + max((t.user_attrs.get(JOB, -1) for t in study.get_trials(deepcopy=False)
+                    if t.user_attrs.get(SWEEP) == here), default=-1)
 
 
 class StudyRunner:
@@ -113,21 +119,26 @@ class StudyRunner:
             console.print(f"[yellow]no validation split[/] to choose on: every trial holds out "
                           f"{self.extra[0]} of train (as results/quickstart/ did); the test split is not used "
                           f"to choose", soft_wrap=True)
-        retried = retry_interrupted(study)
+        retried = retry_interrupted(study, self.sweep_dir)
         done = sum(counted(t) for t in study.get_trials(deepcopy=False))
         if done or retried:
             console.print(f"study {escape(self.settings.study_name)}: {done} trial(s) done, {retried} interrupted "
                           f"one(s) retried", soft_wrap=True)
-        while done < self.settings.n_trials:
-            batch = [study.ask(self.distributions) for _ in range(min(self.settings.n_jobs,
-                                                                       self.settings.n_trials - done))]
+        while (left := self.left_to_start(study)) > 0:
+            batch = [study.ask(self.distributions) for _ in range(min(self.settings.n_jobs, left))]
             for trial in batch:
                 if JOB not in trial.user_attrs:
-                    trial.set_user_attr(JOB, next_job_number(study))
+                    trial.set_user_attr(JOB, next_job_number(study, self.sweep_dir))
+                    trial.set_user_attr(SWEEP, str(self.sweep_dir.absolute()))
             for trial, result in zip(batch, self.launch(batch)):
                 self.tell(study, trial, result)
-            done += len(batch)
         return study
+
+    def left_to_start(self, study: optuna.Study) -> int:
+        """n_trials is the study's total: trials done, and those other workers on a shared study are running
+        (this sweep's own interrupted ones were queued again), count against it."""
+        trials = study.get_trials(deepcopy=False)
+        return self.settings.n_trials - sum(counted(t) or t.state == optuna.trial.TrialState.RUNNING for t in trials)
 
     def trial_overrides(self, params: dict) -> list[str]:
         return [*self.space.overrides(params), *self.extra]
