@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from kdrun.errors import ConfigError, KdrunError
 from kdrun.plausibility import check_plausible
 from kdrun.recipes import apply_recipes
+from kdrun.report.jobs import is_job_dir
 from kdrun.resume import check_can_start, check_same_config
 from kdrun.run import check_run_config
 from kdrun.schema import unknown_key_message
@@ -122,6 +123,10 @@ def checked_as_study(args: list[str]) -> bool:
         if importlib.util.find_spec("optuna") is None:
             raise ConfigError("hydra/sweeper=optuna needs Optuna, an optional extra: pip install 'kdrun[tune]'")
         check_study(cfg, args, compose_job)
+    sweep_dir = existing_sweep_dir(args)
+    if sweep_dir is not None and cfg.resume is None and any(is_job_dir(p) for p in sweep_dir.iterdir()):
+        raise ConfigError(f"{sweep_dir} already holds a study's trials; add resume=auto to go on with it "
+                          f"(finished trials are kept), or choose another hydra.sweep.dir")
     return True
 
 

@@ -159,6 +159,11 @@ def test_a_killed_study_goes_on_without_rerunning_a_finished_trial(tmp_path):
                 for t in trials(sweep) if t.state == optuna.trial.TrialState.COMPLETE}
     assert 0 in finished and len(finished) < 3
 
+    before = sorted((p.relative_to(sweep), p.stat().st_mtime_ns) for p in sweep.rglob("*"))
+    refused = run_kdrun(tmp_path, *args, check=False)  # without resume=: refused, nothing touched
+    assert refused.returncode == 2 and "already holds a study's trials; add resume=auto" in refused.stdout
+    assert sorted((p.relative_to(sweep), p.stat().st_mtime_ns) for p in sweep.rglob("*")) == before
+
     proc = run_kdrun(tmp_path, *args, "resume=study")
     after = trials(sweep)
     complete = [t for t in after if t.state == optuna.trial.TrialState.COMPLETE]

@@ -10,6 +10,7 @@ from pathlib import Path
 import matplotlib
 import optuna
 import yaml
+from matplotlib import pyplot
 from omegaconf import OmegaConf
 from optuna.visualization import matplotlib as optuna_plots
 
@@ -111,7 +112,7 @@ def write_plots(study: optuna.Study, names: list[str], sweep_dir: Path) -> tuple
             continue
         figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
         written.append(save_png(figure, sweep_dir / f"{stem}.png"))
-        matplotlib.pyplot.close(figure)
+        pyplot.close(figure)
     return written, notes
 
 
