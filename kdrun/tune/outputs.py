@@ -94,9 +94,10 @@ def write_plots(study: optuna.Study, names: list[str], sweep_dir: Path) -> tuple
     """Optuna's plots, each as PNG + SVG; a plot Optuna cannot draw (too few trials) is a note instead."""
     plots: dict[str, callable] = {}
     if len(names) == 1:
-        plots = {"optimization_history": optuna_plots.plot_optimization_history,
-                 "param_importances": optuna_plots.plot_param_importances,
-                 "slice": optuna_plots.plot_slice}
+        plots = {stem: (lambda s, plot=plot: plot(s, target_name=names[0])) for stem, plot in (
+            ("optimization_history", optuna_plots.plot_optimization_history),
+            ("param_importances", optuna_plots.plot_param_importances),
+            ("slice", optuna_plots.plot_slice))}
     else:
         plots = {"pareto_front": lambda s: optuna_plots.plot_pareto_front(s, target_names=names)}
         plots.update({f"optimization_history_{n}": (lambda s, i=i, n=n: optuna_plots.plot_optimization_history(
