@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from conftest import KDRUN, only_run_dir, run_kdrun
@@ -21,6 +22,7 @@ optuna = pytest.importorskip("optuna")
 
 from kdrun.errors import ConfigError  # noqa: E402
 from kdrun.tune.objective import objective_names, objective_values  # noqa: E402
+from kdrun.tune.preflight import validation_override  # noqa: E402
 from kdrun.tune.space import parse_space  # noqa: E402
 from kdrun.tune.study import SWEEP, make_sampler, next_job_number, retry_interrupted  # noqa: E402
 
@@ -84,6 +86,17 @@ def test_a_resumed_study_samples_new_points():
     assert draws[0] != draws[1]
     again = optuna.create_study(sampler=make_sampler(cfg, 0))
     assert again.ask({"x": optuna.distributions.FloatDistribution(0, 1)}).params["x"] == draws[0]
+
+
+def test_a_dataset_without_a_validation_split_gets_one():
+    cases = {"digits": "dataset.val_fraction=0.2",  # lists the key, at 0
+             "fashion_mnist": "+dataset.val_fraction=0.2",  # does not list it
+             "image_folder": None}  # its val/ folder, or its own hold-out (val_fraction null)
+    with initialize_config_module("kdrun.conf", version_base="1.3"):
+        for dataset, expected in cases.items():
+            assert validation_override(compose("config", overrides=[f"dataset={dataset}"])) == expected
+            assert validation_override(compose("config", overrides=[f"dataset={dataset}",
+                                                                    "++dataset.val_fraction=0.1"])) is None
 
 
 # ---- refused before the first trial: rc 2, one line, no folder ----------------------------------------------

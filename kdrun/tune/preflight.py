@@ -45,7 +45,8 @@ def validation_override(cfg: DictConfig) -> str | None:
     A folder dataset (image_folder) has its val/ folder or holds one out itself (val_fraction null)."""
     if cfg.dataset.get("name") == "image_folder" or cfg.dataset.get("val_fraction"):
         return None
-    return f"dataset.val_fraction={HELD_OUT_FRACTION}"
+    add = "" if "val_fraction" in cfg.dataset else "+"  # a dataset file that does not list the key
+    return f"{add}dataset.val_fraction={HELD_OUT_FRACTION}"
 
 
 def check_study(cfg: DictConfig, args: list[str], compose_job) -> SearchSpace:
