@@ -14,12 +14,12 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.plugins import Plugins
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
 from hydra.errors import HydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig
 from hydra_plugins.kdrun_optuna_sweeper.optuna_sweeper import OptunaSweeper
+from omegaconf import DictConfig
 from rich.markup import escape
 
 from importlib import resources
