@@ -105,6 +105,7 @@ def test_a_dataset_without_a_validation_split_gets_one():
     (["objective=test_acc"], "objective=test_acc is measured on the test split"),
     (["objective=best_test_acc"], "objective=best_test_acc is measured on the test split"),
     (["T=interval(-1,4)"], "search space refused before any trial: at T=-1.0, loss.alpha=0.0: T must be > 0"),
+    (["T=interval(1"], "search space refused before any trial: 'T=interval(1' is not Hydra's override grammar"),
     (["teacher=mlp,no_such_teacher"], "teacher=no_such_teacher: In 'config': Could not find 'teacher/no_such_teacher'"),
 ])
 def test_refused_before_any_trial(tmp_path, args, message):

@@ -24,9 +24,17 @@ HELD_OUT_FRACTION = 0.2
 
 
 def fixed_arguments(args: list[str]) -> list[str]:
-    """The overrides that are no sweep (Hydra's compose takes only these)."""
+    """The overrides that are no sweep (Hydra's compose takes only these); one Hydra cannot read is left to
+    parse_space, which names it."""
     parser = OverridesParser.create()
-    return [a for a in args if not parser.parse_override(a).is_sweep_override()]
+    fixed = []
+    for arg in args:
+        try:
+            if not parser.parse_override(arg).is_sweep_override():
+                fixed.append(arg)
+        except Exception:  # Hydra's grammar error
+            continue
+    return fixed
 
 
 def is_study(cfg: DictConfig) -> bool:

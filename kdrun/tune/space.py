@@ -57,10 +57,14 @@ def format_value(value) -> str:
 
 def parse_space(arguments: list[str]) -> SearchSpace:
     """The search space of `arguments` (sweeper params first, then the command line's overrides, which win)."""
-    try:
-        overrides = OverridesParser.create().parse_overrides(arguments)
-    except Exception as exc:  # Hydra's grammar error says where in the line
-        raise ConfigError(f"search space refused before any trial: {exc}") from exc
+    parser, overrides = OverridesParser.create(), []
+    for argument in arguments:
+        try:
+            overrides.append(parser.parse_override(argument))
+        except Exception as exc:  # Hydra's grammar error: its first line says what it could not read
+            raise ConfigError(f"search space refused before any trial: {argument!r} is not Hydra's override "
+                              f"grammar ({str(exc).strip().splitlines()[0]}); a search is written "
+                              f"'T=interval(1,16)', 'epochs=range(5,21,5)' or teacher=mlp,cnn_teacher") from exc
     # A later override of a key replaces an earlier one: the command line wins over a preset's params.
     latest: dict[str, Param | str] = {}
     for override in overrides:
