@@ -15,8 +15,10 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
 from hydra.errors import HydraException
 from hydra.types import RunMode
+from hydra_plugins.kdrun_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import DictConfig
 from rich.markup import escape
 
@@ -45,6 +47,9 @@ INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 _failed_jobs: list[str] = []
 
 register_resolvers()  # hydra.run.dir and hydra.sweep.dir use them
+# hydra/sweeper=optuna: Hydra finds plugins by walking the hydra_plugins package, which misses an editable
+# install's (setuptools maps it through an import hook); registered here, it is found however kdrun is installed.
+Plugins.instance().register(OptunaSweeper)
 
 
 def run_job(cfg: DictConfig) -> dict | None:

@@ -10,6 +10,7 @@ summary only after this check has passed.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from pathlib import Path
@@ -23,9 +24,11 @@ from kdrun.errors import ConfigError, KdrunError
 from kdrun.plausibility import check_plausible
 from kdrun.recipes import apply_recipes
 from kdrun.methods.terms.compose import complete_terms
+from kdrun.report.jobs import is_job_dir
 from kdrun.resume import check_can_start, check_same_config
 from kdrun.run import check_run_config
 from kdrun.schema import unknown_key_message
+from kdrun.tune.preflight import check_study, compose_sweep_config, is_study
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
 
@@ -80,6 +83,9 @@ def check_sweep(argv: list[str]) -> int:
 
     Plausibility warnings are printed once per distinct message, not once per job.
     """
+    if not any(flag in argv for flag in MULTIRUN_FLAGS) or checked_as_study(
+            [a for a in argv if a not in MULTIRUN_FLAGS]):
+        return 0
     jobs = sweep_jobs(argv)
     if not jobs:
         return 0
@@ -102,6 +108,28 @@ def check_sweep(argv: list[str]) -> int:
             except KdrunError as exc:
                 raise ConfigError(f"sweep refused before any job ran: job {num} ({' '.join(overrides)}): {exc}")
     return len(jobs)
+
+
+def checked_as_study(args: list[str]) -> bool:
+    """An Optuna sweep (hydra/sweeper=optuna) has no job list to check: its objective and search space are
+    checked instead (kdrun/tune/preflight.py). False for any other sweep."""
+    if any(a.startswith("-") for a in args):
+        return False
+    with initialize_config_module("kdrun.conf", version_base="1.3"):
+        try:
+            cfg = compose_sweep_config(args)
+        except Exception:  # a grammar or composition error: the plain checks (or Hydra) report it
+            return False
+        if not is_study(cfg):
+            return False
+        if importlib.util.find_spec("optuna") is None:
+            raise ConfigError("hydra/sweeper=optuna needs Optuna, an optional extra: pip install 'kdrun[tune]'")
+        check_study(cfg, args, compose_job)
+    sweep_dir = existing_sweep_dir(args)
+    if sweep_dir is not None and cfg.resume is None and any(is_job_dir(p) for p in sweep_dir.iterdir()):
+        raise ConfigError(f"{sweep_dir} already holds a study's trials; add resume=auto to go on with it "
+                          f"(finished trials are kept), or choose another hydra.sweep.dir")
+    return True
 
 
 def check_single_run(argv: list[str]) -> None:

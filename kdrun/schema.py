@@ -33,6 +33,11 @@ from kdrun.methods.terms.catalog import TERMS, term_class, term_fields
 from kdrun.models import MODEL_NAMES
 from kdrun.models.external import check_name
 
+# What `objective=` may name (kdrun/tune/objective.py reads each from a job's metrics.json): validation and
+# cost metrics only, since a setting is never chosen on the test split.
+OBJECTIVES = ("val_acc", "best_val_acc", "params", "size_mb", "latency_ms")
+
+
 # ---- the groups ------------------------------------------------------------------------------------
 
 
@@ -214,6 +219,8 @@ class RootKeys:
     plugins: list[str] = key(doc="modules imported before the run: a user's strategies or losses register there")
     paths: Paths = key(role="location")
     resume: str | None = key(role="location")
+    objective: str | list[str] = key(role="display", choices=OBJECTIVES,
+                                     doc="what an Optuna sweep (hydra/sweeper=optuna) optimises: validation metrics only")
     dataset: DatasetKeys = key()
     teacher: TeacherKeys = key()
     student: StudentKeys = key()
