@@ -1,0 +1,47 @@
+"""Issue 23: results that lie or get lost (items 1-6, 12) and the teacher's own recipe (item 16)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+from conftest import TINY, run_kdrun
+from kdrun.sweep_claim import LOCK_NAME, claimed_sweep_dir
+
+
+def listing(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*"))}
+
+
+# --- item 1: one sweep at a time in a sweep folder; a summary lists only its own jobs ----------------------
+
+
+def test_a_second_sweep_into_a_folder_in_use_is_refused_before_it_writes_anything(tmp_path):
+    sweep = tmp_path / "X"
+    with claimed_sweep_dir(sweep):  # this test process plays the first sweep, still running
+        before = listing(sweep)
+        proc = run_kdrun(tmp_path, "-m", *TINY, "seed=5,6", "hydra.sweep.dir=X", check=False)
+        after = listing(sweep)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    out = proc.stdout + proc.stderr
+    assert "in use by another sweep" in out and f"process {os.getpid()}" in out, out
+    assert "Traceback" not in out
+    assert after == before == {LOCK_NAME: before[LOCK_NAME]}  # no job folder, no multirun.yaml, no summary
+    assert not (sweep / LOCK_NAME).exists()  # the claim ends with the sweep that held it
+
+
+def test_a_summary_lists_only_the_jobs_its_sweep_ran_and_a_dead_sweeps_lock_does_not_block(tmp_path):
+    sweep = tmp_path / "X"
+    foreign = sweep / "5"  # a job another sweep left here: completed, with a number of its own
+    (foreign / ".hydra").mkdir(parents=True)
+    (foreign / ".hydra" / "overrides.yaml").write_text("- seed=9\n")
+    (foreign / "metrics.json").write_text(json.dumps({"status": "completed", "final_test_acc": 99.0}))
+    (sweep / LOCK_NAME).write_text("999999\n")  # left by a sweep killed with -9: nobody holds it
+    run_kdrun(tmp_path, "-m", *TINY, "seed=0,1", "hydra.sweep.dir=X")
+    with open(sweep / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["job"] for row in rows] == ["0", "1"], rows
+    assert "99.0" not in (sweep / "summary.md").read_text()
+    assert not (sweep / LOCK_NAME).exists()
