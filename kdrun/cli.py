@@ -23,6 +23,7 @@ from rich.markup import escape
 
 from importlib import resources
 
+from kdrun.checkpoint import load_checkpoint
 from kdrun.cleanup import discard_unstarted_run
 from kdrun.console import console
 from kdrun.data import DatasetNotFoundError
@@ -88,9 +89,14 @@ def run_job(cfg: DictConfig) -> dict | None:
             console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         else:
             console.print(traceback.format_exc(), markup=False, highlight=False)
-        if (run_dir / "checkpoints" / "last.pt").is_file() and not is_completed(run_dir):
-            console.print(f"to go on from the last checkpoint: [bold]{escape(resume_command(resume_target, multirun))}[/]",
-                          soft_wrap=True)
+        last = run_dir / "checkpoints" / "last.pt"
+        if last.is_file() and not is_completed(run_dir):
+            if readable_checkpoint(last):
+                console.print(f"to go on from the last checkpoint: "
+                              f"[bold]{escape(resume_command(resume_target, multirun))}[/]", soft_wrap=True)
+            else:  # a resume would stop on it again
+                console.print(f"{escape(str(last))} cannot be read, so the run cannot go on from it; to train the "
+                              f"run again from its start, remove that file and run the same command", soft_wrap=True)
         if not multirun:
             sys.exit(2)
         # In a sweep one failed job is a row in the summary, not a lost sweep.
@@ -107,6 +113,14 @@ def _record(run_dir: Path, exc: BaseException, overrides: list[str], **kwargs) -
         record_failure(run_dir, exc, overrides, **kwargs)
     except OSError as write_error:
         console.print(f"[red]could not record the failure in metrics.json:[/] {escape(str(write_error))}", soft_wrap=True)
+
+
+def readable_checkpoint(path: Path) -> bool:
+    try:
+        load_checkpoint(path)
+    except CheckpointError:
+        return False
+    return True
 
 
 def config_groups() -> set[str]:

@@ -6,8 +6,9 @@ and the command that resumes it.
     resume=auto   go on with whatever the configured directory holds (hydra.run.dir or
                   hydra.sweep.dir, set on the command line), or start there
 
-Going on means: a completed run (metrics.json says so) is skipped; a run with
-checkpoints/last.pt continues from it; anything else starts from the beginning.
+Going on means: a completed run (metrics.json says so, and its checkpoints are the files whose sha256 it
+recorded) is skipped; a run with checkpoints/last.pt continues from it; anything else starts from the
+beginning.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from kdrun.checkpoint import load_checkpoint
 from kdrun.distributed import current_world
-from kdrun.errors import ConfigError
+from kdrun.errors import CheckpointError, ConfigError
+from kdrun.io import file_sha256
 from kdrun.schema import keys_with_role
 
 # Keys that may differ between a run and its resume: they say where files are, how the run is
@@ -112,6 +115,34 @@ def read_summary(run_dir: Path) -> dict:
 
 def is_completed(run_dir: Path) -> bool:
     return read_summary(run_dir).get("status") == "completed"
+
+
+def checkpoint_digests(run_dir: Path) -> dict[str, str]:
+    """sha256 of every checkpoint of a run (born-again's generations included), by path in the run."""
+    return {str(p.relative_to(run_dir)): file_sha256(p) for p in sorted(run_dir.glob("**/checkpoints/*.pt"))}
+
+
+def check_completed_intact(run_dir: Path) -> None:
+    """A completed run is only skipped if its checkpoints are the ones it wrote: each recorded one is there
+    with its sha256, and loads as a kdrun checkpoint. Raise CheckpointError naming the first that is not."""
+    recorded = read_summary(run_dir).get("checkpoints")
+    names = recorded if isinstance(recorded, dict) else {  # a run from before checksums: the format alone
+        str(p.relative_to(run_dir)): None for p in sorted(run_dir.glob("**/checkpoints/last.pt"))}
+    for name, digest in names.items():
+        path = run_dir / name
+        try:
+            if not path.is_file():
+                raise CheckpointError("is missing")
+            if digest is not None and file_sha256(path) != digest:
+                raise CheckpointError("is not the file the run wrote (its sha256 differs from metrics.json's; "
+                                      "cut short or overwritten?)")
+            load_checkpoint(path)
+        except CheckpointError as exc:
+            reason = str(exc).replace(repr(str(path)), "").strip()
+            raise CheckpointError(
+                f"{run_dir} completed, but its {name} {reason}; so it is not skipped as complete. Its weights are "
+                f"lost (metrics.json still holds its results): to train it again, move {run_dir} away "
+                f"(or start a new run without resume)") from exc
 
 
 def check_can_start(cfg: DictConfig, run_dir: Path) -> None:

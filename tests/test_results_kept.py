@@ -45,3 +45,50 @@ def test_a_summary_lists_only_the_jobs_its_sweep_ran_and_a_dead_sweeps_lock_does
     assert [row["job"] for row in rows] == ["0", "1"], rows
     assert "99.0" not in (sweep / "summary.md").read_text()
     assert not (sweep / LOCK_NAME).exists()
+
+
+# --- item 4: a completed run is skipped only if its checkpoints are the ones it wrote -----------------------
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_completed_run_whose_last_pt_was_damaged_is_not_called_complete(tmp_path):
+    run_kdrun(tmp_path, *TINY, "hydra.run.dir=R")
+    run, last = tmp_path / "R", tmp_path / "R" / "checkpoints" / "last.pt"
+    recorded = json.loads((run / "metrics.json").read_text())["checkpoints"]
+    assert set(recorded) == {"checkpoints/best.pt", "checkpoints/last.pt"}
+    intact = last.read_bytes()
+    # Cut short (the format check catches it), then same length with one byte changed in a tensor's data (the
+    # zip still loads: only the checksum catches it).
+    for damaged in (intact[: len(intact) // 2], intact[:-2000] + bytes([intact[-2000] ^ 0xFF]) + intact[-1999:]):
+        last.write_bytes(damaged)
+        before = tree(run)
+        proc = run_kdrun(tmp_path, *TINY, "resume=R", check=False)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 2, out
+        assert "checkpoints/last.pt" in out and "not skipped as complete" in out, out
+        assert "already completed" not in out and "files:" not in out and "Traceback" not in out
+        assert tree(run) == before
+    last.write_bytes(intact)
+    proc = run_kdrun(tmp_path, *TINY, "resume=R")
+    assert "already completed" in proc.stdout
+
+
+# --- item 12: a refused resume does not advise the resume that would fail again -------------------------------
+
+
+def test_a_resume_stopped_by_an_unreadable_last_pt_does_not_advise_the_same_resume(tmp_path):
+    run_kdrun(tmp_path, *TINY, "hydra.run.dir=R")
+    run, last = tmp_path / "R", tmp_path / "R" / "checkpoints" / "last.pt"
+    (run / "metrics.json").unlink()  # as if killed before it finished
+    last.write_bytes(last.read_bytes()[:1000])
+    proc = run_kdrun(tmp_path, *TINY, "resume=R", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "to go on from the last checkpoint" not in out and "resume=R" not in out, out
+    assert "remove that file" in out
+    last.unlink()  # the advice given, followed: the same command trains the run again from its start
+    run_kdrun(tmp_path, *TINY, "resume=R")
+    assert json.loads((run / "metrics.json").read_text())["status"] == "completed"
