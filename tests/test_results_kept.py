@@ -5,9 +5,16 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
-from conftest import TINY, run_kdrun
+import pytest
+import yaml
+
+from conftest import TINY, only_run_dir, run_kdrun
+from test_image_folder import CLASSES, make_folder
 from kdrun.sweep_claim import LOCK_NAME, claimed_sweep_dir
 
 
@@ -92,3 +99,57 @@ def test_a_resume_stopped_by_an_unreadable_last_pt_does_not_advise_the_same_resu
     last.unlink()  # the advice given, followed: the same command trains the run again from its start
     run_kdrun(tmp_path, *TINY, "resume=R")
     assert json.loads((run / "metrics.json").read_text())["status"] == "completed"
+
+
+# --- items 2 and 3: kdrun-eval refuses data its checkpoint was not trained for ----------------------------------
+
+FOLDER_RUN = ["dataset=image_folder", "dataset.image_size=12", "strategy=scratch", "student=cnn_student", "epochs=1",
+              "batch_size=8", "trainer.progress=false"]
+
+
+def run_tool(tool: str, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).with_name(tool)), *map(str, args)], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"})
+
+
+@pytest.fixture(scope="module")
+def folder_runs(tmp_path_factory) -> dict[str, Path]:
+    """One tiny image-folder run decoded into memory and one streamed, from the same folder."""
+    cwd = tmp_path_factory.mktemp("folder_runs")
+    root = make_folder(cwd / "photos", per_class=(8, 4))
+    runs = {}
+    for path, in_memory in (("memory", "true"), ("stream", "false")):
+        run_kdrun(cwd, *FOLDER_RUN, f"dataset.root={root}", f"dataset.in_memory={in_memory}", f"hydra.run.dir={path}")
+        runs[path] = cwd / path
+    return runs
+
+
+def test_eval_refuses_a_folder_whose_classes_changed_naming_both_lists(folder_runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(folder_runs["memory"], run)
+    root = tmp_path / "photos"
+    shutil.copytree(yaml.safe_load((run / "config.yaml").read_text())["dataset"]["root"], root)
+    for split in ("train", "test"):
+        (root / split / "cat").rename(root / split / "zebra")  # the labels shift: dog, eel, zebra
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["dataset"]["root"] = str(root)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    proc = run_tool("kdrun-eval", run, "--robustness", "--out", tmp_path / "out")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert str(list(CLASSES)) in out and str(["dog", "eel", "zebra"]) in out, out
+    assert "Traceback" not in out and not (tmp_path / "out").exists()
+
+
+def test_eval_of_a_run_whose_config_now_names_another_dataset_names_both_shapes(folder_runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(folder_runs["memory"], run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["dataset"] = {"name": "digits", "limit_train": None, "limit_test": None, "val_fraction": 0.0,
+                         "augment": {"crop_padding": 1, "hflip": False}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    proc = run_tool("kdrun-eval", run, "--robustness", "--out", tmp_path / "out")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "3x12x12 images and 3 classes" in out and "1x8x8 images and 10 classes" in out, out
+    assert "Traceback" not in out

@@ -58,7 +58,26 @@ class RunModel:
             raise KdrunError(f"the dataset of {self.run_dir} could not be loaded: {exc}") from exc
 
     def raw_model(self, data: DatasetSplits) -> RawImageModel:
+        check_serves(self.model, data, self.checkpoint)
         return RawImageModel(self.model, data.mean, data.std).eval()
+
+
+def check_serves(model: KDModel, data: DatasetSplits, path: Path) -> None:
+    """Refuse data the checkpoint was not trained for, naming both sides: other classes under the same
+    labels give a wrong accuracy silently, another input shape a traceback."""
+    def shape(channels, size, classes):
+        return f"{channels}x{size}x{size} images and {classes} classes"
+
+    trained = shape(model.in_channels, model.image_size, model.num_classes)
+    given = shape(data.in_channels, data.image_size, data.num_classes)
+    if trained != given:
+        raise KdrunError(f"checkpoint {str(path)!r} takes {trained}; the data it is evaluated on (dataset "
+                         f"{data.name}) has {given}: evaluate it on the dataset it was trained on")
+    names, data_names = getattr(model, "class_names", None), getattr(data, "class_names", None)
+    if names and data_names and list(names) != list(data_names):
+        raise KdrunError(f"checkpoint {str(path)!r} was trained on the classes {list(names)} (model.class_names); "
+                         f"the data it is evaluated on has {list(data_names)}: an accuracy over other classes "
+                         f"would be wrong, so it is not measured")
 
 
 def model_from_checkpoint(path: Path) -> KDModel:
@@ -74,6 +93,7 @@ def model_from_checkpoint(path: Path) -> KDModel:
     except RuntimeError as exc:
         raise CheckpointError(f"{str(path)!r} does not match architecture {meta['arch']}: "
                               f"{str(exc).splitlines()[0]}") from exc
+    model.class_names = meta.get("class_names")  # checked against the data's (check_serves)
     model.qat_ranges = payload.get("qat_ranges", {})  # what a quantization-aware student trained with
     return model.eval()
 
