@@ -78,6 +78,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] = (), la
 
     def fit(strategy: Strategy, out_dir: Path, extra: dict) -> dict:
         strategy.student.class_names = data.class_names  # saved with its checkpoints (model_meta)
+        strategy.student.normalisation = (data.mean, data.std)
         go_on = resume and (out_dir / "checkpoints" / "last.pt").is_file()
         summary = {**trainer.fit(strategy, data, augment, out_dir, on_epoch=logger.log_epoch, resume=go_on),
                    **facts, **folder_details(data), **extra}  # after training: streamed files skipped

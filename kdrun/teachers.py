@@ -28,7 +28,7 @@ from typing import Iterator
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from kdrun.checkpoint import check_fits, load_checkpoint, save_checkpoint
+from kdrun.checkpoint import check_fits, load_checkpoint, save_checkpoint, stored_normalisation
 from kdrun.console import console
 from kdrun.data import BatchAugment, DatasetSplits
 from kdrun.data.image_folder import folder_identity
@@ -36,6 +36,7 @@ from kdrun.errors import CheckpointError
 from kdrun.io import atomic_write_json, file_sha256
 from kdrun.model_sources import arch_of, is_pretrained, path_safe
 from kdrun.models import MODEL_OPTIONS, build_model, count_parameters, model_options, model_size_mb
+from kdrun.models.external import InputNorm
 from kdrun.runtime import Runtime, seed_everything
 from kdrun.strategies.scratch import Scratch
 from kdrun.schema import keys_with_role
@@ -124,7 +125,22 @@ def load_model(path: Path, data: DatasetSplits, runtime: Runtime, *, role: str, 
         )
     model = build_model(meta["arch"], data.in_channels, data.image_size, data.num_classes, meta.get("options"))
     model.load_state_dict(payload["state_dict"])
+    feed_as_trained(model, stored_normalisation(meta), data)
     return runtime.prepare(model), payload
+
+
+def feed_as_trained(model: nn.Module, trained: tuple | None, data: DatasetSplits) -> None:
+    """Where the model was trained on inputs normalised otherwise than this data's (the other data path
+    estimates its statistics differently, or dataset.mean/std changed), re-normalise what it is given:
+    x * std_data + mean_data is the image again, then (image - mean_trained) / std_trained."""
+    model.normalisation = trained or (data.mean, data.std)
+    if trained is None or (tuple(trained[0]), tuple(trained[1])) == (tuple(data.mean), tuple(data.std)):
+        return
+    renorm = InputNorm(data.in_channels, data.in_channels)
+    renorm.set_statistics(data.mean, data.std, *trained)
+    model.input_renorm = renorm  # a submodule: it moves with the model to its device
+    features = model.forward_features  # forward() and the feature terms both go through it
+    model.forward_features = lambda x: features(model.input_renorm(x))
 
 
 def resolve_teacher(cfg, data: DatasetSplits, augment: BatchAugment, runtime: Runtime) -> Teacher:
@@ -253,6 +269,7 @@ def train_teacher(cfg, data: DatasetSplits, augment: BatchAugment, runtime: Runt
         model, summary = fit(False)
     # The final weights are the teacher, as in the published recipes (not the test-selected best).
     weights = work_dir / "teacher.pt"
+    model.normalisation = (data.mean, data.std)  # kept in teacher.pt, applied wherever it is used later
     save_checkpoint(weights, model, epoch=cfg.teacher.epochs, test_acc=summary["final_test_acc"])
     shutil.rmtree(work_dir / "checkpoints")  # the training state is not needed once the teacher is done
     atomic_write_json(work_dir / "entry.json", {"sha256": file_sha256(weights), "bytes": weights.stat().st_size})

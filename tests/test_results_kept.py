@@ -61,6 +61,7 @@ def tree(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_a_completed_run_whose_last_pt_was_damaged_is_not_called_complete(tmp_path):
     run_kdrun(tmp_path, *TINY, "hydra.run.dir=R")
     run, last = tmp_path / "R", tmp_path / "R" / "checkpoints" / "last.pt"
@@ -116,7 +117,7 @@ def run_tool(tool: str, *args) -> subprocess.CompletedProcess:
 def folder_runs(tmp_path_factory) -> dict[str, Path]:
     """One tiny image-folder run decoded into memory and one streamed, from the same folder."""
     cwd = tmp_path_factory.mktemp("folder_runs")
-    root = make_folder(cwd / "photos", per_class=(8, 4))
+    root = make_folder(cwd / "photos", per_class=(100, 4))  # over 256 training images: the stream samples its statistics
     runs = {}
     for path, in_memory in (("memory", "true"), ("stream", "false")):
         run_kdrun(cwd, *FOLDER_RUN, f"dataset.root={root}", f"dataset.in_memory={in_memory}", f"hydra.run.dir={path}")
@@ -153,3 +154,102 @@ def test_eval_of_a_run_whose_config_now_names_another_dataset_names_both_shapes(
     assert proc.returncode == 2, out
     assert "3x12x12 images and 3 classes" in out and "1x8x8 images and 10 classes" in out, out
     assert "Traceback" not in out
+
+
+# --- item 5: export and eval on a run trained on the streaming path; a failed export leaves nothing -----------
+
+
+@pytest.mark.slow
+def test_export_and_eval_work_on_a_run_trained_from_a_stream(folder_runs, tmp_path):
+    run = folder_runs["stream"]
+    assert yaml.safe_load((run / "config.yaml").read_text())["dataset"]["in_memory"] is False
+    proc = run_tool("kdrun-export", run, "--int8", "--out", tmp_path / "export")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    card = json.loads((tmp_path / "export" / "model_card.json").read_text())
+    check = card["artefacts"]["onnx"]["check"]
+    assert check["images"] == 12 and check["top1_differs"] == 0
+    recorded = json.loads((run / "metrics.json").read_text())["final_test_acc"]
+    assert check["accuracy"] == pytest.approx(recorded, abs=1e-3)  # the card rounds to 4 decimals
+    assert card["classes"] == list(CLASSES)
+    proc = run_tool("kdrun-eval", run, "--robustness", "--out", tmp_path / "robustness")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with open(tmp_path / "robustness" / "robustness.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert float(rows[0]["clean"]) == pytest.approx(recorded, abs=0.01), rows[0]
+
+
+def test_a_failed_export_leaves_no_file_behind(folder_runs, tmp_path, monkeypatch):
+    from kdrun.deploy import export as ex
+    from kdrun.deploy.export_command import main as kdrun_export
+
+    def check_fails(*args, **kwargs):  # after model.onnx is written, as the streaming crash was
+        raise RuntimeError("the check failed")
+
+    monkeypatch.setattr(ex, "check_export", check_fails)
+    out = tmp_path / "shipped" / "student"
+    with pytest.raises(RuntimeError, match="the check failed"):
+        kdrun_export([str(folder_runs["memory"]), "--out", str(out)])
+    assert not (tmp_path / "shipped").exists()
+    assert not list(tmp_path.rglob("*.onnx"))
+
+
+# --- item 6: a checkpoint keeps its input normalisation, and every later use applies it ----------------------
+
+
+def test_a_model_scores_the_same_through_either_data_path(folder_runs):
+    """A streamed run's statistics come from a sample of its images, the in-memory path's from all of them;
+    its checkpoint keeps the ones it trained with, so evaluated on the decoded images it gives the logits and
+    the accuracy it gave streamed."""
+    import torch
+
+    from kdrun.checkpoint import load_checkpoint
+    from kdrun.data import load_dataset
+    from kdrun.deploy.student import model_from_checkpoint, raw_image_model
+
+    run = folder_runs["stream"]
+    dataset = yaml.safe_load((run / "config.yaml").read_text())["dataset"]
+    streamed = load_dataset(dataset)
+    memory = load_dataset({**dataset, "in_memory": True})
+    meta = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+    assert (tuple(meta["input_mean"]), tuple(meta["input_std"])) == (streamed.mean, streamed.std)
+    assert memory.mean != streamed.mean  # the two paths' own statistics differ: the test can tell
+
+    model = model_from_checkpoint(run / "checkpoints" / "last.pt")
+    with torch.no_grad():
+        streamed_logits = torch.cat([model(x) for x, _, _ in streamed.evaluate(64)])
+        memory_logits = raw_image_model(model, memory)(memory.test_x)
+    assert torch.allclose(memory_logits, streamed_logits, atol=1e-5)
+    accuracy = 100 * (memory_logits.argmax(1) == memory.test_y).float().mean().item()
+    assert accuracy == pytest.approx(json.loads((run / "metrics.json").read_text())["final_test_acc"])
+
+
+def test_a_teacher_trained_with_other_statistics_is_fed_inputs_normalised_as_it_was_trained(tmp_path):
+    import torch
+
+    from kdrun.checkpoint import save_checkpoint
+    from kdrun.data import DatasetSplits
+    from kdrun.data.augment import normalisation
+    from kdrun.models import build_model
+    from kdrun.runtime import Runtime
+    from kdrun.teachers import load_model
+
+    torch.manual_seed(0)
+    trained_stats, data_stats = ((0.2, 0.3, 0.4), (0.2, 0.25, 0.3)), ((0.5, 0.5, 0.5), (0.1, 0.2, 0.3))
+    teacher = build_model("cnn_student", 3, 12, 3).eval()
+    teacher.normalisation = trained_stats
+    save_checkpoint(tmp_path / "teacher.pt", teacher, epoch=1, test_acc=50.0)
+    images = torch.randint(0, 256, (8, 3, 12, 12), dtype=torch.uint8)
+    data = DatasetSplits("image_folder", images, torch.zeros(8, dtype=torch.long), images,
+                         torch.zeros(8, dtype=torch.long), 3, *data_stats)
+    loaded, _ = load_model(tmp_path / "teacher.pt", data, Runtime(torch.device("cpu"), "fp32"), role="teacher")
+    loaded.eval()
+
+    def normalised(stats):
+        scale, shift = normalisation(*stats)
+        return images.float() * scale + shift
+
+    with torch.no_grad():
+        expected = teacher(normalised(trained_stats))
+        assert torch.allclose(loaded(normalised(data_stats)), expected, atol=1e-5)
+        assert torch.allclose(loaded.forward_features(normalised(data_stats))[1], expected, atol=1e-5)
+        assert not torch.allclose(teacher(normalised(data_stats)), expected, atol=1e-3)

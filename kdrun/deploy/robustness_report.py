@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdrun.deploy.robustness import Robustness, evaluate, mean_of, plot_robustness, robustness_table
-from kdrun.deploy.student import RawImageModel, check_serves, load_run, model_from_checkpoint
+from kdrun.deploy.student import check_serves, load_run, model_from_checkpoint, raw_image_model
 from kdrun.errors import KdrunError
 from kdrun.io import atomic_write_text
 from kdrun.report.aggregate import Study, swept_keys
@@ -28,7 +28,7 @@ def robustness_results(s: Study, seed: int = 0) -> list[Robustness]:
     def raw(path):
         model = model_from_checkpoint(path)
         check_serves(model, data, path)
-        return RawImageModel(model, data.mean, data.std).eval()
+        return raw_image_model(model, data)
 
     results = []
     for ref in s.teachers:
