@@ -171,10 +171,20 @@ def check_same_config(cfg: DictConfig, run_dir: Path) -> None:
             + "\nrun the command that started it (with resume=...), or start a new run without resume")
 
 
+# Keys a later kdrun added for what an older run read under another key: the teacher's recipe was the run's.
+WAS_READ_AS = {"teacher.optim.": "optim.", "teacher.batch_size": "trainer.batch_size"}
+
+
 def _new_and_off(saved: dict, now: dict, key: str) -> bool:
     """A key a later kdrun added (the run's config.yaml lacks it) at a value that turns nothing on (its
-    default: student.qat=false, a null path): the run trains as it did, so it may resume after an upgrade."""
-    return key not in saved and now.get(key) in (None, False, 0, "none", [])
+    default: student.qat=false, a null path), or at the value the run read under its old key (WAS_READ_AS):
+    the run trains as it did, so it may resume after an upgrade."""
+    if key in saved:
+        return False
+    for new, old in WAS_READ_AS.items():
+        if key.startswith(new) and saved.get(old + key[len(new):]) == now.get(key):
+            return True
+    return now.get(key) in (None, False, 0, "none", [])
 
 
 def _may_change(key: str) -> bool:

@@ -118,6 +118,8 @@ class StudentKeys(ModelKeys):
 class TeacherKeys(ModelKeys):
     checkpoint: str | None = key()
     epochs: int = key(low=1)
+    batch_size: int = key(low=1)
+    optim: OptimKeys = key(doc="the teacher's optimiser (kdrun/recipes.py: null = the files' recipe)")
     seed: int = key(role="seed", low=0)
     cache: bool = key(role="speed")
     topk: int | None = key(low=1)

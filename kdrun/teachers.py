@@ -32,7 +32,7 @@ from kdrun.checkpoint import check_fits, load_checkpoint, save_checkpoint, store
 from kdrun.console import console
 from kdrun.data import BatchAugment, DatasetSplits
 from kdrun.data.image_folder import folder_identity
-from kdrun.errors import CheckpointError
+from kdrun.errors import CheckpointError, NonFiniteLoss
 from kdrun.io import atomic_write_json, file_sha256
 from kdrun.model_sources import arch_of, is_pretrained, path_safe
 from kdrun.models import MODEL_OPTIONS, build_model, count_parameters, model_options, model_size_mb
@@ -98,9 +98,19 @@ def teacher_recipe(cfg) -> dict:
         **({"options": opts} if (opts := model_options(cfg.teacher, "teacher")) else {}),
         "epochs": cfg.teacher.epochs,
         "seed": cfg.teacher.seed,
-        "batch_size": cfg.trainer.batch_size,
-        "optim": OmegaConf.to_container(cfg.optim, resolve=True),
+        "batch_size": teacher_batch_size(cfg),
+        "optim": OmegaConf.to_container(teacher_optim(cfg), resolve=True),
     }))
+
+
+def teacher_optim(cfg) -> DictConfig:
+    """The teacher's optimiser: teacher.optim (kdrun/recipes.py resolves it), else the run's (a config that
+    bypassed the recipes, as some tests build)."""
+    return cfg.teacher.get("optim") or cfg.optim
+
+
+def teacher_batch_size(cfg) -> int:
+    return cfg.teacher.get("batch_size") or cfg.trainer.batch_size
 
 
 def fingerprint(recipe: dict) -> str:
@@ -250,7 +260,8 @@ def train_teacher(cfg, data: DatasetSplits, augment: BatchAugment, runtime: Runt
         shutil.rmtree(work_dir, ignore_errors=True)
         atomic_write_json(work_dir / "recipe.json", recipe)
     trainer = Trainer(trainer_config(cfg, label=f"teacher {cfg.teacher.arch}", epochs=cfg.teacher.epochs,
-                                     data_seed=cfg.teacher.seed), cfg.optim, runtime)
+                                     data_seed=cfg.teacher.seed, batch_size=teacher_batch_size(cfg)),
+                      teacher_optim(cfg), runtime)
 
     def fit(resume: bool) -> tuple[nn.Module, dict]:
         seed_everything(cfg.teacher.seed)
@@ -260,6 +271,9 @@ def train_teacher(cfg, data: DatasetSplits, augment: BatchAugment, runtime: Runt
 
     try:
         model, summary = fit(resume)
+    except NonFiniteLoss as exc:  # resuming would diverge again: keep no partial teacher
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise NonFiniteLoss(diverged_teacher_message(cfg, exc)) from exc
     except CheckpointError as exc:  # an unusable partial checkpoint: start the teacher over
         if not resume:
             raise
@@ -276,6 +290,13 @@ def train_teacher(cfg, data: DatasetSplits, augment: BatchAugment, runtime: Runt
     os.rename(work_dir, cache_dir)
     console.print(f"[green]teacher[/] {cfg.teacher.arch} cached in {cache_dir} "
                   f"(test acc {summary['final_test_acc']:.2f}%)", soft_wrap=True)
+
+
+def diverged_teacher_message(cfg, exc: NonFiniteLoss) -> str:
+    optim = teacher_optim(cfg)
+    advice = str(exc).replace("lower optim.lr", "lower the teacher's learning rate: teacher.optim={lr:...}")
+    return (f"the teacher {arch_of(cfg.teacher)}, which kdrun was training for this run (teacher.optim: "
+            f"{optim.name} lr={optim.lr}, teacher.batch_size={teacher_batch_size(cfg)}), diverged: {advice}")
 
 
 def _read_json(path: Path):

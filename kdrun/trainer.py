@@ -57,11 +57,12 @@ class TrainerConfig:
     sync_bn: bool = False  # BatchNorm over the global batch when there are several processes
 
 
-def trainer_config(cfg: DictConfig, *, label: str, epochs: int | None = None,
-                   data_seed: int | None = None) -> TrainerConfig:
-    """The trainer's settings from a run's config; a teacher passes its own epochs and seed."""
+def trainer_config(cfg: DictConfig, *, label: str, epochs: int | None = None, data_seed: int | None = None,
+                   batch_size: int | None = None) -> TrainerConfig:
+    """The trainer's settings from a run's config; a teacher passes its own epochs, seed and batch size."""
     return TrainerConfig(
-        epochs=cfg.trainer.epochs if epochs is None else epochs, batch_size=cfg.trainer.batch_size,
+        epochs=cfg.trainer.epochs if epochs is None else epochs,
+        batch_size=cfg.trainer.batch_size if batch_size is None else batch_size,
         eval_batch_size=cfg.trainer.eval_batch_size, data_seed=cfg.data_seed if data_seed is None else data_seed,
         progress=cfg.trainer.progress, label=label, every_steps=cfg.checkpoint.every_steps,
         on_nonfinite=cfg.trainer.on_nonfinite, accumulate=cfg.trainer.get("accumulate", 1),

@@ -253,3 +253,58 @@ def test_a_teacher_trained_with_other_statistics_is_fed_inputs_normalised_as_it_
         assert torch.allclose(loaded(normalised(data_stats)), expected, atol=1e-5)
         assert torch.allclose(loaded.forward_features(normalised(data_stats))[1], expected, atol=1e-5)
         assert not torch.allclose(teacher(normalised(data_stats)), expected, atol=1e-3)
+
+
+# --- item 16: the teacher's own recipe ------------------------------------------------------------------------
+
+KD_TINY = [*TINY, "strategy=kd"]
+
+
+def test_a_sweep_over_the_students_learning_rate_trains_one_teacher(tmp_path):
+    run_kdrun(tmp_path, "-m", *KD_TINY, "optim.lr=3e-4,5e-4", "hydra.sweep.dir=S")
+    teachers = [p for p in (tmp_path / "outputs" / "teachers").glob("*/*/*") if p.is_dir()]
+    assert len(teachers) == 1, teachers
+    configs = [yaml.safe_load((tmp_path / "S" / job / "config.yaml").read_text()) for job in ("0", "1")]
+    assert [c["optim"]["lr"] for c in configs] == [3e-4, 5e-4]
+    assert configs[0]["teacher"]["optim"] == configs[1]["teacher"]["optim"]
+    assert configs[0]["teacher"]["optim"]["lr"] not in (3e-4, 5e-4)  # the files' recipe, not the command line's
+    recipe = json.loads((teachers[0] / "recipe.json").read_text())
+    assert recipe["optim"] == configs[0]["teacher"]["optim"]
+
+
+def test_a_diverging_teacher_is_named_as_the_teacher_and_leaves_no_partial_folder(tmp_path):
+    proc = run_kdrun(tmp_path, *KD_TINY, "teacher.optim={name:sgd,lr:1e30}", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "the teacher mlp" in out and "diverged" in out and "teacher.optim" in out, out
+    assert "Traceback" not in out
+    teachers = tmp_path / "outputs" / "teachers"
+    assert not [p for p in teachers.rglob("*") if p.is_dir() and p.name.endswith(".partial")]
+
+
+def test_a_run_from_before_the_teachers_own_recipe_still_resumes(tmp_path):
+    from kdrun.preflight import compose_job
+    from kdrun.errors import ConfigError
+    from kdrun.resume import check_same_config
+    from hydra import initialize_config_module
+    from omegaconf import OmegaConf
+
+    with initialize_config_module("kdrun.conf", version_base="1.3"):
+        plain, cfg = compose_job(KD_TINY), compose_job([*KD_TINY, "optim.lr=2e-3"])
+    saved = OmegaConf.to_container(plain, resolve=True)
+    del saved["teacher"]["optim"], saved["teacher"]["batch_size"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    check_same_config(plain, tmp_path)  # the same run: it resumes after the upgrade
+
+    saved = OmegaConf.to_container(cfg, resolve=True)
+    del saved["teacher"]["optim"], saved["teacher"]["batch_size"]  # what an older kdrun wrote
+    saved["optim"] = OmegaConf.to_container(cfg.teacher.optim)  # it trained its teacher with the run's optimiser
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(ConfigError) as refused:  # only the student's lr differs: named
+        check_same_config(cfg, tmp_path)
+    assert "optim.lr: 0.001 in the run, 0.002 now" in str(refused.value)
+    assert "teacher.optim" not in str(refused.value)
+    saved["optim"]["lr"] = 2e-3
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(ConfigError, match=r"teacher\.optim\.lr: '<unset>' in the run"):  # its teacher trained at 2e-3, this one would not
+        check_same_config(cfg, tmp_path)
