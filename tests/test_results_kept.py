@@ -308,3 +308,23 @@ def test_a_run_from_before_the_teachers_own_recipe_still_resumes(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
     with pytest.raises(ConfigError, match=r"teacher\.optim\.lr: '<unset>' in the run"):  # its teacher trained at 2e-3, this one would not
         check_same_config(cfg, tmp_path)
+
+
+def test_the_teachers_optimiser_is_the_files_recipe_with_its_own_keys_over_it():
+    from hydra import initialize_config_module
+
+    from kdrun.preflight import compose_job
+
+    with initialize_config_module("kdrun.conf", version_base="1.3"):
+        def teacher_optim(*overrides):
+            return compose_job(list(overrides)).teacher.optim
+
+        recipe = teacher_optim("student=cnn_student")  # the student's model recipe: AdamW 1e-3, constant
+        assert (recipe.name, recipe.lr, recipe.schedule) == ("adamw", 1e-3, "constant")
+        assert teacher_optim("student=cnn_student", "optim.lr=0.01") == recipe  # the student's override only
+        assert teacher_optim("student=cnn_student", "optim=sgd", "optim.lr=0.2") == recipe
+        assert teacher_optim("experiment=quickstart", "optim.lr=0.01").lr == 3e-3  # the preset's recipe
+        own = teacher_optim("student=cnn_student", "teacher.optim={lr:0.5}")
+        assert (own.name, own.lr, own.schedule) == ("adamw", 0.5, "constant")
+        other = teacher_optim("student=cnn_student", "teacher.optim={name:sgd,lr:0.2}")
+        assert (other.name, other.lr, other.momentum) == ("sgd", 0.2, 0.9)  # sgd's own file under its keys
