@@ -71,6 +71,7 @@ def prepare_teacher(cfg, data, augment, runtime, cache_dir: Path, recipe: dict) 
         shutil.rmtree(work_dir / "checkpoints", ignore_errors=True)
     test_acc = evaluate_split(model, data, augment, runtime, cfg.trainer.eval_batch_size)
     weights = work_dir / "teacher.pt"
+    model.normalisation = (data.mean, data.std)  # what its input_norm was set from: applied when it is reused
     save_checkpoint(weights, model, epoch=finetune, test_acc=test_acc)
     atomic_write_json(work_dir / "entry.json", {"sha256": file_sha256(weights), "bytes": weights.stat().st_size})
     os.rename(work_dir, cache_dir)
