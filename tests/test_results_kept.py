@@ -87,6 +87,7 @@ def test_a_completed_run_whose_last_pt_was_damaged_is_not_called_complete(tmp_pa
 # --- item 12: a refused resume does not advise the resume that would fail again -------------------------------
 
 
+@pytest.mark.slow
 def test_a_resume_stopped_by_an_unreadable_last_pt_does_not_advise_the_same_resume(tmp_path):
     run_kdrun(tmp_path, *TINY, "hydra.run.dir=R")
     run, last = tmp_path / "R", tmp_path / "R" / "checkpoints" / "last.pt"
