@@ -7,7 +7,8 @@ checkpoint for another dataset is named as such instead of failing deep in
 
 Layout (version 2):
     format, version        "kdrun-checkpoint", 2
-    model                  {arch, num_classes, in_channels, image_size[, options]}
+    model                  {arch, num_classes, in_channels, image_size[, options, class_names,
+                           input_mean, input_std]}: input_* the normalisation it was trained with
     state_dict             the model's weights
     epoch, test_acc        the last evaluated epoch and its accuracy
     train                  last.pt only: everything a resume needs (see Trainer)
@@ -45,7 +46,17 @@ def model_meta(model: nn.Module) -> dict:
         meta["options"] = dict(model.options)
     if getattr(model, "class_names", None):  # an image folder's classes, in label order
         meta["class_names"] = list(model.class_names)
+    if getattr(model, "normalisation", None):  # the (mean, std) its inputs were normalised with
+        mean, std = model.normalisation
+        meta["input_mean"], meta["input_std"] = [float(v) for v in mean], [float(v) for v in std]
     return meta
+
+
+def stored_normalisation(meta: dict) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The (mean, std) a checkpoint's model was trained with; None for a file from before kdrun kept them."""
+    if "input_mean" in meta and "input_std" in meta:
+        return tuple(meta["input_mean"]), tuple(meta["input_std"])
+    return None
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+from contextlib import ExitStack
 from importlib.metadata import version
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from rich.markup import escape
 
 from importlib import resources
 
+from kdrun.checkpoint import load_checkpoint
 from kdrun.cleanup import discard_unstarted_run
 from kdrun.console import console
 from kdrun.data import DatasetNotFoundError
@@ -37,6 +39,7 @@ from kdrun.resume import check_resume_argument, is_completed, register_resolvers
 from kdrun.run import record_failure, run_experiment
 from kdrun.schema import check_override_keys
 from kdrun.strategies.catalog import any_strategy_config, import_plugins
+from kdrun.sweep_claim import claimed_sweep_dir, named_sweep_dir
 
 # Errors whose message is the whole story: print it, no traceback.
 USER_ERRORS = (KdrunError, DatasetNotFoundError)
@@ -91,9 +94,14 @@ def run_job(cfg: DictConfig) -> dict | None:
             console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         else:
             console.print(traceback.format_exc(), markup=False, highlight=False)
-        if (run_dir / "checkpoints" / "last.pt").is_file() and not is_completed(run_dir):
-            console.print(f"to go on from the last checkpoint: [bold]{escape(resume_command(resume_target, multirun))}[/]",
-                          soft_wrap=True)
+        last = run_dir / "checkpoints" / "last.pt"
+        if last.is_file() and not is_completed(run_dir):
+            if readable_checkpoint(last):
+                console.print(f"to go on from the last checkpoint: "
+                              f"[bold]{escape(resume_command(resume_target, multirun))}[/]", soft_wrap=True)
+            else:  # a resume would stop on it again
+                console.print(f"{escape(str(last))} cannot be read, so the run cannot go on from it; to train the "
+                              f"run again from its start, remove that file and run the same command", soft_wrap=True)
         if not multirun:
             sys.exit(2)
         # In a sweep one failed job is a row in the summary, not a lost sweep.
@@ -110,6 +118,14 @@ def _record(run_dir: Path, exc: BaseException, overrides: list[str], **kwargs) -
         record_failure(run_dir, exc, overrides, **kwargs)
     except OSError as write_error:
         console.print(f"[red]could not record the failure in metrics.json:[/] {escape(str(write_error))}", soft_wrap=True)
+
+
+def readable_checkpoint(path: Path) -> bool:
+    try:
+        load_checkpoint(path)
+    except CheckpointError:
+        return False
+    return True
 
 
 def config_groups() -> set[str]:
@@ -142,6 +158,7 @@ def main() -> None:
         return
     if any(flag in sys.argv[1:] for flag in ("--cfg", "-c")) and "--resolve" not in sys.argv:
         sys.argv.append("--resolve")  # show the values a run uses, not ${...} interpolations
+    sweep_claim = ExitStack()  # holds the sweep folder until the sweep ends
     try:
         # Before Hydra: a typo gets kdrun's message (not Hydra's advice to add it with +), and a bad
         # resume=DIR is refused before any directory is made.
@@ -153,16 +170,20 @@ def main() -> None:
             raise ConfigError(f"device.processes={processes} runs one job over several processes; a sweep (-m) "
                               "runs its jobs through a Hydra launcher instead (hydra/launcher=joblib, submitit_*)")
         check_output_locations(sys.argv[1:])
+        # Claimed before its jobs are checked, so that no other sweep can fill the folder after the check.
+        sweep_claim.enter_context(claimed_sweep_dir(named_sweep_dir(sys.argv[1:])))
         check_sweep(sys.argv[1:])  # every job's config, before Hydra writes any sweep file
         check_single_run(sys.argv[1:])
     except KdrunError as exc:
+        sweep_claim.__exit__(type(exc), exc, exc.__traceback__)  # a refused sweep leaves no folder it made
         console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(2)
     if processes > 1 and not launched_by_torchrun():
         relaunch(sys.argv[1:], processes)
     if not init_world().is_main:  # rank 0 keeps Hydra's own files (.hydra/, the job log) for the run
         sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
-    _hydra_main()
+    with sweep_claim:
+        _hydra_main()
     if _failed_jobs:
         console.print(f"[bold red]{len(_failed_jobs)} job(s) failed:[/] " + escape("; ".join(_failed_jobs)))
         sys.exit(1)

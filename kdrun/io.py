@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -105,6 +106,40 @@ def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
     torch.save(obj, buffer)
     with atomic_open(path, "wb") as f:
         f.write(buffer.getbuffer())
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary sibling folder to fill; on success it replaces `path` (an earlier one is removed), on any
+    failure it is removed, with any parent folder made for it: a failed write leaves nothing behind."""
+    path = Path(path)
+    made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX))
+        os.chmod(tmp, 0o777 & ~current_umask())
+        yield tmp
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old{TMP_SUFFIX}")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        tmp = None
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for folder in made:  # innermost first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            raise WriteError(_write_message(path, exc)) from exc
+        raise
 
 
 def file_sha256(path: Path) -> str:

@@ -25,7 +25,7 @@ from kdrun.plausibility import check_plausible
 from kdrun.recipes import apply_recipes
 from kdrun.methods.terms.compose import complete_terms
 from kdrun.report.jobs import is_job_dir
-from kdrun.resume import check_can_start, check_same_config
+from kdrun.resume import check_can_start, check_completed_intact, check_same_config, is_completed
 from kdrun.run import check_run_config
 from kdrun.schema import unknown_key_message
 from kdrun.tune.preflight import check_study, compose_sweep_config, is_study
@@ -186,6 +186,8 @@ def check_job_dir(cfg: DictConfig, run_dir: Path) -> None:
     check_can_start(cfg, run_dir)
     if cfg.resume is not None and run_dir.is_dir():
         check_same_config(cfg, run_dir)
+        if is_completed(run_dir):
+            check_completed_intact(run_dir)
 
 
 # Command-line keys that name where Hydra and kdrun will create folders.

@@ -20,7 +20,8 @@ from kdrun.model_sources import arch_of, build_configured, path_safe
 from kdrun.pretrained import weights_identity
 from kdrun.runtime import seed_everything
 from kdrun.strategies.scratch import Scratch
-from kdrun.teachers import Teacher, cache_lock, fingerprint, load_cached, teacher_recipe
+from kdrun.teachers import (Teacher, cache_lock, fingerprint, load_cached, teacher_batch_size, teacher_optim,
+                            teacher_recipe)
 from kdrun.trainer import Trainer, evaluate_split, trainer_config
 
 
@@ -64,11 +65,13 @@ def prepare_teacher(cfg, data, augment, runtime, cache_dir: Path, recipe: dict) 
         console.print(f"[yellow]fine-tuning[/] pretrained teacher {arch_of(cfg.teacher)} for {finetune} epochs "
                       f"on {cfg.dataset.name}", soft_wrap=True)
         trainer = Trainer(trainer_config(cfg, label=f"fine-tune teacher {arch_of(cfg.teacher)}", epochs=finetune,
-                                         data_seed=cfg.teacher.seed), cfg.optim, runtime)
+                                         data_seed=cfg.teacher.seed, batch_size=teacher_batch_size(cfg)),
+                          teacher_optim(cfg), runtime)
         trainer.fit(Scratch(model), data, augment, work_dir)
         shutil.rmtree(work_dir / "checkpoints", ignore_errors=True)
     test_acc = evaluate_split(model, data, augment, runtime, cfg.trainer.eval_batch_size)
     weights = work_dir / "teacher.pt"
+    model.normalisation = (data.mean, data.std)  # what its input_norm was set from: applied when it is reused
     save_checkpoint(weights, model, epoch=finetune, test_acc=test_acc)
     atomic_write_json(work_dir / "entry.json", {"sha256": file_sha256(weights), "bytes": weights.stat().st_size})
     os.rename(work_dir, cache_dir)

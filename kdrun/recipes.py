@@ -7,14 +7,21 @@ One applies when nothing the user wrote sets that key: no command-line override 
 `optim.lr=...`, `loss.terms.kd.weight=...`, the short key `T` for a term's `T`) and no experiment
 preset that sets it. Precedence: the strategy's recipe, then the student's, then (for a
 strategy that trains a teacher) the teacher's, each only for keys not yet decided.
+
+The teacher's optimiser (teacher.optim) is the one the config files give: what the run would use
+without its command-line `optim=` / `optim.*` overrides, which are the student's. So a sweep over the
+student's learning rate trains one teacher. `teacher.optim={...}` sets keys of it.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from fnmatch import fnmatchcase
 from importlib import resources
 from typing import Mapping
 
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from kdrun.keys import SHORT_KEYS
@@ -99,9 +106,47 @@ def apply_recipes(cfg: DictConfig, choices: Mapping[str, str | None], overrides:
                 continue
             decided.add(key)
             if key == "optim":  # a whole optimiser: its own file's keys, then the recipe's
-                base = OmegaConf.create(resources.files("kdrun.conf").joinpath("optim", f"{value['name']}.yaml").read_text())
+                base = _optim_file(value["name"])
                 value = OmegaConf.merge(base, value)
             with open_dict(cfg):
                 OmegaConf.update(cfg, key, value, merge=False)
             applied.append(f"{key} from {group}={option}'s recipe")
+    resolve_teacher_optim(cfg, overrides)
     return applied
+
+
+def _is_optim_override(item: str) -> bool:
+    key = item.split("=", 1)[0].lstrip("+~")
+    return key == "optim" or key.startswith("optim.")
+
+
+def resolve_teacher_optim(cfg: DictConfig, overrides: list[str]) -> None:
+    """teacher.optim made whole: the files' optimiser (see the module's note), with teacher.optim's own keys
+    over it (over that optimiser's file when they name another one)."""
+    files_only = [o for o in overrides if not _is_optim_override(o)]
+    base = cfg.optim if len(files_only) == len(overrides) else _files_optim(files_only)
+    own = cfg.teacher.get("optim")
+    if own:
+        own = OmegaConf.create(OmegaConf.to_container(own, resolve=True))
+        if own.get("name") and own.name != base.name:
+            base = _optim_file(own.name)
+        base = OmegaConf.merge(base, own)
+    with open_dict(cfg):
+        cfg.teacher.optim = OmegaConf.create(OmegaConf.to_container(base, resolve=True))
+
+
+def _files_optim(overrides: list[str]) -> DictConfig:
+    """The optimiser of the config composed from these overrides, recipes applied."""
+    ready = nullcontext() if GlobalHydra.instance().is_initialized() else \
+        initialize_config_module("kdrun.conf", version_base="1.3")
+    with ready:
+        composed = compose("config", overrides=overrides, return_hydra_config=True)
+    choices = dict(composed.hydra.runtime.choices)
+    with open_dict(composed):
+        del composed["hydra"]
+    apply_recipes(composed, choices, overrides)
+    return composed.optim
+
+
+def _optim_file(name: str) -> DictConfig:
+    return OmegaConf.create(resources.files("kdrun.conf").joinpath("optim", f"{name}.yaml").read_text())

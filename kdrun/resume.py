@@ -6,8 +6,9 @@ and the command that resumes it.
     resume=auto   go on with whatever the configured directory holds (hydra.run.dir or
                   hydra.sweep.dir, set on the command line), or start there
 
-Going on means: a completed run (metrics.json says so) is skipped; a run with
-checkpoints/last.pt continues from it; anything else starts from the beginning.
+Going on means: a completed run (metrics.json says so, and its checkpoints are the files whose sha256 it
+recorded) is skipped; a run with checkpoints/last.pt continues from it; anything else starts from the
+beginning.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from kdrun.checkpoint import load_checkpoint
 from kdrun.distributed import current_world
-from kdrun.errors import ConfigError
+from kdrun.errors import CheckpointError, ConfigError
+from kdrun.io import file_sha256
 from kdrun.schema import keys_with_role
 
 # Keys that may differ between a run and its resume: they say where files are, how the run is
@@ -114,6 +117,34 @@ def is_completed(run_dir: Path) -> bool:
     return read_summary(run_dir).get("status") == "completed"
 
 
+def checkpoint_digests(run_dir: Path) -> dict[str, str]:
+    """sha256 of every checkpoint of a run (born-again's generations included), by path in the run."""
+    return {str(p.relative_to(run_dir)): file_sha256(p) for p in sorted(run_dir.glob("**/checkpoints/*.pt"))}
+
+
+def check_completed_intact(run_dir: Path) -> None:
+    """A completed run is only skipped if its checkpoints are the ones it wrote: each recorded one is there
+    with its sha256, and loads as a kdrun checkpoint. Raise CheckpointError naming the first that is not."""
+    recorded = read_summary(run_dir).get("checkpoints")
+    names = recorded if isinstance(recorded, dict) else {  # a run from before checksums: the format alone
+        str(p.relative_to(run_dir)): None for p in sorted(run_dir.glob("**/checkpoints/last.pt"))}
+    for name, digest in names.items():
+        path = run_dir / name
+        try:
+            if not path.is_file():
+                raise CheckpointError("is missing")
+            if digest is not None and file_sha256(path) != digest:
+                raise CheckpointError("is not the file the run wrote (its sha256 differs from metrics.json's; "
+                                      "cut short or overwritten?)")
+            load_checkpoint(path)
+        except CheckpointError as exc:
+            reason = str(exc).replace(repr(str(path)), "").strip()
+            raise CheckpointError(
+                f"{run_dir} completed, but its {name} {reason}; so it is not skipped as complete. Its weights are "
+                f"lost (metrics.json still holds its results): to train it again, move {run_dir} away "
+                f"(or start a new run without resume)") from exc
+
+
 def check_can_start(cfg: DictConfig, run_dir: Path) -> None:
     """Refuse to start a new run over an existing one unless resume is set (nothing is overwritten)."""
     if cfg.resume is not None:
@@ -140,10 +171,20 @@ def check_same_config(cfg: DictConfig, run_dir: Path) -> None:
             + "\nrun the command that started it (with resume=...), or start a new run without resume")
 
 
+# Keys a later kdrun added for what an older run read under another key: the teacher's recipe was the run's.
+WAS_READ_AS = {"teacher.optim.": "optim.", "teacher.batch_size": "trainer.batch_size"}
+
+
 def _new_and_off(saved: dict, now: dict, key: str) -> bool:
     """A key a later kdrun added (the run's config.yaml lacks it) at a value that turns nothing on (its
-    default: student.qat=false, a null path): the run trains as it did, so it may resume after an upgrade."""
-    return key not in saved and now.get(key) in (None, False, 0, "none", [])
+    default: student.qat=false, a null path), or at the value the run read under its old key (WAS_READ_AS):
+    the run trains as it did, so it may resume after an upgrade."""
+    if key in saved:
+        return False
+    for new, old in WAS_READ_AS.items():
+        if key.startswith(new) and saved.get(old + key[len(new):]) == now.get(key):
+            return True
+    return now.get(key) in (None, False, 0, "none", [])
 
 
 def _may_change(key: str) -> bool:

@@ -20,7 +20,8 @@ from kdrun.plausibility import check_plausible
 from kdrun.io import atomic_write_json, atomic_write_text
 from kdrun.report.loggers import build_logger
 from kdrun.report.plots import plot_learning_curves, run_title
-from kdrun.resume import check_can_start, check_same_config, is_completed, read_summary
+from kdrun.resume import (check_can_start, check_completed_intact, check_same_config, checkpoint_digests,
+                          is_completed, read_summary)
 from kdrun.runtime import resolve_runtime
 from kdrun.schema import check_config, check_value
 from kdrun.methods.terms.compose import check_terms, complete_terms, term_configs
@@ -56,6 +57,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] = (), la
     if resume:
         check_same_config(cfg, run_dir)
         if is_completed(run_dir):
+            check_completed_intact(run_dir)  # a truncated last.pt is no completed run
             console.print(f"[green]already completed:[/] {run_dir} (its metrics.json); skipping it", soft_wrap=True)
             return read_summary(run_dir)
     world.barrier()  # every rank has looked at run_dir before rank 0 writes into it
@@ -83,6 +85,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] = (), la
 
     def fit(strategy: Strategy, out_dir: Path, extra: dict) -> dict:
         strategy.student.class_names = data.class_names  # saved with its checkpoints (model_meta)
+        strategy.student.normalisation = (data.mean, data.std)
         go_on = resume and (out_dir / "checkpoints" / "last.pt").is_file()
         summary = {**trainer.fit(strategy, data, augment, out_dir, on_epoch=logger.log_epoch, resume=go_on),
                    **facts, **folder_details(data), **extra}  # after training: streamed files skipped
@@ -94,6 +97,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] = (), la
     try:
         summary = method.run(Setup(cfg, data, augment, runtime), run_dir, fit)
         if world.is_main:
+            summary["checkpoints"] = checkpoint_digests(run_dir)  # what a resume checks before skipping it
             atomic_write_json(run_dir / "metrics.json", summary)
             plot_learning_curves(run_dir, run_title(cfg.strategy.name, summary["arch"], cfg.dataset.name, cfg.seed,
                                                     facts.get("T")))

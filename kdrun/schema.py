@@ -113,6 +113,8 @@ class StudentKeys(ModelKeys):
 class TeacherKeys(ModelKeys):
     checkpoint: str | None = key()
     epochs: int = key(low=1)
+    batch_size: int = key(low=1)
+    optim: OptimKeys | None = key(doc="the teacher's optimiser (kdrun/recipes.py: null = the files' recipe)")
     seed: int = key(role="seed", low=0)
     cache: bool = key(role="speed")
     topk: int | None = key(low=1)
@@ -260,12 +262,24 @@ def declared_keys(strategy_config: type | None = None) -> Iterator[tuple[str, da
             if hints[name] is Terms:  # every registered term's keys
                 for term in TERMS:
                     yield from walk(term_class(term).Config, f"{prefix}{name}.{term}.", None if role == "result" else role)
-            elif dataclasses.is_dataclass(hints[name]):
-                yield from walk(hints[name], f"{prefix}{name}.", None if role == "result" else role)
+                continue
+            group = group_of(hints[name])
+            if group is not None:
+                if group is not hints[name]:  # a group that may also be null: the key itself is a leaf too
+                    yield f"{prefix}{name}", f if role == f.metadata["role"] else _with_role(f, role)
+                yield from walk(group, f"{prefix}{name}.", None if role == "result" else role)
             else:
                 yield f"{prefix}{name}", f if role == f.metadata["role"] else _with_role(f, role)
 
     yield from walk(RootKeys, "", None)
+
+
+def group_of(kind: Any) -> type | None:
+    """The dataclass of a group of keys (`X`, or `X | None` for a group that may be null), else None."""
+    if dataclasses.is_dataclass(kind):
+        return kind
+    groups = [arg for arg in typing.get_args(kind) if dataclasses.is_dataclass(arg)]
+    return groups[0] if groups else None
 
 
 def _with_role(f: dataclasses.Field, role: str) -> dataclasses.Field:
@@ -342,13 +356,18 @@ def _check_node(node: dict, schema: type, prefix: str, strategy_config: type | N
         dotted = f"{prefix}{name}"
         if name not in fields:
             raise ConfigError(unknown_key_message(dotted, list(fields)))
-        kind = hints[name]
+        kind, group = hints[name], group_of(hints[name])
         if kind is Terms:
             _check_terms(value, dotted)
-        elif dataclasses.is_dataclass(kind):
+            continue
+        if group is not None:
+            if value is None and group is not kind:
+                continue
             if not isinstance(value, dict):
-                raise ConfigError(f"{dotted} is a group of keys ({', '.join(_fields(kind))}), got {value!r}")
-            _check_node(value, kind, f"{dotted}.", strategy_config if kind is StrategyKeys else None)
+                nullable = " or null" if group is not kind else ""
+                raise ConfigError(f"{dotted} must be a group of keys ({', '.join(_fields(group))}){nullable}, "
+                                  f"got {value!r}")
+            _check_node(value, group, f"{dotted}.", strategy_config if group is StrategyKeys else None)
         else:
             check_value(dotted, value, kind, fields[name].metadata)
 
@@ -449,6 +468,7 @@ def check_override_keys(overrides: list[str], groups: set[str], any_strategy: ty
             if kind is Terms:  # loss.terms.<term>.<key>: a registered term and one of its keys
                 _check_term_key(parts[i + 1:], f"{prefix}{part}")
                 break
-            if not dataclasses.is_dataclass(kind):
+            kind = group_of(kind)
+            if kind is None:
                 break
             schema, prefix = kind, f"{prefix}{part}."

@@ -28,14 +28,15 @@ from typing import Iterator
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from kdrun.checkpoint import check_fits, load_checkpoint, save_checkpoint
+from kdrun.checkpoint import check_fits, load_checkpoint, save_checkpoint, stored_normalisation
 from kdrun.console import console
 from kdrun.data import BatchAugment, DatasetSplits
 from kdrun.data.image_folder import folder_identity
-from kdrun.errors import CheckpointError
+from kdrun.errors import CheckpointError, NonFiniteLoss
 from kdrun.io import atomic_write_json, file_sha256
 from kdrun.model_sources import arch_of, is_pretrained, path_safe
 from kdrun.models import MODEL_OPTIONS, build_model, count_parameters, model_options, model_size_mb
+from kdrun.models.external import InputNorm
 from kdrun.runtime import Runtime, seed_everything
 from kdrun.strategies.scratch import Scratch
 from kdrun.schema import keys_with_role
@@ -97,9 +98,19 @@ def teacher_recipe(cfg) -> dict:
         **({"options": opts} if (opts := model_options(cfg.teacher, "teacher")) else {}),
         "epochs": cfg.teacher.epochs,
         "seed": cfg.teacher.seed,
-        "batch_size": cfg.trainer.batch_size,
-        "optim": OmegaConf.to_container(cfg.optim, resolve=True),
+        "batch_size": teacher_batch_size(cfg),
+        "optim": OmegaConf.to_container(teacher_optim(cfg), resolve=True),
     }))
+
+
+def teacher_optim(cfg) -> DictConfig:
+    """The teacher's optimiser: teacher.optim (kdrun/recipes.py resolves it), else the run's (a config that
+    bypassed the recipes, as some tests build)."""
+    return cfg.teacher.get("optim") or cfg.optim
+
+
+def teacher_batch_size(cfg) -> int:
+    return cfg.teacher.get("batch_size") or cfg.trainer.batch_size
 
 
 def fingerprint(recipe: dict) -> str:
@@ -124,7 +135,22 @@ def load_model(path: Path, data: DatasetSplits, runtime: Runtime, *, role: str, 
         )
     model = build_model(meta["arch"], data.in_channels, data.image_size, data.num_classes, meta.get("options"))
     model.load_state_dict(payload["state_dict"])
+    feed_as_trained(model, stored_normalisation(meta), data)
     return runtime.prepare(model), payload
+
+
+def feed_as_trained(model: nn.Module, trained: tuple | None, data: DatasetSplits) -> None:
+    """Where the model was trained on inputs normalised otherwise than this data's (the other data path
+    estimates its statistics differently, or dataset.mean/std changed), re-normalise what it is given:
+    x * std_data + mean_data is the image again, then (image - mean_trained) / std_trained."""
+    model.normalisation = trained or (data.mean, data.std)
+    if trained is None or (tuple(trained[0]), tuple(trained[1])) == (tuple(data.mean), tuple(data.std)):
+        return
+    renorm = InputNorm(data.in_channels, data.in_channels)
+    renorm.set_statistics(data.mean, data.std, *trained)
+    model.input_renorm = renorm  # a submodule: it moves with the model to its device
+    features = model.forward_features  # forward() and the feature terms both go through it
+    model.forward_features = lambda x: features(model.input_renorm(x))
 
 
 def resolve_teacher(cfg, data: DatasetSplits, augment: BatchAugment, runtime: Runtime) -> Teacher:
@@ -234,7 +260,8 @@ def train_teacher(cfg, data: DatasetSplits, augment: BatchAugment, runtime: Runt
         shutil.rmtree(work_dir, ignore_errors=True)
         atomic_write_json(work_dir / "recipe.json", recipe)
     trainer = Trainer(trainer_config(cfg, label=f"teacher {cfg.teacher.arch}", epochs=cfg.teacher.epochs,
-                                     data_seed=cfg.teacher.seed), cfg.optim, runtime)
+                                     data_seed=cfg.teacher.seed, batch_size=teacher_batch_size(cfg)),
+                      teacher_optim(cfg), runtime)
 
     def fit(resume: bool) -> tuple[nn.Module, dict]:
         seed_everything(cfg.teacher.seed)
@@ -244,6 +271,9 @@ def train_teacher(cfg, data: DatasetSplits, augment: BatchAugment, runtime: Runt
 
     try:
         model, summary = fit(resume)
+    except NonFiniteLoss as exc:  # resuming would diverge again: keep no partial teacher
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise NonFiniteLoss(diverged_teacher_message(cfg, exc)) from exc
     except CheckpointError as exc:  # an unusable partial checkpoint: start the teacher over
         if not resume:
             raise
@@ -253,12 +283,20 @@ def train_teacher(cfg, data: DatasetSplits, augment: BatchAugment, runtime: Runt
         model, summary = fit(False)
     # The final weights are the teacher, as in the published recipes (not the test-selected best).
     weights = work_dir / "teacher.pt"
+    model.normalisation = (data.mean, data.std)  # kept in teacher.pt, applied wherever it is used later
     save_checkpoint(weights, model, epoch=cfg.teacher.epochs, test_acc=summary["final_test_acc"])
     shutil.rmtree(work_dir / "checkpoints")  # the training state is not needed once the teacher is done
     atomic_write_json(work_dir / "entry.json", {"sha256": file_sha256(weights), "bytes": weights.stat().st_size})
     os.rename(work_dir, cache_dir)
     console.print(f"[green]teacher[/] {cfg.teacher.arch} cached in {cache_dir} "
                   f"(test acc {summary['final_test_acc']:.2f}%)", soft_wrap=True)
+
+
+def diverged_teacher_message(cfg, exc: NonFiniteLoss) -> str:
+    optim = teacher_optim(cfg)
+    advice = str(exc).replace("lower optim.lr", "lower the teacher's learning rate: teacher.optim={lr:...}")
+    return (f"the teacher {arch_of(cfg.teacher)}, which kdrun was training for this run (teacher.optim: "
+            f"{optim.name} lr={optim.lr}, teacher.batch_size={teacher_batch_size(cfg)}), diverged: {advice}")
 
 
 def _read_json(path: Path):

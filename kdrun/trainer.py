@@ -53,12 +53,11 @@ class TrainerConfig(TrainerKeys):
     every_steps: int | None = None  # also write last.pt every N steps; None: at the end of each epoch only
 
 
-def trainer_config(cfg: DictConfig, *, label: str, epochs: int | None = None,
-                   data_seed: int | None = None) -> TrainerConfig:
-    """The trainer's settings from a run's config; a teacher passes its own epochs and seed."""
+def trainer_config(cfg: DictConfig, *, label: str, epochs: int | None = None, data_seed: int | None = None,
+                   batch_size: int | None = None) -> TrainerConfig:
+    """The trainer's settings from a run's config; a teacher passes its own epochs, seed and batch size."""
     keys = OmegaConf.to_container(cfg.trainer, resolve=True)
-    if epochs is not None:
-        keys["epochs"] = epochs
+    keys.update({k: v for k, v in (("epochs", epochs), ("batch_size", batch_size)) if v is not None})
     return TrainerConfig(**keys, data_seed=cfg.data_seed if data_seed is None else data_seed, label=label,
                          every_steps=cfg.checkpoint.every_steps)
 

@@ -46,7 +46,11 @@ def test_a_digits_run_writes_every_file_of_the_contract(kdrun, tmp_path):
 
     for name in ("best.pt", "last.pt"):
         ckpt = load_checkpoint(run_dir / "checkpoints" / name)
-        assert ckpt["model"] == {"arch": "cnn_student", "num_classes": 10, "in_channels": 1, "image_size": 8}
+        meta = ckpt["model"]
+        assert {k: meta[k] for k in ("arch", "num_classes", "in_channels", "image_size")} == {
+            "arch": "cnn_student", "num_classes": 10, "in_channels": 1, "image_size": 8}
+        assert set(meta) == {"arch", "num_classes", "in_channels", "image_size", "input_mean", "input_std"}
+        assert len(meta["input_mean"]) == 1 and 0 < meta["input_std"][0] < 1  # the normalisation it trained with
         model = build_model("cnn_student", 1, 8, 10)
         model.load_state_dict(ckpt["state_dict"])
     assert "test acc" in proc.stdout and str(run_dir.name) in proc.stdout.replace("\n", "")

@@ -124,6 +124,22 @@ class StreamingFolder:
         index_batches = [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
         yield from self._load(self._samples(chosen, augment=None, epoch=0), index_batches)
 
+    def raw_images(self, split: str, indices: Sequence[int] | None = None, batch_size: int = 256
+                   ) -> tuple[Tensor, Tensor]:
+        """Samples of the `split` ("train", "test" or "val"; all, or those at `indices`) un-augmented (fitted to
+        image_size) and not normalised: uint8 (N, C, H, W) and labels, as the in-memory path holds a split.
+        Unreadable files are left out under dataset.on_bad_image=skip."""
+        chosen = {"train": self.train, "test": self.test, "val": self.val}[split]
+        indices = list(range(len(chosen))) if indices is None else [int(i) for i in indices]
+        samples = self._samples(chosen, augment=None, epoch=0)
+        loader = DataLoader(samples, batch_sampler=[indices[s:s + batch_size] for s in range(0, len(indices), batch_size)],
+                            num_workers=self.workers, collate_fn=_collate)
+        images, labels = [], []
+        for x, y, _, ok in loader:
+            images.append(x[ok])
+            labels.append(y[ok])
+        return torch.cat(images), torch.cat(labels)
+
     def _samples(self, split: FolderSplit, *, augment: StreamAugment | None, epoch: int) -> _Samples:
         return _Samples(split, size=self.size, resize=self.resize, channels=self.channels, skip_bad=self.skip_bad,
                         augment=augment, data_seed=self.data_seed, epoch=epoch)

@@ -32,12 +32,13 @@ def teacher_of(metrics: dict) -> dict | None:
 
 def model_card(run: RunModel, data: DatasetSplits, artefacts: dict, flops: int) -> dict:
     model = run.model
+    mean, std = model.normalisation or (data.mean, data.std)  # what the graph folds in (raw_image_model)
     return {
         "model": model.arch,
         "params": count_parameters(model),
         "weight_sparsity": round(sparsity(model), 4),  # zeros among conv/linear weights (unstructured pruning)
         "flops": flops,
-        "classes": class_names(data.name, data.num_classes),
+        "classes": model.class_names or class_names(data.name, data.num_classes),
         "input": {
             "name": "images",
             "shape": ["batch", data.in_channels, data.image_size, data.image_size],
@@ -45,7 +46,7 @@ def model_card(run: RunModel, data: DatasetSplits, artefacts: dict, flops: int) 
             "range": [0, 255],
             "layout": "NCHW",
             "normalisation": {"folded_into_graph": True, "formula": "(x / 255 - mean) / std",
-                              "mean": list(data.mean), "std": list(data.std)},
+                              "mean": list(mean), "std": list(std)},
         },
         "output": {"name": "logits", "shape": ["batch", data.num_classes]},
         "dataset": data.name,

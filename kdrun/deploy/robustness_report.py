@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdrun.deploy.robustness import Robustness, evaluate, mean_of, plot_robustness, robustness_table
-from kdrun.deploy.student import RawImageModel, load_run, model_from_checkpoint
+from kdrun.deploy.student import check_serves, load_run, model_from_checkpoint, raw_image_model
 from kdrun.errors import KdrunError
 from kdrun.io import atomic_write_text
 from kdrun.report.aggregate import Study, swept_keys
@@ -25,15 +25,17 @@ def robustness_results(s: Study, seed: int = 0) -> list[Robustness]:
     first = load_run(s.groups[0].jobs[0].path)
     data = first.load_data()
 
-    def raw(model):
-        return RawImageModel(model, data.mean, data.std).eval()
+    def raw(path):
+        model = model_from_checkpoint(path)
+        check_serves(model, data, path)
+        return raw_image_model(model, data)
 
     results = []
     for ref in s.teachers:
         paths = [ref.job.resolve(p) for p in ref.paths if "," not in p]  # an ensemble is not one model
         if paths:
             results.append(mean_of(f"{ref.arch} teacher", [
-                evaluate(ref.arch, raw(model_from_checkpoint(p)), data.test_x, data.test_y, seed) for p in paths]))
+                evaluate(ref.arch, raw(p), data.test_x, data.test_y, seed) for p in paths]))
     keys = [k for k in swept_keys(s.groups) if k != "strategy.name"]
     for group in s.groups:
         shown = [k for k in keys if group.setting.get(k) is not None]  # scratch has no T

@@ -12,7 +12,7 @@ from kdrun.deploy.int8 import calibration_images, quantize_onnx
 from kdrun.deploy.speed import measure_all
 from kdrun.data import DatasetSplits
 from kdrun.deploy.student import RunModel, load_run
-from kdrun.io import atomic_write_json
+from kdrun.io import atomic_dir, atomic_write_json
 
 
 def ship_run(run_dir: Path, out_dir: Path, fmt: str, int8: bool, speed: bool) -> dict:
@@ -21,8 +21,15 @@ def ship_run(run_dir: Path, out_dir: Path, fmt: str, int8: bool, speed: bool) ->
 
 
 def ship(run: RunModel, out_dir: Path, fmt: str, int8: bool, speed: bool, data: DatasetSplits | None = None) -> dict:
-    """`run`'s model to files in `out_dir` (see ship_run); `data`: its dataset, if already loaded."""
+    """`run`'s model to files in `out_dir` (see ship_run); `data`: its dataset, if already loaded. The files are
+    written into a temporary folder that becomes `out_dir` only once all of them are: a failed export leaves
+    no model file without its card."""
     data = data or run.load_data()
+    with atomic_dir(out_dir) as work_dir:
+        return _ship_into(work_dir, run, data, fmt, int8, speed)
+
+
+def _ship_into(out_dir: Path, run: RunModel, data: DatasetSplits, fmt: str, int8: bool, speed: bool) -> dict:
     model = run.raw_model(data)
     shape = (data.in_channels, data.image_size, data.image_size)
     artefacts: dict[str, dict] = {}

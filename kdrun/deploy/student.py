@@ -15,9 +15,11 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from kdrun.checkpoint import load_checkpoint
+from kdrun.checkpoint import load_checkpoint, stored_normalisation
 from kdrun.data import DatasetSplits, load_dataset
 from kdrun.data.augment import normalisation
+from kdrun.data.streaming import StreamingFolder
+from kdrun.deploy.int8 import CALIBRATION_IMAGES
 from kdrun.deploy.prune import shrink_to
 from kdrun.errors import CheckpointError, KdrunError
 from kdrun.models import KDModel, build_model
@@ -52,13 +54,53 @@ class RunModel:
         return self.config["dataset"]
 
     def load_data(self) -> DatasetSplits:
+        """The run's dataset with its test split in memory, whichever path the run trained on."""
         try:
-            return load_dataset(self.dataset_cfg, "cpu")
+            data = load_dataset(self.dataset_cfg, "cpu")
+            return in_memory_for_evaluation(data) if isinstance(data, StreamingFolder) else data
         except ValueError as exc:
             raise KdrunError(f"the dataset of {self.run_dir} could not be loaded: {exc}") from exc
 
     def raw_model(self, data: DatasetSplits) -> RawImageModel:
-        return RawImageModel(self.model, data.mean, data.std).eval()
+        check_serves(self.model, data, self.checkpoint)
+        return raw_image_model(self.model, data)
+
+
+def in_memory_for_evaluation(folder: StreamingFolder) -> DatasetSplits:
+    """A streamed folder's test split decoded into memory (what an export's check and the robustness
+    evaluation read), with the training images int8 calibration would pick from the whole split, so that
+    neither needs the training split decoded."""
+    pick = torch.randperm(len(folder.train), generator=torch.Generator().manual_seed(0))[:CALIBRATION_IMAGES]
+    train_x, train_y = folder.raw_images("train", sorted(pick.tolist()))
+    test_x, test_y = folder.raw_images("test")
+    return DatasetSplits(name=folder.name, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
+                         num_classes=folder.num_classes, mean=folder.mean, std=folder.std,
+                         class_names=list(folder.class_names))
+
+
+def raw_image_model(model: KDModel, data: DatasetSplits) -> RawImageModel:
+    """The model on raw images, normalised as it was trained (its checkpoint's statistics; the data's for a
+    checkpoint from before kdrun kept them), whichever data path loads the images."""
+    mean, std = model.normalisation or (data.mean, data.std)
+    return RawImageModel(model, mean, std).eval()
+
+
+def check_serves(model: KDModel, data: DatasetSplits, path: Path) -> None:
+    """Refuse data the checkpoint was not trained for, naming both sides: other classes under the same
+    labels give a wrong accuracy silently, another input shape a traceback."""
+    def shape(channels, size, classes):
+        return f"{channels}x{size}x{size} images and {classes} classes"
+
+    trained = shape(model.in_channels, model.image_size, model.num_classes)
+    given = shape(data.in_channels, data.image_size, data.num_classes)
+    if trained != given:
+        raise KdrunError(f"checkpoint {str(path)!r} takes {trained}; the data it is evaluated on (dataset "
+                         f"{data.name}) has {given}: evaluate it on the dataset it was trained on")
+    names, data_names = getattr(model, "class_names", None), getattr(data, "class_names", None)
+    if names and data_names and list(names) != list(data_names):
+        raise KdrunError(f"checkpoint {str(path)!r} was trained on the classes {list(names)} (model.class_names); "
+                         f"the data it is evaluated on has {list(data_names)}: an accuracy over other classes "
+                         f"would be wrong, so it is not measured")
 
 
 def model_from_checkpoint(path: Path) -> KDModel:
@@ -74,6 +116,8 @@ def model_from_checkpoint(path: Path) -> KDModel:
     except RuntimeError as exc:
         raise CheckpointError(f"{str(path)!r} does not match architecture {meta['arch']}: "
                               f"{str(exc).splitlines()[0]}") from exc
+    model.class_names = meta.get("class_names")  # checked against the data's (check_serves)
+    model.normalisation = stored_normalisation(meta)
     model.qat_ranges = payload.get("qat_ranges", {})  # what a quantization-aware student trained with
     return model.eval()
 
