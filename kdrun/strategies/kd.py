@@ -21,8 +21,10 @@ from kdrun.teachers import Teacher, freeze, resolve_teacher
 
 
 def feature_context(cfg: DictConfig, data, teacher_arch: str | None = None) -> FeatureContext:
+    train_y = getattr(data, "train_y", None)  # every batch carries its samples' positions in it
     return FeatureContext(arch_of(cfg.student), teacher_arch or arch_of(cfg.teacher),
-                          (data.in_channels, data.image_size, data.num_classes))
+                          (data.in_channels, data.image_size, data.num_classes),
+                          None if train_y is None else len(train_y))
 
 
 @register

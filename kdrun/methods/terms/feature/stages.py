@@ -52,6 +52,7 @@ class FeatureContext:
     student_arch: str
     teacher_arch: str
     dims: tuple[int, int, int]  # in_channels, image_size, num_classes
+    train_size: int | None = None  # samples in the training split, where batches carry their positions (CRD)
 
     @property
     def image_size(self) -> int:
