@@ -3,6 +3,7 @@ ab, ft): each one's maths against a computation written out here from the paper 
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -14,6 +15,7 @@ from kdrun.errors import ConfigError
 from kdrun.methods.terms.base import TermInputs
 from kdrun.methods.terms.compose import build_feature_terms
 from kdrun.methods.terms.feature.crd import crd_loss
+from kdrun.methods.terms.feature.ofd import margin_from_bn
 from kdrun.methods.terms.feature.stages import FeatureContext, StageOutputs
 
 CONTEXT = FeatureContext("cnn_student", "resnet8", (1, 8, 10), train_size=40)
@@ -95,3 +97,104 @@ def test_crd_term_scores_the_pooled_embeddings_updates_its_bank_and_refuses_with
     assert torch.equal(crd.memory_s[4:], before[4:])
     with pytest.raises(ConfigError, match="crd needs each sample's position"):
         term("crd", context=FeatureContext("cnn_student", "resnet8", (1, 8, 10)))
+
+
+def direct_bn(x, bn):
+    """BatchNorm2d in eval mode, written out."""
+    shape = (1, -1, 1, 1)
+    return ((x - bn.running_mean.view(shape)) / torch.sqrt(bn.running_var.view(shape) + bn.eps) * bn.weight.view(shape)
+            + bn.bias.view(shape))
+
+
+def randomise(module, seed):
+    """Eval mode with random BatchNorm statistics and affine parameters, so BN is not the identity."""
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=g))
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g))
+    return module.eval()
+
+
+def direct_hcl(fs, ft):
+    """HCL for one level: MSE, plus MSEs of 4x4, 2x2, 1x1 block means (smaller than the map) at 1/2, 1/4, 1/8."""
+    h = fs.shape[2]
+    losses, weights = [((fs - ft) ** 2).mean()], [1.0]
+    for size in (4, 2, 1):
+        if size < h:
+            k = h // size  # the test's maps divide evenly, so adaptive pooling is a block mean
+            pool = lambda f: f.reshape(f.shape[0], f.shape[1], size, k, size, k).mean((3, 5))  # noqa: E731
+            weights.append(weights[-1] / 2)
+            losses.append(weights[-1] * ((pool(fs) - pool(ft)) ** 2).mean())
+    return sum(losses) / sum(weights)
+
+
+def test_reviewkd_matches_a_direct_computation():
+    torch.manual_seed(0)
+    rkd = randomise(term("reviewkd", warmup_epochs=4), 1)
+    inputs = crd_inputs(b=3)
+    got = rkd(TermInputs(**{**inputs.__dict__, "epoch": 2}))["reviewkd"]
+    s_maps, t_maps = inputs.features.stages, inputs.teacher_features.stages[-2:]  # cnn_student 2 stages
+    # levels deepest first: pooled student's last stage, then its stages from the deepest
+    levels = [s_maps[1].mean((2, 3), keepdim=True), s_maps[1], s_maps[0]]
+    targets = [t_maps[1].mean((2, 3), keepdim=True), t_maps[1], t_maps[0]]
+    outs, fused = [], None
+    for abf, x, target in zip(rkd.abfs, levels, targets):
+        x = direct_bn(F.conv2d(x, abf.reduce[0].weight), abf.reduce[1])
+        if fused is not None:
+            h, w = x.shape[2:]
+            up = fused[:, :, (torch.arange(h) * fused.shape[2]) // h][:, :, :, (torch.arange(w) * fused.shape[3]) // w]
+            z = torch.sigmoid(F.conv2d(torch.cat([x, up], 1), abf.attention[0].weight, abf.attention[0].bias))
+            x = x * z[:, 0:1] + up * z[:, 1:2]
+        th, tw = target.shape[2:]
+        if x.shape[2:] != target.shape[2:]:  # nearest resize: source index floor(i * in / out)
+            x = x[:, :, (torch.arange(th) * x.shape[2]) // th][:, :, :, (torch.arange(tw) * x.shape[3]) // tw]
+        fused = x
+        outs.append(direct_bn(F.conv2d(x, abf.out[0].weight, padding=1), abf.out[1]))
+    want = 0.5 * sum(direct_hcl(o, t) for o, t in zip(outs, targets))  # epoch 2 of a 4-epoch warm-up
+    assert abs(got.item() - want.item()) < 1e-5 * max(1.0, abs(want.item()))
+    record("reviewkd", abs(got.item() - want.item()))
+
+
+def test_ofd_margin_and_distance_match_a_direct_computation():
+    g = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(6, generator=g), torch.randn(6, generator=g) * 2
+    bias[0], weight[0] = 10.0, 1.0  # P(x < 0) <= 0.001: the -3 sigma case
+    margin = [m.item() for m in margin_from_bn(weight, bias)]
+    for c in range(6):
+        sd, mu = abs(weight[c].item()), bias[c].item()
+        cdf = 0.5 * (1 + math.erf((-mu / sd) / math.sqrt(2)))
+        want = mu - sd * math.exp(-((mu / sd) ** 2) / 2) / math.sqrt(2 * math.pi) / cdf if cdf > 0.001 else -3 * sd
+        assert abs(margin[c] - want) < 1e-5
+        record("ofd", abs(margin[c] - want))
+    torch.manual_seed(0)
+    ofd = randomise(term("ofd", context=FeatureContext("resnet8", "resnet8", (1, 8, 10))), 2)
+    ofd.margin0.copy_(torch.randn(16, generator=g).abs().neg())
+    ofd.margin1.copy_(torch.randn(32, generator=g).abs().neg())
+    ofd.margin2.copy_(torch.randn(64, generator=g).abs().neg())
+    b = 3
+    s = [torch.randn(b, c, hw, hw, generator=g) for c, hw in ((16, 8), (32, 4), (64, 2))]
+    t = [torch.randn(b, c, hw, hw, generator=g) for c, hw in ((16, 8), (32, 4), (64, 2))]
+    inputs = TermInputs(torch.zeros(b, 10), torch.zeros(b, 10), torch.zeros(b, dtype=torch.long), 1, None,
+                        StageOutputs(s, {}), StageOutputs(t, {}))
+    got = ofd(inputs)["ofd"].item()
+    want = 0.0
+    for i in range(3):
+        conn = ofd.connectors[i]
+        source = direct_bn(F.conv2d(s[i], conn[0].weight), conn[1])
+        m = getattr(ofd, f"margin{i}")
+        total = 0.0
+        for n_, c, y, x in itertools.product(*(range(d) for d in source.shape)):
+            sv, tv, mv = source[n_, c, y, x].item(), t[i][n_, c, y, x].item(), m[c].item()
+            if tv > 0:
+                total += (sv - tv) ** 2
+            elif tv > mv:
+                total += (sv - tv) ** 2 if sv > tv else 0.0
+            else:
+                total += (sv - mv) ** 2 if sv > mv else 0.0
+        want += total / b / 2 ** (2 - i)
+    want *= 0.001
+    assert abs(got - want) < 1e-5 * max(1.0, abs(want))
+    record("ofd", abs(got - want))

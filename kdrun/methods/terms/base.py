@@ -96,6 +96,10 @@ class FeatureTerm(Term):
         """Layers by module name this term reads besides the models' own stages: (student's, teacher's)."""
         return (), ()
 
+    def bind(self, student: nn.Module, teacher: nn.Module) -> None:
+        """Read what the term needs from the models themselves once they exist (OFD's margins come from the
+        trained teacher's BatchNorm)."""
+
 
 TERMS: dict[str, type[Term]] = {}
 

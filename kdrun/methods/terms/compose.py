@@ -108,6 +108,8 @@ class FeatureTerms(nn.Module):
         self.taps: tuple[LayerTap, LayerTap] | None = None
 
     def tap(self, student: nn.Module, teacher: nn.Module) -> "FeatureTerms":
+        for term in self.terms:
+            term.bind(student, teacher)
         student_names = dict.fromkeys(n for term in self.terms for n in term.layer_names()[0])
         teacher_names = dict.fromkeys(n for term in self.terms for n in term.layer_names()[1])
         if student_names or teacher_names:
