@@ -95,7 +95,9 @@ class KD(Strategy):
         with torch.no_grad():
             teacher_stages, teacher_logits = self.teacher.forward_features(batch.x)
         stages, logits = self.student.forward_features(batch.x)
-        losses = self.terms(logits, teacher_logits, batch.y, batch.epoch, batch.index)
+        # A term's initialisation stage trains its init loss alone: no logit term, no other feature term.
+        losses = {} if self.features.initialising(batch.epoch) else \
+            self.terms(logits, teacher_logits, batch.y, batch.epoch, batch.index)
         losses.update(self.features(TermInputs(logits, teacher_logits, batch.y, batch.epoch, batch.index,
                                                self.features.outputs(stages, 0),
                                                self.features.outputs(teacher_stages, 1))))
