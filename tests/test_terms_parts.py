@@ -198,3 +198,115 @@ def test_ofd_margin_and_distance_match_a_direct_computation():
     want *= 0.001
     assert abs(got - want) < 1e-5 * max(1.0, abs(want))
     record("ofd", abs(got - want))
+
+
+def test_fsp_matches_a_direct_computation():
+    term_ = term("fsp", context=FeatureContext("resnet8", "resnet8", (1, 8, 10)))
+    g = torch.Generator().manual_seed(3)
+    b = 2
+    s = [torch.randn(b, c, hw, hw, generator=g) for c, hw in ((16, 8), (32, 4), (64, 2))]
+    t = [torch.randn(b, c, hw, hw, generator=g) for c, hw in ((16, 8), (32, 4), (64, 2))]
+    inputs = TermInputs(torch.zeros(b, 10), torch.zeros(b, 10), torch.zeros(b, dtype=torch.long), 1, None,
+                        StageOutputs(s, {}), StageOutputs(t, {}))
+    got = term_.init_loss(inputs)["fsp_init"].item()
+
+    def fsp(bottom, top):  # G[n, i, j] = mean over (h, w) of top_i * bottom_j, bottom pooled by 2x2 block means
+        k = bottom.shape[2] // top.shape[2]
+        bottom = bottom.reshape(*bottom.shape[:2], top.shape[2], k, top.shape[3], k).mean((3, 5))
+        return torch.tensor([[[float((top[n, i] * bottom[n, j]).mean()) for j in range(bottom.shape[1])]
+                              for i in range(top.shape[1])] for n in range(b)], dtype=torch.float64)
+
+    want = sum(float(((fsp(s[i], s[i + 1]) - fsp(t[i], t[i + 1])) ** 2).mean()) for i in range(2))
+    assert abs(got - want) < 1e-5 * max(1.0, abs(want))
+    record("fsp", abs(got - want))
+    assert term_(inputs) == {}  # RepDistiller's main stage adds no FSP loss (weight 0)
+    with pytest.raises(ConfigError, match="equal channel counts"):
+        term("fsp")  # cnn_student's last stages (16, 32) against resnet8's (32, 64)
+
+
+def test_ab_matches_a_direct_computation():
+    torch.manual_seed(0)
+    ab = randomise(term("ab", margin=0.5), 4)
+    inputs = crd_inputs(b=2, seed=5)
+    got = ab.init_loss(inputs)["ab_init"].item()
+    want = 0.0
+    s_maps, t_maps = inputs.features.stages, inputs.teacher_features.stages[1:]
+    for i in range(2):
+        conn = ab.connectors[i]
+        s = direct_bn(F.conv2d(s_maps[i], conn[0].weight, conn[0].bias), conn[1])
+        k = s.shape[2] // t_maps[i].shape[2]
+        s = s.reshape(*s.shape[:2], t_maps[i].shape[2], k, t_maps[i].shape[3], k).mean((3, 5))
+        total = 0.0
+        for sv, tv in zip(s.flatten().tolist(), t_maps[i].flatten().tolist()):
+            if tv <= 0 and sv > -0.5:
+                total += (sv + 0.5) ** 2
+            if tv > 0 and sv <= 0.5:
+                total += (sv - 0.5) ** 2
+        want += 2.0 ** (i - 1) * total / 2 / 1000 * 3
+    assert abs(got - want) < 1e-5 * max(1.0, abs(want))
+    record("ab", abs(got - want))
+
+
+def test_ft_matches_a_direct_computation():
+    torch.manual_seed(0)
+    ft = randomise(term("ft"), 6)
+    inputs = crd_inputs(b=2, seed=7)
+    s, t = inputs.features[1], inputs.teacher_features[2]  # 32x8x8 and 64x2x2
+
+    def stack(x, seq, transposed=False):  # conv (3x3, padding 1) [+ BN] + LeakyReLU(0.1), written out
+        for layer in seq:
+            if isinstance(layer, torch.nn.ConvTranspose2d):  # stride 1, padding 1: a conv with the flipped kernel
+                x = F.conv2d(x, layer.weight.transpose(0, 1).flip(2, 3), layer.bias, padding=1)
+            elif isinstance(layer, torch.nn.Conv2d):
+                x = F.conv2d(x, layer.weight, layer.bias, padding=1)
+            elif isinstance(layer, torch.nn.BatchNorm2d):
+                x = direct_bn(x, layer)
+            else:
+                x = torch.where(x > 0, x, 0.1 * x)
+        return x
+
+    torch.set_grad_enabled(False)  # plain arithmetic below
+    rec = stack(stack(t, ft.paraphraser_encoder), ft.paraphraser_decoder)
+    want_init = float(((rec - t) ** 2).mean())
+    got_init = ft.init_loss(inputs)["ft_init"].item()
+    fs, ftt = stack(s, ft.translator), stack(t, ft.paraphraser_encoder)
+    fs = fs.reshape(2, 32, 2, 4, 2, 4).mean((3, 5))  # the larger map pooled to 2x2 by block means
+
+    def factor(f):
+        a = (f ** 2).mean(1).flatten(1)
+        return a / a.norm(dim=1, keepdim=True)
+
+    want = 200.0 * float((factor(fs) - factor(ftt)).abs().mean())
+    got = ft(inputs)["ft"].item()
+    torch.set_grad_enabled(True)
+    for g_, w_ in ((got_init, want_init), (got, want)):
+        assert abs(g_ - w_) < 1e-5 * max(1.0, abs(w_))
+        record("ft", abs(g_ - w_))
+
+
+def test_init_stage_trains_only_the_initialising_terms_losses():
+    features = build_feature_terms(loss_of(ft={"init_epochs": 2}, crd={}, hint={"weight": 1.0, "init_epochs": 1}),
+                                   CONTEXT)
+    inputs = crd_inputs()
+    for epoch, names in ((1, {"ft_init", "hint_init"}), (2, {"ft_init"}), (3, {"ft", "crd", "hint"})):
+        assert features.initialising(epoch) == (epoch < 3)
+        assert set(features(TermInputs(**{**inputs.__dict__, "epoch": epoch}))) == names
+
+
+@pytest.mark.parametrize("override, message", [
+    ("loss.terms.at.init_epochs=3", "the at term has no initialisation stage; terms with one: ab, fsp, ft, hint"),
+    ("loss.terms.ft.init_epochs=2", "loss.terms.ft.init_epochs=2 leaves no epoch of the main training (epochs=2)"),
+    ("loss.terms.crd.nce_m=1.5", "loss.terms.crd.nce_m=1.5"),
+    ("loss.terms.fsp.student_stages=[0] loss.terms.fsp.init_epochs=1", "loss.terms.fsp.student_stages=[0] and loss.terms.fsp.teacher_stages=None"),
+])
+def test_wrong_use_is_refused_with_a_message(kdrun, override, message):
+    proc = kdrun("dataset=digits", "teacher=resnet8", "student=cnn_student", "epochs=2", "trainer.progress=false",
+                 *override.split(), check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and message in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize("strategy", ["online", "self"])
+def test_a_feature_term_on_a_strategy_without_features_is_refused(kdrun, strategy):
+    proc = kdrun("dataset=digits", "student=cnn_student", "epochs=1", f"strategy={strategy}", "loss=crd", check=False)
+    assert proc.returncode == 2 and "loss.terms.crd is a feature term" in proc.stdout + proc.stderr
