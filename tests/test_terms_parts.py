@@ -11,12 +11,18 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from kdrun.data import BatchAugment, load_dataset
+from conftest import only_run_dir, read_jsonl
 from kdrun.errors import ConfigError
 from kdrun.methods.terms.base import TermInputs
-from kdrun.methods.terms.compose import build_feature_terms
+from kdrun.methods.terms.compose import build_feature_terms, build_logit_terms
 from kdrun.methods.terms.feature.crd import crd_loss
 from kdrun.methods.terms.feature.ofd import margin_from_bn
 from kdrun.methods.terms.feature.stages import FeatureContext, StageOutputs
+from kdrun.models import build_model
+from kdrun.runtime import Runtime, seed_everything
+from kdrun.strategies.kd import KD
+from kdrun.trainer import Trainer, TrainerConfig
 
 CONTEXT = FeatureContext("cnn_student", "resnet8", (1, 8, 10), train_size=40)
 
@@ -310,3 +316,130 @@ def test_wrong_use_is_refused_with_a_message(kdrun, override, message):
 def test_a_feature_term_on_a_strategy_without_features_is_refused(kdrun, strategy):
     proc = kdrun("dataset=digits", "student=cnn_student", "epochs=1", f"strategy={strategy}", "loss=crd", check=False)
     assert proc.returncode == 2 and "loss.terms.crd is a feature term" in proc.stdout + proc.stderr
+
+
+# ---- trainable parts: optimised, in last.pt, resumed bit-identically inside either stage, never in the student
+
+
+class Crashing(KD):
+    """strategy=kd that raises at chosen (epoch, step) positions, 1-based, as a kill would."""
+
+    def __init__(self, *args, crash=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.crash, self.seen = set(crash), {}
+
+    def step(self, batch):
+        self.seen[batch.epoch] = self.seen.get(batch.epoch, 0) + 1
+        if (batch.epoch, self.seen[batch.epoch]) in self.crash:
+            raise RuntimeError("killed")
+        return super().step(batch)
+
+
+ALL_PARTS = {"crd": {}, "reviewkd": {"warmup_epochs": 1}, "ofd": {}, "ab": {"weight": 1.0, "init_epochs": 1, "student_stages": [0, 1],
+             "teacher_stages": [1, 2]}, "ft": {"init_epochs": 1}, "ce": {"weight": 1.0}}
+
+
+def parts_strategy(data, crash=()):
+    seed_everything(0)
+    teacher = build_model("resnet8", 1, 8, 10)
+    student = build_model("cnn_student", 1, 8, 10)
+    cfg = loss_of(**ALL_PARTS)
+    features = build_feature_terms(cfg, FeatureContext("cnn_student", "resnet8", (1, 8, 10), len(data.train_y)))
+    return Crashing(student, teacher, build_logit_terms(cfg), features=features.tap(student, teacher), crash=crash)
+
+
+def fit(strategy, data, run_dir, every_steps=None, resume=False):
+    trainer = Trainer(TrainerConfig(epochs=2, batch_size=16, eval_batch_size=256, data_seed=3, progress=False,
+                                    every_steps=every_steps), ADAMW, Runtime(torch.device("cpu"), "fp32"))
+    return trainer.fit(strategy, data, BatchAugment(1, True, data.mean, data.std), run_dir, resume=resume)
+
+
+ADAMW = OmegaConf.create({"name": "adamw", "lr": 3e-3, "betas": [0.9, 0.999], "weight_decay": 1e-4,
+                          "schedule": "cosine", "warmup_epochs": 0, "milestones": [], "gamma": 0.1})
+
+
+def features_state(last):
+    payload = torch.load(last, weights_only=True)
+    return payload["train"]["strategy"]["features"], payload["state_dict"], payload["train"]["epoch"]
+
+
+def test_parts_train_checkpoint_and_resume_inside_either_stage_bit_identically(tmp_path):
+    data = load_dataset({"name": "digits", "limit_train": 200, "limit_test": 100})
+    parts_strategy(data)  # fills the stage-shape caches, whose first fill draws from the RNG
+    initial = {k: v.clone() for k, v in parts_strategy(data).features.state_dict().items()}
+    reference = fit(parts_strategy(data), data, tmp_path / "ref")
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="killed"):  # killed inside the init stage (ft's paraphraser)
+        fit(parts_strategy(data, crash=[(1, 7)]), data, run, every_steps=4)
+    init_state, student_state, epoch = features_state(run / "checkpoints" / "last.pt")
+    assert epoch == 1
+    changed = {k for k in initial if not torch.equal(initial[k], init_state[k])}
+    assert any(k.startswith("terms.4.paraphraser") for k in changed)  # ft's paraphraser trains in its stage ...
+    assert not [k for k in changed if k.startswith(("terms.0.embed", "terms.4.translator", "terms.1.",
+                                                    "terms.2.connectors"))]  # ... alone: crd, reviewkd, ofd and ft's translator wait for the main stage
+    with pytest.raises(RuntimeError, match="killed"):  # resumed, then killed inside the main stage
+        fit(parts_strategy(data, crash=[(2, 7)]), data, run, every_steps=4, resume=True)
+    main_state, _, epoch = features_state(run / "checkpoints" / "last.pt")
+    assert epoch == 2
+    resumed = fit(parts_strategy(data), data, run, every_steps=4, resume=True)
+    strip = lambda d: {k: v for k, v in d.items() if k not in {"seconds", "images_per_s", "wall_time_s"}}  # noqa: E731
+    assert strip(reference) == strip(resumed)
+    ref_state, ref_student, _ = features_state(tmp_path / "ref" / "checkpoints" / "last.pt")
+    final_state, final_student, _ = features_state(run / "checkpoints" / "last.pt")
+    for key in ref_state:  # every part, the memory bank included, as the uninterrupted run's
+        assert torch.equal(ref_state[key], final_state[key]), key
+    for key in ref_student:
+        assert torch.equal(ref_student[key], final_student[key]), key
+    # the main stage trained every part; the paraphraser stayed frozen after its stage
+    for prefix in ("terms.0.embed_s", "terms.0.memory_s", "terms.1.abfs", "terms.2.connectors", "terms.3.connectors",
+                   "terms.4.translator"):
+        assert any(not torch.equal(main_state[k], final_state[k]) for k in final_state if k.startswith(prefix)), prefix
+    assert all(torch.equal(main_state[k], final_state[k]) for k in final_state if k.startswith("terms.4.paraphraser"))
+    assert final_state["terms.0.memory_s"].shape == (200, 128) and final_state["terms.0.z"].min() > 0
+    assert not any(k.startswith(("terms", "embed", "memory", "abfs", "paraphraser")) for k in final_student)
+
+
+# ---- from the command line: one run per term on digits with a zoo pair, and named layers of a torchvision model
+
+ZOO = ["dataset=digits", "dataset.limit_train=320", "dataset.limit_test=100", "teacher=resnet8", "teacher.epochs=1",
+       "student=cnn_student", "trainer.progress=false"]
+
+
+@pytest.mark.slow  # a teacher and a student per run: ~30 s each on a shared CPU
+@pytest.mark.parametrize("keys, epochs, staged", [
+    (["loss=crd", "loss.terms.reviewkd.weight=1", "loss.terms.ofd.weight=0.001"], 1, ()),
+    (["loss=ft", "loss.terms.ft.init_epochs=1", "loss.terms.ab.init_epochs=1", "loss.terms.fsp.init_epochs=1",
+      "loss.terms.fsp.student_stages=[0,1]", "loss.terms.fsp.teacher_stages=[0,1]"], 2, ("ft", "ab", "fsp")),
+    (["loss=kd", "loss.terms.hint.init_epochs=1", "loss.terms.hint.weight=0"], 2, ("hint",)),  # hint stage, then kd
+])
+def test_the_terms_train_from_the_command_line(kdrun, tmp_path, keys, epochs, staged):
+    kdrun(*ZOO, f"epochs={epochs}", *keys)
+    run_dir = only_run_dir(tmp_path)
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    losses = [{k for k in r if k.startswith("loss_")} for r in records]
+    if staged:  # the init epoch trains the init losses alone; then the main stage's terms
+        assert losses[0] == {f"loss_{name}_init" for name in staged}
+        assert {"loss_ce", "loss_ft" if "ft" in staged else "loss_kd"} <= losses[1]
+        assert not any(k.endswith("_init") for k in losses[1])
+    else:
+        assert all(records[0][f"loss_{name}"] > 0 for name in ("crd", "reviewkd", "ofd"))
+    payload = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert not any(k.startswith("terms.") for k in payload["state_dict"])  # the student alone
+    best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    assert best["state_dict"].keys() == payload["state_dict"].keys()
+    features = payload["train"]["strategy"]["features"]  # the parts, kept for resume
+    assert staged == ("hint",) or any(k.endswith(("memory_s", "paraphraser_encoder.0.weight")) for k in features)
+
+
+@pytest.mark.slow  # a torchvision student: ~30 s on a shared CPU
+def test_the_terms_read_named_layers_of_a_torchvision_model(kdrun, tmp_path):
+    small = ["dataset=synthetic", "dataset.image_size=32", "dataset.num_classes=3", "dataset.train_size=32",
+             "dataset.test_size=16", "dataset.augment.crop_padding=0", "epochs=1", "batch_size=16",
+             "trainer.progress=false", "device=cpu"]
+    kdrun(*small, "teacher=resnet8", "teacher.epochs=1", "student=torchvision", "student.arch=mobilenet_v3_small",
+          "loss=crd", "loss.terms.crd.student_layer=features.12",
+          "loss.terms.reviewkd.student_layers=[features.3,features.8]",
+          "loss.terms.reviewkd.teacher_layers=[stages.1,stages.2]",
+          "loss.terms.ofd.student_layers=[features.8]", "loss.terms.ofd.teacher_layers=[stages.2]")
+    record = read_jsonl(only_run_dir(tmp_path) / "metrics.jsonl")[0]
+    assert all(record[f"loss_{name}"] > 0 for name in ("crd", "reviewkd", "ofd"))
