@@ -16,6 +16,7 @@ from conftest import only_run_dir, read_jsonl
 from kdrun.errors import ConfigError
 from kdrun.methods.terms.base import TermInputs
 from kdrun.methods.terms.compose import build_feature_terms, build_logit_terms
+from kdrun.methods.terms.feature import crd as crd_module
 from kdrun.methods.terms.feature.crd import crd_loss
 from kdrun.methods.terms.feature.ofd import margin_from_bn
 from kdrun.methods.terms.feature.stages import FeatureContext, StageOutputs
@@ -76,7 +77,8 @@ def crd_inputs(b=4, index=None, seed=0):
     s = [torch.randn(b, 16, 8, 8, generator=g), torch.randn(b, 32, 8, 8, generator=g)]
     t = [torch.randn(b, c, hw, hw, generator=g) for c, hw in ((16, 8), (32, 4), (64, 2))]
     index = torch.arange(b) if index is None else index
-    return TermInputs(torch.randn(b, 10, generator=g), torch.randn(b, 10, generator=g), torch.zeros(b, dtype=torch.long),
+    return TermInputs(torch.randn(b, 10, generator=g), torch.randn(b, 10, generator=g),
+                      torch.zeros(b, dtype=torch.long),
                       1, index, StageOutputs(s, {}), StageOutputs(t, {}))
 
 
@@ -103,6 +105,35 @@ def test_crd_term_scores_the_pooled_embeddings_updates_its_bank_and_refuses_with
     assert torch.equal(crd.memory_s[4:], before[4:])
     with pytest.raises(ConfigError, match="crd needs each sample's position"):
         term("crd", context=FeatureContext("cnn_student", "resnet8", (1, 8, 10)))
+    # the normaliser of each side, fixed from the first batch: mean score times the training set's size
+    torch.manual_seed(1)
+    fresh = term("crd")
+    fresh.memory_s.copy_(before), fresh.memory_t.copy_(before_t)
+    fresh.embed_s.load_state_dict(crd.embed_s.state_dict()), fresh.embed_t.load_state_dict(crd.embed_t.state_dict())
+    torch.manual_seed(1)
+    fresh(inputs)
+    v_s, v_t = v_s.detach(), v_t.detach()
+    want_z = [float(sum(math.exp(float(mem[j] @ v[i]) / 0.07) for i in range(4) for j in idx[i]) / idx.numel() * 40)
+              for mem, v in ((before_t, v_s), (before, v_t))]
+    assert fresh.z.tolist() == pytest.approx(want_z, rel=1e-5)
+
+
+def test_crd_refuses_several_processes(monkeypatch):
+    monkeypatch.setattr(crd_module, "current_world", lambda: type("World", (), {"distributed": True})())
+    with pytest.raises(ConfigError, match="crd keeps its memory bank in one process"):
+        term("crd")
+
+
+def test_ofd_margins_come_from_the_trained_teachers_batchnorm():
+    torch.manual_seed(0)
+    ofd = term("ofd", context=FeatureContext("resnet8", "resnet8", (1, 8, 10)))
+    teacher = randomise(build_model("resnet8", 1, 8, 10), 9)
+    ofd.bind(build_model("resnet8", 1, 8, 10), teacher)
+    for i in range(3):
+        bn = teacher.stages[i][-1].bn2  # the BatchNorm before the last block's ReLU, as mdistiller's
+        assert torch.equal(getattr(ofd, f"margin{i}"), margin_from_bn(bn.weight.detach(), bn.bias.detach()))
+    with pytest.raises(ConfigError, match="has no BatchNorm2d"):
+        term("ofd", context=FeatureContext("cnn_student", "cnn_teacher", (1, 8, 10)))
 
 
 def direct_bn(x, bn):
@@ -303,7 +334,8 @@ def test_init_stage_trains_only_the_initialising_terms_losses():
     ("loss.terms.at.init_epochs=3", "the at term has no initialisation stage; terms with one: ab, fsp, ft, hint"),
     ("loss.terms.ft.init_epochs=2", "loss.terms.ft.init_epochs=2 leaves no epoch of the main training (epochs=2)"),
     ("loss.terms.crd.nce_m=1.5", "loss.terms.crd.nce_m=1.5"),
-    ("loss.terms.fsp.student_stages=[0] loss.terms.fsp.init_epochs=1", "loss.terms.fsp.student_stages=[0] and loss.terms.fsp.teacher_stages=None"),
+    ("loss.terms.fsp.student_stages=[0] loss.terms.fsp.init_epochs=1",
+     "loss.terms.fsp.student_stages=[0] and loss.terms.fsp.teacher_stages=None"),
 ])
 def test_wrong_use_is_refused_with_a_message(kdrun, override, message):
     proc = kdrun("dataset=digits", "teacher=resnet8", "student=cnn_student", "epochs=2", "trainer.progress=false",
@@ -335,8 +367,9 @@ class Crashing(KD):
         return super().step(batch)
 
 
-ALL_PARTS = {"crd": {}, "reviewkd": {"warmup_epochs": 1}, "ofd": {}, "ab": {"weight": 1.0, "init_epochs": 1, "student_stages": [0, 1],
-             "teacher_stages": [1, 2]}, "ft": {"init_epochs": 1}, "ce": {"weight": 1.0}}
+ALL_PARTS = {"crd": {}, "reviewkd": {"warmup_epochs": 1}, "ofd": {},
+             "ab": {"weight": 1.0, "init_epochs": 1, "student_stages": [0, 1], "teacher_stages": [1, 2]},
+             "ft": {"init_epochs": 1}, "ce": {"weight": 1.0}}
 
 
 def parts_strategy(data, crash=()):
@@ -376,7 +409,8 @@ def test_parts_train_checkpoint_and_resume_inside_either_stage_bit_identically(t
     changed = {k for k in initial if not torch.equal(initial[k], init_state[k])}
     assert any(k.startswith("terms.4.paraphraser") for k in changed)  # ft's paraphraser trains in its stage ...
     assert not [k for k in changed if k.startswith(("terms.0.embed", "terms.4.translator", "terms.1.",
-                                                    "terms.2.connectors"))]  # ... alone: crd, reviewkd, ofd and ft's translator wait for the main stage
+                                                    "terms.2.connectors"))]
+    # ... alone: crd, reviewkd, ofd and ft's translator wait for the main stage
     with pytest.raises(RuntimeError, match="killed"):  # resumed, then killed inside the main stage
         fit(parts_strategy(data, crash=[(2, 7)]), data, run, every_steps=4, resume=True)
     main_state, _, epoch = features_state(run / "checkpoints" / "last.pt")

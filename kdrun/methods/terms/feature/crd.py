@@ -13,7 +13,8 @@ first batch (mean score times the training set size); each side's NCE loss is
 
 RepDistiller's row: -r 1 -a 0 -b 0.8, feat_dim 128, nce_k 16384, nce_t 0.07, nce_m 0.5. Differences on
 purpose: `nce_k` is capped at the training set's size (digits has far fewer than 16384 samples); the scores
-are computed in float32 even under mixed precision (exp(1/0.07) overflows float16).
+are computed in float32 even under mixed precision (exp(1/0.07) overflows float16). Several processes are
+refused: each would update only its own shard's rows (the banks are not synchronised).
 The bank lives in the term (buffers): last.pt keeps it for resume; the student never carries it.
 """
 
@@ -26,10 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdrun.distributed import current_world
 from kdrun.errors import ConfigError
 from kdrun.keys import key
 from kdrun.methods.terms.base import FeatureTerm, TermInputs, register_term
-from kdrun.methods.terms.feature.stages import FeatureContext, Shape
+from kdrun.methods.terms.feature.stages import FeatureContext, Shape, pair_layer_names
 
 EPS = 1e-7  # the reference's, inside the NCE ratios
 
@@ -105,13 +107,16 @@ class CRD(FeatureTerm):
             raise ConfigError("loss.terms.crd needs each sample's position in the training split (its memory bank "
                               "is indexed by it), which this run's data does not give; use strategy=kd on a "
                               "dataset held in memory (digits, fashion_mnist, cifar*, image folders)")
+        if current_world().distributed:  # each process would update only its shard's rows of its own bank
+            raise ConfigError("loss.terms.crd keeps its memory bank in one process; with several processes "
+                              "(device.processes>1 or torchrun) the banks would drift apart; run it in one process")
         refs, shapes = zip(*(context.pick(side, cls.name, getattr(config, f"{side}_stage"),
                                           getattr(config, f"{side}_layer"), f"{side}_stage")
                              for side in ("student", "teacher")))
         return cls(config, refs, shapes, context.train_size)
 
     def layer_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        return tuple(r for r in self.refs[:1] if isinstance(r, str)), tuple(r for r in self.refs[1:] if isinstance(r, str))
+        return pair_layer_names((((self.refs[0], None), (self.refs[1], None)),))
 
     def forward(self, inputs: TermInputs) -> dict[str, Tensor]:
         if inputs.index is None:

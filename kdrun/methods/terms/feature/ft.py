@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from kdrun.errors import ConfigError
 from kdrun.keys import key
 from kdrun.methods.terms.base import FeatureTerm, TermInputs, register_term
-from kdrun.methods.terms.feature.stages import FeatureContext, describe, match_spatial
+from kdrun.methods.terms.feature.stages import FeatureContext, describe, match_spatial, pair_layer_names
 
 
 def conv_stack(channels: list[int], transposed: bool = False, bn: bool = False) -> nn.Sequential:
@@ -83,7 +83,7 @@ class FactorTransfer(FeatureTerm):
         return cls(config, (picked[0][0], picked[1][0]), picked[0][1][0], picked[1][1][0])
 
     def layer_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        return tuple(r for r in self.refs[:1] if isinstance(r, str)), tuple(r for r in self.refs[1:] if isinstance(r, str))
+        return pair_layer_names((((self.refs[0], None), (self.refs[1], None)),))
 
     def init_loss(self, inputs: TermInputs) -> dict[str, Tensor]:
         t = inputs.teacher_features[self.refs[1]]

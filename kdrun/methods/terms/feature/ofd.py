@@ -18,7 +18,8 @@ On such a post-ReLU teacher output t >= 0, so the margin's first case never fire
 L2 of the paper's "t = 0" region: (s - t)^2 where t > 0, plus s^2 where s > 0 = t. Named layers reach pre-ReLU
 tensors where a model has them as modules (a block's last BatchNorm, e.g. teacher_layers=[stages.2.0.bn2]).
 The margin comes from the last BatchNorm2d inside the teacher's stage (or named layer) with the stage's channel
-count, mdistiller's get_bn_before_relu for CIFAR ResNets; a teacher stage without one is refused.
+count outside a shortcut/downsample projection (mdistiller's get_bn_before_relu for CIFAR ResNets); a teacher
+stage without one is refused.
 """
 
 from __future__ import annotations
@@ -53,10 +54,14 @@ def ofd_distance(s: Tensor, t: Tensor, margin: Tensor) -> Tensor:
     return loss.mean(dim=0).sum()
 
 
+SHORTCUTS = ("shortcut", "downsample")  # our zoo's and torchvision's names for a residual's projection
+
+
 def bn_before(model: nn.Module, ref: Ref, channels: int) -> nn.BatchNorm2d | None:
     module = stage_module(model, ref)
-    norms = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d) and m.num_features == channels] \
-        if module is not None else []
+    # the residual branch's last BatchNorm (bn2 of a CIFAR ResNet's last block), not the shortcut's
+    norms = [m for name, m in module.named_modules() if isinstance(m, nn.BatchNorm2d) and m.num_features == channels
+             and not any(part in name for part in SHORTCUTS)] if module is not None else []
     return norms[-1] if norms else None
 
 
