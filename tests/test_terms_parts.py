@@ -334,6 +334,7 @@ def test_init_stage_trains_only_the_initialising_terms_losses():
     ("loss.terms.at.init_epochs=3", "the at term has no initialisation stage; terms with one: ab, fsp, ft, hint"),
     ("loss.terms.ft.init_epochs=2", "loss.terms.ft.init_epochs=2 leaves no epoch of the main training (epochs=2)"),
     ("loss.terms.crd.nce_m=1.5", "loss.terms.crd.nce_m=1.5"),
+    ("loss=fsp loss.terms.fsp.init_epochs=0", "loss.terms.fsp has weight 0 and init_epochs 0"),
     ("loss.terms.fsp.student_stages=[0] loss.terms.fsp.init_epochs=1",
      "loss.terms.fsp.student_stages=[0] and loss.terms.fsp.teacher_stages=None"),
 ])

@@ -110,6 +110,9 @@ class FeatureTerm(Term):
             raise ConfigError(f"loss.terms.{cls.name}.init_epochs={init} leaves no epoch of the main training "
                               f"(epochs={epochs}); the init stage is the first init_epochs of the run's epochs: "
                               f"raise epochs or lower init_epochs")
+        if cls.has_init_stage and init == 0 and config.weight == 0:
+            raise ConfigError(f"loss.terms.{cls.name} has weight 0 and init_epochs 0, so it never trains anything; "
+                              f"set loss.terms.{cls.name}.init_epochs (its initialisation stage) or a weight")
 
     def init_epochs(self) -> int:
         return int(getattr(self.config, "init_epochs", 0) or 0) if self.has_init_stage else 0
