@@ -29,7 +29,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from kdrun.deploy.prune import KINDS as PRUNE_KINDS
 from kdrun.errors import ConfigError
 from kdrun.keys import key
-from kdrun.methods.terms.catalog import TERMS, term_class, term_fields
+from kdrun.methods.terms.catalog import TERMS, refuse_stage_key, term_class, term_fields
 from kdrun.models import MODEL_NAMES
 from kdrun.models.external import check_name
 
@@ -346,6 +346,8 @@ def _check_terms(node, dotted: str) -> None:
         cls = term_class(name)
         if keys is not None and not isinstance(keys, dict):
             raise ConfigError(f"{dotted}.{name} is a group of keys ({', '.join(term_fields(cls))}), got {keys!r}")
+        for key_name in keys or {}:
+            refuse_stage_key(name, key_name)
         _check_node(keys or {}, cls.Config, f"{dotted}.{name}.", None)
 
 
@@ -443,6 +445,8 @@ def _check_term_key(parts: list[str], dotted: str) -> None:
     if not parts:
         return
     cls = term_class(parts[0])
+    if len(parts) > 1:
+        refuse_stage_key(parts[0], parts[1])
     if len(parts) > 1 and parts[1] not in term_fields(cls):
         raise ConfigError(unknown_key_message(f"{dotted}.{parts[0]}.{parts[1]}", list(term_fields(cls))))
 

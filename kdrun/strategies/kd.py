@@ -21,8 +21,10 @@ from kdrun.teachers import Teacher, freeze, resolve_teacher
 
 
 def feature_context(cfg: DictConfig, data, teacher_arch: str | None = None) -> FeatureContext:
+    train_y = getattr(data, "train_y", None)  # every batch carries its samples' positions in it
     return FeatureContext(arch_of(cfg.student), teacher_arch or arch_of(cfg.teacher),
-                          (data.in_channels, data.image_size, data.num_classes))
+                          (data.in_channels, data.image_size, data.num_classes),
+                          None if train_y is None else len(train_y))
 
 
 @register
@@ -93,7 +95,9 @@ class KD(Strategy):
         with torch.no_grad():
             teacher_stages, teacher_logits = self.teacher.forward_features(batch.x)
         stages, logits = self.student.forward_features(batch.x)
-        losses = self.terms(logits, teacher_logits, batch.y, batch.epoch, batch.index)
+        # A term's initialisation stage trains its init loss alone: no logit term, no other feature term.
+        losses = {} if self.features.initialising(batch.epoch) else \
+            self.terms(logits, teacher_logits, batch.y, batch.epoch, batch.index)
         losses.update(self.features(TermInputs(logits, teacher_logits, batch.y, batch.epoch, batch.index,
                                                self.features.outputs(stages, 0),
                                                self.features.outputs(teacher_stages, 1))))

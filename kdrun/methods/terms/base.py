@@ -96,6 +96,35 @@ class FeatureTerm(Term):
         """Layers by module name this term reads besides the models' own stages: (student's, teacher's)."""
         return (), ()
 
+    # Terms with an initialisation stage (RepDistiller's "init" epochs: FSP, AB, FT) declare an `init_epochs`
+    # key: the run's first init_epochs epochs minimise only `init_loss` of the terms still initialising (what
+    # it reaches trains: the term's parts and the student layers below the stages it reads), then every term
+    # trains as usual. The stage follows from the epoch, which last.pt keeps, so a resume lands in it.
+    has_init_stage: ClassVar[bool] = False
+
+    @classmethod
+    def validate(cls, config, cfg) -> None:
+        epochs = cfg.get("epochs")
+        init = getattr(config, "init_epochs", 0) or 0
+        if cls.has_init_stage and epochs is not None and init >= epochs:
+            raise ConfigError(f"loss.terms.{cls.name}.init_epochs={init} leaves no epoch of the main training "
+                              f"(epochs={epochs}); the init stage is the first init_epochs of the run's epochs: "
+                              f"raise epochs or lower init_epochs")
+        if cls.has_init_stage and init == 0 and config.weight == 0:
+            raise ConfigError(f"loss.terms.{cls.name} has weight 0 and init_epochs 0, so it never trains anything; "
+                              f"set loss.terms.{cls.name}.init_epochs (its initialisation stage) or a weight")
+
+    def init_epochs(self) -> int:
+        return int(getattr(self.config, "init_epochs", 0) or 0) if self.has_init_stage else 0
+
+    def init_loss(self, inputs: TermInputs) -> dict[str, Tensor]:
+        """The initialisation stage's losses (unweighted, as the reference's init loop), by name."""
+        raise NotImplementedError
+
+    def bind(self, student: nn.Module, teacher: nn.Module) -> None:
+        """Read what the term needs from the models themselves once they exist (OFD's margins come from the
+        trained teacher's BatchNorm)."""
+
 
 TERMS: dict[str, type[Term]] = {}
 

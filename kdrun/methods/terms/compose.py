@@ -122,6 +122,8 @@ class FeatureTerms(nn.Module):
         self.taps: tuple[LayerTap, LayerTap] | None = None
 
     def tap(self, student: nn.Module, teacher: nn.Module) -> "FeatureTerms":
+        for term in self.terms:
+            term.bind(student, teacher)
         student_names = dict.fromkeys(n for term in self.terms for n in term.layer_names()[0])
         teacher_names = dict.fromkeys(n for term in self.terms for n in term.layer_names()[1])
         if student_names or teacher_names:
@@ -132,10 +134,18 @@ class FeatureTerms(nn.Module):
     def outputs(self, stages: list[Tensor], side: int) -> StageOutputs:
         return StageOutputs(stages, self.taps[side].captured() if self.taps is not None else {})
 
+    def initialising(self, epoch: int) -> bool:
+        """Whether `epoch` belongs to some term's initialisation stage (then only init losses train)."""
+        return any(epoch <= term.init_epochs() for term in self.terms)
+
     def forward(self, inputs: TermInputs) -> dict[str, Tensor]:
         losses: dict[str, Tensor] = {}
+        initialising = self.initialising(inputs.epoch)
         for term in self.terms:
-            losses.update(term(inputs))
+            if not initialising:
+                losses.update(term(inputs))
+            elif inputs.epoch <= term.init_epochs():
+                losses.update(term.init_loss(inputs))
         return losses
 
 

@@ -3,6 +3,10 @@
 RepDistiller's and mdistiller's FitNets row: weight 100 on CIFAR's middle stage (their HINT_LAYER 2 is
 our stage 1), a 1x1-conv + BatchNorm regressor (ConvReg). Stages of different height and width are
 matched by average-pooling the larger map to the smaller size.
+
+`init_epochs` > 0 gives FitNets' own two stages (Romero et al.'s "hint-based training", then KD): the run's
+first init_epochs epochs train the regressor and the student's layers below the hint on the hint loss alone,
+e.g. `loss=kd loss.terms.hint.init_epochs=5 loss.terms.hint.weight=0` for "hint stage, then kd".
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ def regressor(in_shape: Shape, out_shape: Shape) -> nn.Module:
 @register_term
 class Hint(FeatureTerm):
     name = "hint"
+    has_init_stage = True
 
     @dataclass
     class Config:
@@ -44,6 +49,7 @@ class Hint(FeatureTerm):
         teacher_stage: int = key(default=1)
         student_layer: str | None = key(doc="a layer by module path instead of a stage, e.g. layer2")
         teacher_layer: str | None = key()
+        init_epochs: int = key(default=0, low=0, doc="the first epochs train on the hint alone (FitNets stage 1)")
 
     def __init__(self, config, refs, shapes):
         super().__init__(config)
@@ -67,6 +73,12 @@ class Hint(FeatureTerm):
     def layer_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return tuple(r for r in self.refs[:1] if isinstance(r, str)), tuple(r for r in self.refs[1:] if isinstance(r, str))
 
-    def forward(self, inputs: TermInputs) -> dict[str, Tensor]:
+    def loss(self, inputs: TermInputs) -> Tensor:
         s, t = self.refs
-        return self.weighted(hint_loss(self.regressor(inputs.features[s]), inputs.teacher_features[t]))
+        return hint_loss(self.regressor(inputs.features[s]), inputs.teacher_features[t])
+
+    def init_loss(self, inputs: TermInputs) -> dict[str, Tensor]:
+        return {f"{self.name}_init": self.loss(inputs)}
+
+    def forward(self, inputs: TermInputs) -> dict[str, Tensor]:
+        return self.weighted(self.loss(inputs))
