@@ -130,3 +130,28 @@ def test_a_kdrun_process_does_not_import_torchvision():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
+
+
+def test_gpu_check_without_a_gpu_says_so_in_one_line(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: gpu_check.sh runs for real")
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, str(PEER.parent / "gpu_check.py"), "--out", str(out)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("gpu_check: no CUDA device visible to torch") and len(proc.stderr.splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_gpu_check_cpu_safe_parts_run_and_write_their_json(tmp_path):
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, str(PEER.parent / "gpu_check.py"), "--device", "cpu", "--tiny", "--out",
+                           str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    cells = result["steps"]["kd_matrix"]
+    assert [(c["precision"], c["channels_last"]) for c in cells] == [("fp32", False), ("fp32", True)]
+    assert all(c["rc"] == 0 and c["epoch_s"] > 0 and c["images_per_s"] > 0 for c in cells)
+    assert result["steps"]["torchrun"]["rc"] == 0 and result["steps"]["torchrun"]["world_size"] == 1
+    assert not list(tmp_path.glob("outputs"))

@@ -238,6 +238,7 @@ def test_compile_is_in_place_so_checkpoints_do_not_change(tmp_path):
     assert torch.allclose(compiled(x.contiguous(memory_format=torch.channels_last)), eager(x), atol=1e-4)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_on_a_gpu_steps_between_an_epochs_ends_copy_nothing_between_host_and_device(tmp_path):
     cfg = compose_cfg(tmp_path, "device=cuda", "dataset.train_size=330", "batch_size=32")  # 10 steps an epoch
