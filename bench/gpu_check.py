@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         if args.device == "cuda":
             steps["cuda_tests"] = run_step([PY, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider"], 60)
-        steps["kd_matrix"] = kd_matrix(args.device, args.tiny, work / "matrix", 60 if args.tiny else 170)
+        steps["kd_matrix"] = kd_matrix(args.device, args.tiny, work / "matrix", 400 if args.tiny else 170)
         if args.device == "cuda":
             bench_json = work / "bench.json"
             steps["bench"] = run_step([PY, "bench/bench.py", "--out", str(bench_json)], 110)
@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"machine": info, "steps": steps, "wall_s": round(time.perf_counter() - started, 1)}
     atomic_write_json(args.out, result)
     failed = [name for name, step in steps.items() if isinstance(step, dict) and step.get("rc") != 0]
-    failed += [f"kd_matrix {c['precision']}" for c in steps["kd_matrix"] if c.get("rc") not in (0, None)]
+    failed += [f"kd_matrix {c['precision']}{' channels_last' if c['channels_last'] else ''}"
+               f"{' compile' if c['compile'] else ''}" for c in steps["kd_matrix"] if c.get("rc") != 0]
     print(f"gpu_check: {len(steps)} steps in {result['wall_s']:.0f} s on {info['device']}; wrote {args.out}"
           + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0

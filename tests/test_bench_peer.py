@@ -147,11 +147,11 @@ def test_gpu_check_without_a_gpu_says_so_in_one_line(tmp_path):
 def test_gpu_check_cpu_safe_parts_run_and_write_their_json(tmp_path):
     out = tmp_path / "gpu.json"
     proc = subprocess.run([sys.executable, str(PEER.parent / "gpu_check.py"), "--device", "cpu", "--tiny", "--out",
-                           str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+                           str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(out.read_text())
     cells = result["steps"]["kd_matrix"]
     assert [(c["precision"], c["channels_last"]) for c in cells] == [("fp32", False), ("fp32", True)]
-    assert all(c["rc"] == 0 and c["epoch_s"] > 0 and c["images_per_s"] > 0 for c in cells)
+    assert all(c["rc"] == 0 and c["epoch_s"] > 0 and c["images_per_s"] > 0 for c in cells), cells
     assert result["steps"]["torchrun"]["rc"] == 0 and result["steps"]["torchrun"]["world_size"] == 1
     assert not list(tmp_path.glob("outputs"))
