@@ -102,6 +102,7 @@ def test_bench_peer_kdrun_side_runs_the_job_in_tiny_mode(fashion, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(out.read_text())
     assert result["settings_name"] == "tiny" and result["job"]["train_images"] == 256
+    assert result["job"]["reps_done"] == result["job"]["reps"] == 1
     (sweep,) = result["kdrun_sweep"]["runs"]
     assert len(sweep["test_acc"]) == 2  # one finished job per temperature
     assert all(0 <= a <= 100 for a in sweep["test_acc"]) and sweep["wall_s"] > 0

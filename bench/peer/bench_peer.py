@@ -212,28 +212,35 @@ def main(argv: list[str] | None = None) -> int:
                     console.print(f"  rep {rep + 1} {tool} {kind}: {run['wall_s']:.1f} s, "
                                   f"test acc {', '.join(f'{a:.1f}' for a in run['test_acc'])}, "
                                   f"load {run['load_before']} -> {run['load_after']}")
+            # Each finished repetition is written: a bench stopped early keeps what it measured.
+            atomic_write_json(args.out, results(args, machine, runs, teacher_acc, rep + 1, started))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    result = results(args, machine, runs, teacher_acc, args.reps, started)
+    print_table(result)
+    atomic_write_json(args.out, result)
+    console.print(f"wrote {args.out}")
+    return 0
+
+
+def results(args: argparse.Namespace, machine: dict, runs: dict, teacher_acc: float, reps_done: int,
+            started: float) -> dict:
     result = {
         "settings_name": "tiny" if args.tiny else "full",
         "job": {"teacher": "resnet56", "student": "resnet20", "batch_size": 128, "lr": 0.1, "schedule": "constant",
                 "epochs": 1, "temperatures": args.temperatures, "train_images": args.train_size,
                 "test_images": args.test_size, "dataset": "Fashion-MNIST in CIFAR-10's layout (32x32x3)",
                 "teacher_epochs": args.teacher_epochs, "teacher_test_acc": teacher_acc, "reps": args.reps,
-                "torchdistill_dataloader_workers": 2},
-        "machine": machine,
+                "reps_done": reps_done, "torchdistill_dataloader_workers": 2},
+        "machine": {**machine, "load_avg_end": load_avg()},
         **{name: summary(r) for name, r in runs.items() if r},
     }
     if not args.kdrun_only:
         result["sweep_ratio"] = round(result["torchdistill_sweep"]["median_s"] / result["kdrun_sweep"]["median_s"], 3)
         result["student_ratio"] = round(
             result["torchdistill_student"]["median_s"] / result["kdrun_student"]["median_s"], 3)
-    machine["load_avg_end"] = load_avg()
     result["wall_s"] = round(time.perf_counter() - started, 1)
-    print_table(result)
-    atomic_write_json(args.out, result)
-    console.print(f"wrote {args.out}")
-    return 0
+    return result
 
 
 def cpu_name() -> str:
@@ -262,7 +269,7 @@ def print_table(result: dict) -> None:
                       f"{ratio:.2f}x" if ratio else "-", accuracies(f"kdrun_{kind}"), accuracies(f"torchdistill_{kind}"))
     console.print(table)
     machine = result["machine"]
-    console.print(f"medians of {result['job']['reps']} repetitions, whole processes; ratio = torchdistill / kdrun; "
+    console.print(f"medians of {result['job']['reps_done']} repetitions, whole processes; ratio = torchdistill / kdrun; "
                   f"load average {machine['load_avg_start']} at the start, {machine['load_avg_end']} at the end "
                   f"({machine['cpu_count']} CPUs: {machine['cpu']})")
 
