@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 KDRUN := $(VENV)/bin/kdrun
 PYTEST := $(PY) -m pytest
 
-.PHONY: install test test-fast demo sweep-demo bench reproduce-cifar100 reproduce-hinton reproduce-keras clean
+.PHONY: install test test-fast demo sweep-demo bench bench-peer bench-peer-env reproduce-cifar100 reproduce-hinton reproduce-keras clean
 
 install:
 	python3 -m venv $(VENV)
@@ -42,10 +42,28 @@ sweep-demo:
 # How close KD comes to training the student alone, live and with the teacher-output
 # cache, against a plain PyTorch loop; prints a table, writes bench.json (< 10 min, 2 cores).
 # Then image folders: streaming and in-memory images/s against torchvision's ImageFolder + DataLoader
-# (bench_folders.json).
+# (bench_folders.json). Then kdrun against torchdistill (bench-peer), where its environment is present.
 bench:
 	$(PY) bench/bench.py --out bench.json
 	$(PY) bench/bench_folders.py --out bench_folders.json
+	@if [ -x $(PEER_VENV)/bin/python ]; then $(MAKE) --no-print-directory bench-peer; \
+	else echo "bench-peer skipped: no torchdistill environment in $(PEER_VENV); make bench-peer-env makes it (PyPI), then make bench-peer"; fi
+
+# kdrun against torchdistill 1.1.5 on the same job and pixels (bench/peer/): resnet56->resnet20, a 5-point
+# T sweep and a student-only run, each tool in turn, 3 repetitions; medians, ratios, accuracies, the load.
+# Needs Fashion-MNIST's IDX files (apt-get install dataset-fashion-mnist) and bench-peer-env. Writes
+# bench/results/peer.json (PEER_OUT=... elsewhere). torchdistill lives in its own environment (ignored by git),
+# with the torch and torchvision versions kdrun's has.
+PEER_VENV := bench/.peer-venv
+PEER_OUT ?= bench/results/peer.json
+bench-peer:
+	$(PY) bench/peer/bench_peer.py --out $(PEER_OUT)
+
+bench-peer-env:
+	python3 -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install --quiet --upgrade pip
+	$(PEER_VENV)/bin/pip install --quiet $$($(PY) -c "import torch, torchvision; print(f'torch=={torch.__version__.split(\"+\")[0]} torchvision=={torchvision.__version__.split(\"+\")[0]}')") torchdistill==1.1.5
+	@echo "torchdistill installed in $(PEER_VENV); try: make bench-peer"
 
 # The RepDistiller/CRD CIFAR-100 table (13 pairs), beside the published numbers (results/published/cifar100.csv):
 # per pair the teacher, the student from scratch and each of METHODS (default kd dkd; any loss= preset, +ls, +kd),

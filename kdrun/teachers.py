@@ -153,11 +153,31 @@ def feed_as_trained(model: nn.Module, trained: tuple | None, data: DatasetSplits
     model.forward_features = lambda x: features(model.input_renorm(x))
 
 
+# A sweep's jobs share their teacher checkpoint: its test accuracy is measured once per process, not once per
+# job (for 1-epoch jobs, the teacher's pass over the test split cost as much as a third of each job).
+_checkpoint_accuracies: dict[tuple, float] = {}
+
+
+def checkpoint_accuracy(model: nn.Module, path: Path, data, augment: BatchAugment, runtime: Runtime,
+                        batch_size: int) -> float:
+    """The teacher's test accuracy, measured once for the same file, test split, normalisation and precision."""
+    if not isinstance(data, DatasetSplits):  # streamed data: no cheap identity for its test split
+        return evaluate_split(model, data, augment, runtime, batch_size)
+    stat = path.stat()
+    split = hashlib.sha256(data.test_x.cpu().numpy().tobytes())
+    split.update(data.test_y.cpu().numpy().tobytes())
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, split.hexdigest(), tuple(data.mean), tuple(data.std),
+           runtime.device.type, runtime.precision)
+    if key not in _checkpoint_accuracies:
+        _checkpoint_accuracies[key] = evaluate_split(model, data, augment, runtime, batch_size)
+    return _checkpoint_accuracies[key]
+
+
 def resolve_teacher(cfg, data: DatasetSplits, augment: BatchAugment, runtime: Runtime) -> Teacher:
     if cfg.teacher.checkpoint:
         path = Path(cfg.teacher.checkpoint)
         model, _ = load_model(path, data, runtime, role="teacher", expect_arch=arch_of(cfg.teacher))
-        acc = evaluate_split(model, data, augment, runtime, cfg.trainer.eval_batch_size)
+        acc = checkpoint_accuracy(model, path, data, augment, runtime, cfg.trainer.eval_batch_size)
         return Teacher(model, acc, "checkpoint", path)
     if is_pretrained(cfg.teacher):  # evaluated (or fine-tuned) once, never trained from scratch
         from kdrun.pretrained_teacher import resolve_pretrained_teacher

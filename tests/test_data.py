@@ -498,6 +498,7 @@ def test_augment_validates_its_arguments():
         BatchAugment(0, False, MEAN, (0.2, 0.0, 0.3))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_augment_and_batches_on_cuda():
     x = images().cuda()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
+from torchvision.transforms.v2.functional import gaussian_blur as torchvision_blur
 
-from kdrun.deploy.corruptions import CORRUPTIONS, SEVERITIES, corrupt, fgsm
+from kdrun.deploy.corruptions import CORRUPTIONS, PARAMS, SEVERITIES, corrupt, fgsm, gaussian_blur
 from kdrun.deploy.flops import count_flops, count_macs
 from kdrun.deploy.prune import prune_channels, prune_student, prune_unstructured, shrink_to, sparsity
 from kdrun.deploy.student import RawImageModel
@@ -119,6 +122,21 @@ def test_contrast_and_brightness_match_their_formulas():
     expected = (((xf - mean) * 0.5 + mean).clamp(0, 1) * 255).round().to(torch.uint8)
     assert torch.equal(corrupt(x, "contrast", 2), expected)
     assert torch.equal(corrupt(x, "brightness", 5), ((xf + 0.3).clamp(0, 1) * 255).round().to(torch.uint8))
+
+
+@pytest.mark.parametrize("severity", SEVERITIES)
+def test_gaussian_blur_matches_torchvisions(severity):
+    # kdrun blurs with its own few lines (importing torchvision cost every run a second); torchvision's
+    # gaussian_blur is the independent computation, on grey and colour images, edges included.
+    sigma = PARAMS["gaussian_blur"][severity - 1]
+    kernel = 2 * math.ceil(3 * sigma) + 1
+    for channels in (1, 3):
+        x = torch.rand(2, channels, 8, 10, generator=torch.Generator().manual_seed(severity))
+        expected = torchvision_blur(x, [kernel, kernel], [sigma, sigma])
+        assert torch.allclose(gaussian_blur(x, kernel, sigma), expected, atol=1e-6)
+    images = torch.randint(0, 256, (2, 3, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    expected = (torchvision_blur(images.float() / 255, [kernel, kernel], [sigma, sigma]) * 255).round().clamp(0, 255)
+    assert (corrupt(images, "gaussian_blur", severity).float() - expected).abs().max() <= 1
 
 
 def test_unknown_corruption_and_severity_are_refused():

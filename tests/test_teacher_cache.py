@@ -9,6 +9,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
+from kdrun import teachers
+from kdrun.checkpoint import save_checkpoint
 from kdrun.data import BatchAugment, batch_indices, drops_last, load_dataset
 from kdrun.models import build_model
 from kdrun.run import run_experiment
@@ -17,6 +19,7 @@ from kdrun.strategies.base import Batch, Setup
 from kdrun.strategies.catalog import strategy_class
 from kdrun.teacher_outputs import (TargetFormat, TeacherCacheError, build_teacher_outputs, cache_key,
                                    output_recipe)
+from kdrun.trainer import evaluate_split
 
 # Small enough for a second per run: 48 synthetic 8x8 images, batches of 16 (the last one dropped: 3 per epoch).
 SMALL = ["dataset=synthetic", "dataset.train_size=50", "dataset.test_size=20", "dataset.image_size=8",
@@ -238,6 +241,7 @@ def test_compile_is_in_place_so_checkpoints_do_not_change(tmp_path):
     assert torch.allclose(compiled(x.contiguous(memory_format=torch.channels_last)), eager(x), atol=1e-4)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_on_a_gpu_steps_between_an_epochs_ends_copy_nothing_between_host_and_device(tmp_path):
     cfg = compose_cfg(tmp_path, "device=cuda", "dataset.train_size=330", "batch_size=32")  # 10 steps an epoch
@@ -258,3 +262,30 @@ def test_on_a_gpu_steps_between_an_epochs_ends_copy_nothing_between_host_and_dev
         copies = [e.name for e in prof.events() if "HtoD" in e.name or "DtoH" in e.name]
         assert copies == [], (name, copies)
     assert cached.summary()["teacher_cache_hits"] == 1
+
+
+def test_a_teacher_checkpoint_is_evaluated_once_per_process_for_the_same_file_split_and_precision(tmp_path, monkeypatch):
+    # A sweep's jobs share one teacher file: its test accuracy is measured by the first job only, and measured
+    # again for anything that could change it (another test split, precision, or the file rewritten).
+    cfg = compose_cfg(tmp_path)
+    data, augment, runtime, teacher = setup(cfg)
+    path = tmp_path / "teacher.pt"
+    save_checkpoint(path, teacher)
+    cfg.teacher.checkpoint = str(path)
+    measured = []
+    monkeypatch.setattr(teachers, "evaluate_split", lambda *a, **k: measured.append(a[1]) or evaluate_split(*a, **k))
+
+    first = teachers.resolve_teacher(cfg, data, augment, runtime)
+    again = teachers.resolve_teacher(cfg, data, augment, runtime)
+    assert len(measured) == 1
+    assert first.test_acc == again.test_acc == evaluate_split(again.model, data, augment, runtime, 1024)
+
+    other_split = load_dataset(compose_cfg(tmp_path, "dataset.seed=1").dataset, runtime.device)
+    teachers.resolve_teacher(cfg, other_split, augment, runtime)
+    assert len(measured) == 2 and measured[-1] is other_split
+    teachers.resolve_teacher(cfg, data, augment, Runtime(runtime.device, "bf16", runtime.channels_last))
+    assert len(measured) == 3
+    torch.manual_seed(5)
+    save_checkpoint(path, build_model(cfg.teacher.arch, data.in_channels, data.image_size, data.num_classes))
+    teachers.resolve_teacher(cfg, data, augment, runtime)
+    assert len(measured) == 4
