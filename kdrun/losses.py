@@ -26,13 +26,28 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float
     return kl * (T * T)
 
 
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.float(), labels)
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, labelled: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy over the labelled rows (`labelled`: bool per row; None: every row), 0 when a
+    batch has none. Unlabelled rows (label -1) contribute no value and no gradient; masking rather than
+    indexing keeps the batch's shape, so no device sync."""
+    if labelled is None:
+        return F.cross_entropy(logits.float(), labels)
+    return masked_mean(F.cross_entropy(logits.float(), labels.clamp(min=0), reduction="none"), labelled)
+
+
+def masked_mean(per_row: torch.Tensor, labelled: torch.Tensor | None) -> torch.Tensor:
+    """The mean of per-row values over the rows `labelled` marks (all rows where None); 0 if none."""
+    if labelled is None:
+        return per_row.mean()
+    return torch.where(labelled, per_row, 0.0).sum() / labelled.sum().clamp(min=1)
 
 
 def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-             T: float) -> tuple[torch.Tensor, torch.Tensor]:
+             T: float, labelled: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Decoupled KD (Zhao et al. 2022): (TCKD, NCKD), each T^2 * KL averaged over the batch.
+
+    Both parts split the classes at the true label, so with `labelled` (bool per row) they are averaged
+    over the labelled rows alone (0 when a batch has none).
 
     TCKD compares the binary distributions (p_target, 1 - p_target); NCKD the
     distributions over the non-target classes alone. Unweighted: the caller
@@ -41,7 +56,7 @@ def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels:
     """
     s = student_logits.float() / T
     t = teacher_logits.float() / T
-    target = F.one_hot(labels, s.shape[1]).bool()
+    target = F.one_hot(labels.clamp(min=0), s.shape[1]).bool()  # unlabelled rows (-1) are masked out below
 
     def binary_log_probs(z: torch.Tensor) -> torch.Tensor:
         log_p = F.log_softmax(z, dim=1)
@@ -53,8 +68,15 @@ def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels:
         # -inf on the target would make 0 * -inf = nan inside the KL; a large negative value does not.
         return F.log_softmax(z.masked_fill(target, -1e4), dim=1)
 
-    tckd = F.kl_div(binary_log_probs(s), binary_log_probs(t), log_target=True, reduction="batchmean")
-    nckd = F.kl_div(non_target_log_probs(s), non_target_log_probs(t), log_target=True, reduction="batchmean")
+    if labelled is None:
+        tckd = F.kl_div(binary_log_probs(s), binary_log_probs(t), log_target=True, reduction="batchmean")
+        nckd = F.kl_div(non_target_log_probs(s), non_target_log_probs(t), log_target=True, reduction="batchmean")
+    else:
+        def per_row(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+            return masked_mean(F.kl_div(p, q, log_target=True, reduction="none").sum(1), labelled)
+
+        tckd = per_row(binary_log_probs(s), binary_log_probs(t))
+        nckd = per_row(non_target_log_probs(s), non_target_log_probs(t))
     return tckd * (T * T), nckd * (T * T)
 
 

@@ -15,7 +15,9 @@ from kdrun.data import BatchAugment, load_dataset
 from kdrun.distributed import current_world
 from kdrun.data.run_details import folder_details
 from kdrun.deploy.prune import check_prune_config
-from kdrun.errors import DataError
+from kdrun.data.streaming import StreamingFolder
+from kdrun.data.transfer import load_transfer_images, transfer_details, transfer_split, uses_transfer_set
+from kdrun.errors import ConfigError, DataError
 from kdrun.plausibility import check_plausible
 from kdrun.io import atomic_write_json, atomic_write_text
 from kdrun.report.loggers import build_logger
@@ -38,6 +40,20 @@ def check_run_config(cfg: DictConfig) -> type[Strategy]:
     method.validate(cfg)
     check_prune_config(cfg.student.get("prune") or {})  # before any teacher trains
     return method
+
+
+def student_split(cfg: DictConfig, data, method: type[Strategy]):
+    """What the student trains on: `data`, or its transfer set (kdrun/data/transfer.py)."""
+    if not uses_transfer_set(cfg.dataset):
+        return data
+    if isinstance(data, StreamingFolder):
+        raise ConfigError(f"dataset {data.name!r} streams from its folder; a transfer set (dataset.labelled_fraction, "
+                          "omit_classes, transfer_root) needs the training split in memory: dataset.in_memory=true")
+    extra = None
+    if cfg.dataset.get("transfer_root") is not None and method.transfer_set == "unlabelled":
+        extra = load_transfer_images(cfg.dataset, data)
+    return transfer_split(data, cfg.dataset, cfg.data_seed, unlabelled=method.transfer_set == "unlabelled",
+                          extra=extra)
 
 
 def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] = (), label: str | None = None) -> dict:
@@ -67,6 +83,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] = (), la
     except ValueError as exc:  # empty, malformed or inconsistent files: the message names them
         raise DataError(str(exc)) from exc
     check_plausible(cfg, data)  # values that are legal alone but meaningless for this data
+    teacher_data, data = data, student_split(cfg, data, method)  # before any teacher trains: refusals change nothing
     augment = BatchAugment(cfg.dataset.augment.crop_padding, cfg.dataset.augment.hflip, data.mean, data.std)
     trainer = Trainer(trainer_config(cfg, label=label or cfg.strategy.name), cfg.optim, runtime, world)
     facts = {"strategy": cfg.strategy.name, "dataset": cfg.dataset.name, "seed": cfg.seed,
@@ -78,14 +95,14 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] = (), la
         strategy.student.class_names = data.class_names  # saved with its checkpoints (model_meta)
         go_on = resume and (out_dir / "checkpoints" / "last.pt").is_file()
         summary = {**trainer.fit(strategy, data, augment, out_dir, on_epoch=logger.log_epoch, resume=go_on),
-                   **facts, **folder_details(data), **extra}  # after training: streamed files skipped
+                   **facts, **folder_details(data), **transfer_details(data), **extra}  # after training: streamed files skipped
         if world.is_main:
             atomic_write_json(out_dir / "metrics.json", summary)
         return summary
 
     failed = True
     try:
-        summary = method.run(Setup(cfg, data, augment, runtime), run_dir, fit)
+        summary = method.run(Setup(cfg, data, augment, runtime, teacher_data), run_dir, fit)
         if world.is_main:
             atomic_write_json(run_dir / "metrics.json", summary)
             plot_learning_curves(run_dir, run_title(cfg.strategy.name, summary["arch"], cfg.dataset.name, cfg.seed,

@@ -78,6 +78,10 @@ class DatasetKeys:
     cache_dir: str = key(role="location")
     mean: list[float] | None = key()
     std: list[float] | None = key()
+    # the student's transfer set (kdrun/data/transfer.py); the teacher trains on every label
+    labelled_fraction: float = key(low=0, strict=True, doc="share of the training split that keeps its labels, in (0, 1]")
+    omit_classes: list[str | int] = key(doc="classes left out of the student's training split (the test split keeps them)")
+    transfer_root: str | None = key(doc="a folder of extra unlabelled images for the distillation terms")
 
 
 SOURCES = ("zoo", "torchvision", "timm", "custom")  # where a teacher/student comes from (kdrun/model_sources.py)

@@ -86,6 +86,24 @@ def accuracy(model: nn.Module, batches, runtime: Runtime, world: World = SOLO) -
     return 100.0 * int(counts[0]) / int(counts[1])
 
 
+@torch.no_grad()
+def class_accuracy(model: nn.Module, batches, runtime: Runtime, num_classes: int, world: World = SOLO) -> list:
+    """Top-1 accuracy in percent of each class (None for a class with no sample) over (inputs, labels) batches."""
+    was_training = model.training
+    model.eval()
+    counts = torch.zeros(2, num_classes, dtype=torch.long, device=runtime.device)  # correct, seen per class
+    for inputs, yb in batches:
+        if runtime.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with runtime.autocast():
+            hit = model(inputs).argmax(1) == yb
+        counts[0] += torch.bincount(yb[hit], minlength=num_classes)
+        counts[1] += torch.bincount(yb, minlength=num_classes)
+    model.train(was_training)
+    world.sum(counts)
+    return [None if seen == 0 else round(100.0 * correct / seen, 4) for correct, seen in zip(*counts.tolist())]
+
+
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, augment: BatchAugment,
              runtime: Runtime, batch_size: int = 1024, world: World = SOLO) -> float:
     """Top-1 accuracy in percent on un-augmented in-memory inputs (each rank its share)."""
@@ -183,6 +201,8 @@ class Trainer:
                             totals.term_sums[name] = totals.term_sums.get(name, 0) + value
                         totals.correct += correct
                         totals.seen += len(batch.y)
+                        if batch.labelled is not None:
+                            totals.unlabelled = totals.unlabelled + (~batch.labelled).sum()  # no device sync
                         totals.steps += 1
                     else:
                         totals.skipped += 1
@@ -256,8 +276,9 @@ class Trainer:
 
 def split_batch(batch: Batch, k: int) -> list[Batch]:
     """k equal micro-batches of a batch (the global batch splits evenly: check_divisible)."""
-    parts = zip(batch.x.chunk(k), batch.y.chunk(k), batch.index.chunk(k))
-    return [Batch(x, y, index, batch.epoch) for x, y, index in parts]
+    labelled = [None] * k if batch.labelled is None else batch.labelled.chunk(k)
+    parts = zip(batch.x.chunk(k), batch.y.chunk(k), batch.index.chunk(k), labelled)
+    return [Batch(x, y, index, batch.epoch, part) for x, y, index, part in parts]
 
 
 class Evaluation:
@@ -277,6 +298,14 @@ class Evaluation:
     def test_acc(self, model: nn.Module) -> float:
         return evaluate_split(model, self.data, self.augment, self.runtime, self.batch_size, world=self.world)
 
+    def per_class_test_acc(self, model: nn.Module) -> dict[str, float | None]:
+        """Test accuracy of each class, keyed by class name (the label number where the data has no names)."""
+        data = self.data
+        names = data.class_names or [str(c) for c in range(data.num_classes)]
+        accs = class_accuracy(model, eval_batches(data, self.augment, "test", self.batch_size, self.world),
+                              self.runtime, data.num_classes, self.world)
+        return dict(zip(names, accs))
+
 
 def epoch_record(st: TrainState, strategy: Strategy, evaluation: Evaluation, skips: bool) -> dict:
     """The metrics.jsonl record of the epoch just trained."""
@@ -290,7 +319,8 @@ def epoch_record(st: TrainState, strategy: Strategy, evaluation: Evaluation, ski
         "epoch": st.epoch,
         "loss": sum(terms.values()),
         **terms,
-        "train_acc": 100.0 * int(totals.correct) / totals.seen,
+        # On labelled images only (an unlabelled one has label -1, so it is never counted correct).
+        "train_acc": 100.0 * int(totals.correct) / max(totals.seen - int(totals.unlabelled), 1),
         "lr": totals.lr,
         "seconds": round(seconds, 4),
         "images_per_s": round(totals.seen / seconds, 1),
@@ -316,6 +346,8 @@ def fit_summary(st: TrainState, strategy: Strategy, evaluation: Evaluation, best
     else:
         summary.update(final_test_acc=final["test_acc"], best_test_acc=st.best_acc,
                        selection="best.pt: best test accuracy (no validation split)")
+    # What the final weights learnt of each class (a class omitted from the training split included).
+    summary["per_class_test_acc"] = evaluation.per_class_test_acc(student)
     summary.update(best_epoch=st.best_epoch, arch=student.arch, params=count_parameters(student),
                    size_mb=round(model_size_mb(student), 4), wall_time_s=round(wall_time_s, 3),
                    device=str(runtime.device), precision=runtime.precision, **strategy.summary())

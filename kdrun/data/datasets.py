@@ -47,6 +47,7 @@ class DatasetSplits:
     `val_y` are the validation split (None without one: dataset.val_fraction=0).
     `class_names` come from an image folder (None for the built-in datasets);
     `skipped_images` counts unreadable files left out (dataset.on_bad_image=skip).
+    `train_labelled` marks the training images that keep a label in a transfer set.
     """
 
     name: str
@@ -61,6 +62,8 @@ class DatasetSplits:
     val_y: Tensor | None = None
     class_names: list[str] | None = None  # an image folder's classes, in label order
     skipped_images: int = 0  # unreadable files left out (dataset.on_bad_image=skip)
+    # Which training images keep their label (kdrun/data/transfer.py); None: all. The others have label -1.
+    train_labelled: Tensor | None = None
 
     @property
     def in_channels(self) -> int:

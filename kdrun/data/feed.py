@@ -59,7 +59,8 @@ class InMemoryFeed:
             x = self.augment(self.data.train_x[index], generator, train=True, part=(len(batch), start))
             if self.runtime.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield Batch(x, self.data.train_y[index], index, epoch)
+            labelled = None if self.data.train_labelled is None else self.data.train_labelled[index]
+            yield Batch(x, self.data.train_y[index], index, epoch, labelled)
 
     def state_dict(self) -> dict:
         return {"data": self.generator.get_state(), "data_epoch_start": self.epoch_start_state}

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from kdrun.data import BatchAugment, DatasetSplits
+from kdrun.data.transfer import uses_transfer_set
 from kdrun.errors import ConfigError
 from kdrun.runtime import Runtime
 from kdrun.step import Batch, StepOutput
@@ -31,9 +32,14 @@ class Setup:
     """What a strategy is built from: the config, the data and where it computes."""
 
     cfg: DictConfig
-    data: DatasetSplits
+    data: DatasetSplits  # what the student trains on (a transfer set: kdrun/data/transfer.py)
     augment: BatchAugment
     runtime: Runtime
+    teacher_data: DatasetSplits | None = None  # what a teacher trains on, when not `data`: every label
+
+    @property
+    def teacher_split(self) -> DatasetSplits:
+        return self.data if self.teacher_data is None else self.teacher_data
 
 
 Fit = Callable[["Strategy", Path, dict], dict]  # (strategy, run dir, extra facts) -> metrics.json summary
@@ -48,6 +54,9 @@ class Strategy(ABC):
     # Feature terms (loss.hint_weight, loss.at_weight) this strategy can train; others must be 0.
     feature_terms: ClassVar[tuple[str, ...]] = ()
     distills: ClassVar[bool] = True  # learns through the objective the `loss` group names
+    # With a transfer set (dataset.labelled_fraction < 1, omit_classes, transfer_root): "unlabelled" trains
+    # on every image with Batch.labelled set, "labelled" on the labelled images alone; None refuses it.
+    transfer_set: ClassVar[str | None] = None
 
     @dataclass
     class Config:
@@ -64,6 +73,12 @@ class Strategy(ABC):
         if cls.distills and cfg.loss.name not in OBJECTIVES:
             raise ConfigError(f"strategy={cls.name} with loss={cfg.loss.name} has no distillation term; use "
                               f"strategy=scratch to train on the labels, or loss={' or loss='.join(OBJECTIVES)}")
+        if cls.transfer_set is None and uses_transfer_set(cfg.dataset):
+            users = [name for name, c in STRATEGIES.items() if c.transfer_set is not None]
+            raise ConfigError(f"strategy={cls.name} does not train on a transfer set (dataset.labelled_fraction="
+                              f"{cfg.dataset.get('labelled_fraction')}, omit_classes={cfg.dataset.get('omit_classes')}, "
+                              f"transfer_root={cfg.dataset.get('transfer_root')}); use strategy={' or '.join(users)}, "
+                              "or the defaults 1.0, [] and null")
         for term in ("hint_weight", "at_weight"):
             if cfg.loss.get(term) and term not in cls.feature_terms:
                 users = [name for name, c in STRATEGIES.items() if term in c.feature_terms]

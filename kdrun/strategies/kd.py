@@ -23,6 +23,7 @@ class KD(Strategy):
     name = "kd"
     uses_teacher_recipe = True
     feature_terms = ("hint_weight", "at_weight")
+    transfer_set = "unlabelled"  # distils on every image; the teacher was trained on every label
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, objective: Objective | None = None,
                  alpha: float | None = None, beta: float | None = None, T: float | None = None,
@@ -41,7 +42,7 @@ class KD(Strategy):
     def from_config(cls, setup: Setup) -> KD:
         cfg = setup.cfg
         features = plan_feature_terms(cfg.loss, arch_of(cfg.student), arch_of(cfg.teacher), setup.data)  # before training a teacher
-        return cls.from_teacher(setup, resolve_teacher(cfg, setup.data, setup.augment, setup.runtime), features)
+        return cls.from_teacher(setup, resolve_teacher(cfg, setup.teacher_split, setup.augment, setup.runtime), features)
 
     @staticmethod
     def from_teacher(setup: Setup, teacher: Teacher, features: FeatureTerms | None, seed: int | None = None) -> KD:
@@ -76,12 +77,12 @@ class KD(Strategy):
         if self.features is None:
             teacher_logits = self.teacher_logits(batch)
             logits = self.student(batch.x)
-            return StepOutput(logits, self.objective(logits, teacher_logits, batch.y, batch.epoch))
+            return StepOutput(logits, self.objective(logits, teacher_logits, batch.y, batch.epoch, batch.labelled))
         # Feature terms need the teacher's stage outputs, which logits alone (or a logit cache) cannot give.
         with torch.no_grad():
             teacher_features, teacher_logits = self.teacher.forward_features(batch.x)
         features, logits = self.student.forward_features(batch.x)
-        losses = self.objective(logits, teacher_logits, batch.y, batch.epoch)
+        losses = self.objective(logits, teacher_logits, batch.y, batch.epoch, batch.labelled)
         losses.update(self.features(features, teacher_features))
         return StepOutput(logits, losses)
 

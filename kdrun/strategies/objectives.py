@@ -1,7 +1,7 @@
 """What a student learns from a teacher's logits, as named terms: `loss=kd` or `loss=dkd`.
 
-An objective is called as objective(logits, teacher_logits, labels, epoch) and
-returns weighted terms. Every logit-based strategy (kd, multi_teacher, online,
+An objective is called as objective(logits, teacher_logits, labels, epoch, labelled) and
+returns weighted terms; label-using terms compute over the rows `labelled` marks (None: all). Every logit-based strategy (kd, multi_teacher, online,
 born_again, self) uses the one the `loss` group names. An objective is one class
 that registers under its `loss.name` with `@register_objective` and builds itself
 from the loss group (`from_config`).
@@ -22,7 +22,8 @@ from kdrun.losses import cross_entropy, dkd_loss, kd_loss
 class Objective(Protocol):
     T: float
 
-    def __call__(self, logits: Tensor, teacher_logits: Tensor, labels: Tensor, epoch: int) -> dict[str, Tensor]: ...
+    def __call__(self, logits: Tensor, teacher_logits: Tensor, labels: Tensor, epoch: int,
+                 labelled: Tensor | None = None) -> dict[str, Tensor]: ...
 
 
 OBJECTIVES: dict[str, type] = {}
@@ -63,9 +64,10 @@ class KDObjective:
     def from_config(cls, loss: DictConfig) -> KDObjective:
         return cls(loss.alpha, loss.beta, loss.T)
 
-    def __call__(self, logits: Tensor, teacher_logits: Tensor, labels: Tensor, epoch: int) -> dict[str, Tensor]:
+    def __call__(self, logits: Tensor, teacher_logits: Tensor, labels: Tensor, epoch: int,
+                 labelled: Tensor | None = None) -> dict[str, Tensor]:
         return {
-            "ce": self.alpha * cross_entropy(logits, labels),
+            "ce": self.alpha * cross_entropy(logits, labels, labelled),
             "kd": self.beta * kd_loss(logits, teacher_logits, self.T),
         }
 
@@ -93,11 +95,12 @@ class DKDObjective:
     def ramp(self, epoch: int) -> float:
         return min(epoch / self.warmup_epochs, 1.0) if self.warmup_epochs else 1.0
 
-    def __call__(self, logits: Tensor, teacher_logits: Tensor, labels: Tensor, epoch: int) -> dict[str, Tensor]:
-        tckd, nckd = dkd_loss(logits, teacher_logits, labels, self.T)
+    def __call__(self, logits: Tensor, teacher_logits: Tensor, labels: Tensor, epoch: int,
+                 labelled: Tensor | None = None) -> dict[str, Tensor]:
+        tckd, nckd = dkd_loss(logits, teacher_logits, labels, self.T, labelled)
         weight = self.beta * self.ramp(epoch)
         return {
-            "ce": self.alpha * cross_entropy(logits, labels),
+            "ce": self.alpha * cross_entropy(logits, labels, labelled),
             "tckd": weight * self.tckd_weight * tckd,
             "nckd": weight * self.nckd_weight * nckd,
         }
