@@ -3,6 +3,7 @@ of unlabelled images; label-using terms see labelled rows only; per-class test a
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 
@@ -19,6 +20,8 @@ from kdrun.data.feed import InMemoryFeed
 from kdrun.data.transfer import labelled_mask, transfer_split
 from kdrun.errors import ConfigError
 from kdrun.losses import cross_entropy, dkd_loss
+from kdrun.report.build import write_report
+from kdrun.report.jobs import find_jobs
 from kdrun.run import run_experiment
 from kdrun.runtime import resolve_runtime
 from kdrun.strategies.objectives import DKDObjective, KDObjective
@@ -127,6 +130,18 @@ def test_a_transfer_set_trains_with_each_loss_and_reports_its_labels_and_classes
     assert overall == pytest.approx(summary["final_test_acc"], abs=1e-3)  # synthetic: 10 test images per class
 
 
+def test_the_report_gives_every_runs_per_class_accuracy_and_what_it_omitted(tmp_path):
+    summaries = [run_experiment(compose_cfg(tmp_path, f"strategy={s}", "dataset.omit_classes=[3]"), tmp_path / s)
+                 for s in ("scratch", "kd")]
+    write_report(find_jobs([tmp_path / "scratch", tmp_path / "kd"]), tmp_path / "report", title="t",
+                 measure_latency=False)
+    rows = list(csv.DictReader((tmp_path / "report" / "per_class.csv").open()))
+    assert [(r["strategy"], r["omitted"], r["labelled"]) for r in rows] == [("scratch", "3", "75"), ("kd", "3", "75")]
+    for row, summary in zip(rows, summaries):
+        assert {c: float(row[c]) for c in "0123"} == pytest.approx(summary["per_class_test_acc"])
+    assert "per-class test accuracy" in (tmp_path / "report" / "report.md").read_text()
+
+
 def test_with_a_transfer_set_the_cache_gives_the_live_numbers_and_the_teacher_is_the_full_label_one(tmp_path):
     fraction = ["dataset.labelled_fraction=0.25"]
     live = run_experiment(compose_cfg(tmp_path, *fraction, "teacher.cache=false"), tmp_path / "live")
@@ -144,6 +159,20 @@ def test_scratch_trains_on_the_labelled_images_alone(tmp_path):
                              tmp_path / "run")
     # The split the trainer was given: 10 labelled images of each of the 4 classes, and nothing else.
     assert (summary["labelled_images"], summary["unlabelled_images"]) == (40, 0)
+
+
+def test_scratch_on_the_labelled_images_takes_as_many_steps_per_epoch_as_kd_on_all(tmp_path):
+    cfg = compose_cfg(tmp_path, "dataset.labelled_fraction=0.2")
+    data, runtime = load_dataset(cfg.dataset), resolve_runtime(cfg.device)
+    augment = BatchAugment(0, False, data.mean, data.std)
+    kd = InMemoryFeed(transfer_split(data, cfg.dataset, 0, unlabelled=True), augment, 16, 0, runtime)
+    labelled = transfer_split(data, cfg.dataset, 0, unlabelled=False)
+    scratch = InMemoryFeed(labelled, augment, 16, 0, runtime)
+    assert scratch.steps_per_epoch == kd.steps_per_epoch == 100 // 16
+    batches = list(scratch.batches(1))
+    assert len(batches) == 6 and all(len(b.y) == 16 for b in batches)
+    seen = torch.cat([b.index for b in batches])
+    assert seen.max() < 20 and set(seen[:20].tolist()) == set(range(20))  # whole shuffles of the 20 labelled
 
 
 def png_folder(root, n: int, *, classes: bool) -> None:

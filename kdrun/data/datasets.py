@@ -64,6 +64,9 @@ class DatasetSplits:
     skipped_images: int = 0  # unreadable files left out (dataset.on_bad_image=skip)
     # Which training images keep their label (kdrun/data/transfer.py); None: all. The others have label -1.
     train_labelled: Tensor | None = None
+    # Samples per training epoch when more than the split holds: scratch on the labelled part of a transfer set
+    # takes as many steps per epoch as the whole split gives (kdrun/data/transfer.py); None: one pass.
+    epoch_samples: int | None = None
 
     @property
     def in_channels(self) -> int:

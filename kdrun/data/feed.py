@@ -36,8 +36,10 @@ class InMemoryFeed:
         self.data, self.augment, self.batch_size, self.runtime = data, augment, batch_size, runtime
         self.world = world
         self.samples = len(data.train_y)
-        self.drop_last = drops_last(self.samples, batch_size)
-        self.steps_per_epoch = num_batches(self.samples, batch_size, self.drop_last)
+        # A labelled subset standing in for a larger split (scratch on a transfer set) keeps that split's steps.
+        self.epoch_size = max(self.samples, data.epoch_samples or 0)
+        self.drop_last = drops_last(self.epoch_size, batch_size)
+        self.steps_per_epoch = num_batches(self.epoch_size, batch_size, self.drop_last)
         self.generator = data_generator(data_seed, runtime.device)
         self.epoch_start_state: torch.Tensor | None = None  # the generator when the epoch in progress began
 
@@ -50,7 +52,7 @@ class InMemoryFeed:
         now = generator.get_state()
         generator.set_state(self.epoch_start_state)
         order = list(batch_indices(self.samples, self.batch_size, generator=generator, drop_last=self.drop_last,
-                                   device=self.runtime.device))
+                                   device=self.runtime.device, epoch_size=self.epoch_size))
         if start_step > 0:
             generator.set_state(now)
         for batch in order[start_step:]:

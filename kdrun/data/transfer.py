@@ -12,7 +12,10 @@ student has no label for. Three dataset keys shape the student's split, never th
 
 An unlabelled image has the label -1 and `labelled` False. Label-using terms (cross-entropy, DKD)
 read `Batch.labelled` and compute over labelled rows only; distillation terms see every row. A
-strategy that trains on labels alone (scratch) gets the labelled images only.
+strategy that trains on labels alone (scratch) gets the labelled images only, and as many steps per epoch
+as the split they were drawn from gives (fresh shuffles of them, one after another): at the same `epochs`,
+scratch and kd take the same number of optimiser steps, with the same schedule. (A transfer_root folder
+adds steps to kd's epoch alone.)
 """
 
 from __future__ import annotations
@@ -96,8 +99,8 @@ def transfer_split(data: DatasetSplits, dataset_cfg: Mapping[str, Any], data_see
         x, y = x[keep], y[keep]
     fraction = dataset_cfg.get("labelled_fraction")
     mask = labelled_mask(y, 1.0 if fraction is None else float(fraction), data_seed, names).to(y.device)
-    if not unlabelled:
-        return replace(data, train_x=x[mask], train_y=y[mask], train_labelled=None)
+    if not unlabelled:  # as many steps per epoch as the split it was drawn from: kd and scratch step alike
+        return replace(data, train_x=x[mask], train_y=y[mask], train_labelled=None, epoch_samples=len(y))
     if extra is not None:
         x = torch.cat([x, extra.to(x.device)])
         y = torch.cat([y, y.new_full((len(extra),), UNLABELLED)])
