@@ -223,3 +223,22 @@ def test_the_command_refuses_a_zero_fraction_and_an_empty_transfer_folder_in_one
         errors = [line for line in text.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and message in errors[0] and "Traceback" not in text, text
         assert not (tmp_path / "outputs").exists()
+
+
+# ---- the demo's setting, shortened ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_demo_setting_trains_as_a_sweep_and_tabulates_kd_beside_scratch(tmp_path):
+    """`make demo`'s sweep in one epoch and two labelled fractions' worth of jobs; its measured Δ is a
+    committed result (results/transfer/README.md), not asserted here."""
+    proc = run_kdrun(tmp_path, "-m", "experiment=few_labels", "strategy=scratch,kd", "dataset.labelled_fraction=0.05,1.0",
+                     "seed=0", "epochs=1", "teacher.epochs=1", "trainer.progress=false", "hydra.sweep.dir=sweep")
+    jobs = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("*/metrics.json"))]
+    assert sorted((j["strategy"], j["labelled_images"], j["unlabelled_images"]) for j in jobs) == [
+        ("kd", 70, 1367), ("kd", 1437, 0), ("scratch", 70, 0), ("scratch", 1437, 0)]
+    assert len({j["teacher_path"] for j in jobs if j["strategy"] == "kd"}) == 1  # one teacher, every label
+    comparison = (tmp_path / "sweep" / "comparison.md").read_text()
+    assert "labelled_fraction=0.05" in comparison and "labelled_fraction=1" in comparison, comparison
+    assert "Δ vs scratch" in comparison or "vs scratch" in comparison, comparison
+    assert "per-class test accuracy" in proc.stdout + (tmp_path / "sweep" / "report.md").read_text()
