@@ -6,6 +6,7 @@ This is the one module that writes metrics.json: a completed fit's summary, a me
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -15,6 +16,7 @@ from kdrun.data import BatchAugment, load_dataset
 from kdrun.distributed import current_world
 from kdrun.data.run_details import folder_details
 from kdrun.deploy.prune import check_prune_config
+from kdrun.data.mix import Mix
 from kdrun.data.streaming import StreamingFolder
 from kdrun.data.transfer import load_transfer_images, transfer_details, transfer_split, uses_transfer_set
 from kdrun.errors import ConfigError, DataError
@@ -43,7 +45,15 @@ def check_run_config(cfg: DictConfig) -> type[Strategy]:
 
 
 def student_split(cfg: DictConfig, data, method: type[Strategy]):
-    """What the student trains on: `data`, or its transfer set (kdrun/data/transfer.py)."""
+    """What the student trains on: `data`, or its transfer set (kdrun/data/transfer.py), mixed or not
+    (kdrun/data/mix.py)."""
+    mix = Mix.from_config(cfg.dataset)
+    if mix.active and isinstance(data, StreamingFolder):
+        raise ConfigError(f"dataset {data.name!r} streams from its folder; mixup and cutmix (dataset.augment.mixup="
+                          f"{mix.mixup}, cutmix={mix.cutmix}) are batch operations on the in-memory path: "
+                          "dataset.in_memory=true, or set both to 0")
+    if mix.active:
+        data = replace(data, mix=mix)
     if not uses_transfer_set(cfg.dataset):
         return data
     if isinstance(data, StreamingFolder):

@@ -51,6 +51,8 @@ class Augment:
     crop_padding: int = key(low=0)
     hflip: bool = key()
     random_resized_crop: bool = key()  # streamed folders: Inception-style crop to image_size (ImageNet)
+    mixup: float = key(low=0, doc="the student's batches: mixup's Beta(alpha, alpha), 0 = off (kdrun/data/mix.py)")
+    cutmix: float = key(low=0, doc="the student's batches: cutmix's Beta(alpha, alpha), 0 = off")
 
 
 @dataclass

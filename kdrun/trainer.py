@@ -276,9 +276,12 @@ class Trainer:
 
 def split_batch(batch: Batch, k: int) -> list[Batch]:
     """k equal micro-batches of a batch (the global batch splits evenly: check_divisible)."""
-    labelled = [None] * k if batch.labelled is None else batch.labelled.chunk(k)
-    parts = zip(batch.x.chunk(k), batch.y.chunk(k), batch.index.chunk(k), labelled)
-    return [Batch(x, y, index, batch.epoch, part) for x, y, index, part in parts]
+    def chunks(t: torch.Tensor | None) -> list:
+        return [None] * k if t is None else list(t.chunk(k))
+
+    parts = zip(batch.x.chunk(k), batch.y.chunk(k), batch.index.chunk(k), chunks(batch.labelled),
+                chunks(batch.partner_y), chunks(batch.own_share))
+    return [Batch(x, y, index, batch.epoch, *rest) for x, y, index, *rest in parts]
 
 
 class Evaluation:

@@ -239,6 +239,6 @@ def test_the_demo_setting_trains_as_a_sweep_and_tabulates_kd_beside_scratch(tmp_
         ("kd", 70, 1367), ("kd", 1437, 0), ("scratch", 70, 0), ("scratch", 1437, 0)]
     assert len({j["teacher_path"] for j in jobs if j["strategy"] == "kd"}) == 1  # one teacher, every label
     comparison = (tmp_path / "sweep" / "comparison.md").read_text()
-    assert "labelled_fraction=0.05" in comparison and "labelled_fraction=1" in comparison, comparison
+    assert "labelled=0.05" in comparison and "labelled=1" in comparison, comparison
     assert "Δ vs scratch" in comparison or "vs scratch" in comparison, comparison
     assert "per-class test accuracy" in proc.stdout + (tmp_path / "sweep" / "report.md").read_text()

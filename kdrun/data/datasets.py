@@ -17,6 +17,7 @@ from torch import Tensor
 
 from kdrun.errors import ConfigError
 
+from .mix import Mix
 from .readers import read_cifar_batch, read_idx
 
 DATASET_NAMES = ("cifar10", "cifar100", "mnist", "fashion_mnist", "digits", "synthetic", "image_folder", "imagenet")
@@ -67,6 +68,7 @@ class DatasetSplits:
     # Samples per training epoch when more than the split holds: scratch on the labelled part of a transfer set
     # takes as many steps per epoch as the whole split gives (kdrun/data/transfer.py); None: one pass.
     epoch_samples: int | None = None
+    mix: Mix | None = None  # mixup / cutmix of the student's training batches (kdrun/data/mix.py)
 
     @property
     def in_channels(self) -> int:

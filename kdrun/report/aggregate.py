@@ -27,7 +27,7 @@ UNUSED_BY_SCRATCH = ("loss.", "teacher.")
 DISPLAY_NAMES = {
     "loss.T": "T", "strategy.name": "strategy", "student.arch": "student", "teacher.arch": "teacher",
     "dataset.name": "dataset", "trainer.epochs": "epochs", "optim.name": "optim",
-    "trainer.batch_size": "batch_size", "device.name": "device",
+    "trainer.batch_size": "batch_size", "device.name": "device", "dataset.labelled_fraction": "labelled",
 }
 _PRIORITY = {key: i for i, key in enumerate(DISPLAY_NAMES)}
 

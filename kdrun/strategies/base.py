@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from kdrun.data import BatchAugment, DatasetSplits
+from kdrun.data.mix import Mix
 from kdrun.data.transfer import uses_transfer_set
 from kdrun.errors import ConfigError
 from kdrun.runtime import Runtime
@@ -57,6 +58,7 @@ class Strategy(ABC):
     # With a transfer set (dataset.labelled_fraction < 1, omit_classes, transfer_root): "unlabelled" trains
     # on every image with Batch.labelled set, "labelled" on the labelled images alone; None refuses it.
     transfer_set: ClassVar[str | None] = None
+    mixes: ClassVar[bool] = False  # trains on mixup / cutmix batches (its label terms read Batch.mixed)
 
     @dataclass
     class Config:
@@ -79,6 +81,14 @@ class Strategy(ABC):
                               f"{cfg.dataset.get('labelled_fraction')}, omit_classes={cfg.dataset.get('omit_classes')}, "
                               f"transfer_root={cfg.dataset.get('transfer_root')}); use strategy={' or '.join(users)}, "
                               "or the defaults 1.0, [] and null")
+        mix = Mix.from_config(cfg.dataset)
+        if mix.active and not cls.mixes:
+            users = [name for name, c in STRATEGIES.items() if c.mixes]
+            raise ConfigError(f"strategy={cls.name} does not train on mixed images (dataset.augment.mixup={mix.mixup}, "
+                              f"cutmix={mix.cutmix}); use strategy={' or '.join(users)}, or set both to 0")
+        if mix.active and cls.distills and cfg.loss.name == "dkd":
+            raise ConfigError(f"loss=dkd splits the classes at one true label, and a mixed image (dataset.augment."
+                              f"mixup={mix.mixup}, cutmix={mix.cutmix}) has two; use loss=kd, or set both to 0")
         for term in ("hint_weight", "at_weight"):
             if cfg.loss.get(term) and term not in cls.feature_terms:
                 users = [name for name, c in STRATEGIES.items() if term in c.feature_terms]

@@ -31,6 +31,7 @@ class BornAgain(KD):
 
     name = "born_again"
     transfer_set = None  # its generations train one another on the same split: not yet with a transfer set
+    mixes = False
 
     @dataclass
     class Config:

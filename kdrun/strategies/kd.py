@@ -18,12 +18,18 @@ from kdrun.teacher_outputs import TeacherOutputs, build_teacher_outputs
 from kdrun.teachers import Teacher, freeze, resolve_teacher
 
 
+def mix_of(batch: Batch) -> dict:
+    """The objective's `mixed` argument, given only for a mixed batch (loss=dkd refuses mixing: validate)."""
+    return {} if batch.mixed is None else {"mixed": batch.mixed}
+
+
 @register
 class KD(Strategy):
     name = "kd"
     uses_teacher_recipe = True
     feature_terms = ("hint_weight", "at_weight")
     transfer_set = "unlabelled"  # distils on every image; the teacher was trained on every label
+    mixes = True  # the teacher is asked about the student's mixed view
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, objective: Objective | None = None,
                  alpha: float | None = None, beta: float | None = None, T: float | None = None,
@@ -77,12 +83,13 @@ class KD(Strategy):
         if self.features is None:
             teacher_logits = self.teacher_logits(batch)
             logits = self.student(batch.x)
-            return StepOutput(logits, self.objective(logits, teacher_logits, batch.y, batch.epoch, batch.labelled))
+            return StepOutput(logits, self.objective(logits, teacher_logits, batch.y, batch.epoch, batch.labelled,
+                                                     **mix_of(batch)))
         # Feature terms need the teacher's stage outputs, which logits alone (or a logit cache) cannot give.
         with torch.no_grad():
             teacher_features, teacher_logits = self.teacher.forward_features(batch.x)
         features, logits = self.student.forward_features(batch.x)
-        losses = self.objective(logits, teacher_logits, batch.y, batch.epoch, batch.labelled)
+        losses = self.objective(logits, teacher_logits, batch.y, batch.epoch, batch.labelled, **mix_of(batch))
         losses.update(self.features(features, teacher_features))
         return StepOutput(logits, losses)
 

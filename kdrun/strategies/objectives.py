@@ -65,9 +65,9 @@ class KDObjective:
         return cls(loss.alpha, loss.beta, loss.T)
 
     def __call__(self, logits: Tensor, teacher_logits: Tensor, labels: Tensor, epoch: int,
-                 labelled: Tensor | None = None) -> dict[str, Tensor]:
+                 labelled: Tensor | None = None, mixed: tuple[Tensor, Tensor] | None = None) -> dict[str, Tensor]:
         return {
-            "ce": self.alpha * cross_entropy(logits, labels, labelled),
+            "ce": self.alpha * cross_entropy(logits, labels, labelled, mixed),
             "kd": self.beta * kd_loss(logits, teacher_logits, self.T),
         }
 
