@@ -100,6 +100,8 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] = (), la
              "overrides": list(overrides)}
     if method.distills:
         facts.update(T=cfg.loss.T, alpha=cfg.loss.alpha, beta=cfg.loss.beta)
+    if (mix := Mix.from_config(cfg.dataset)).active:
+        facts.update(mixup=mix.mixup, cutmix=mix.cutmix)
 
     def fit(strategy: Strategy, out_dir: Path, extra: dict) -> dict:
         strategy.student.class_names = data.class_names  # saved with its checkpoints (model_meta)
