@@ -234,6 +234,7 @@ def test_the_demo_setting_trains_as_a_sweep_and_tabulates_kd_beside_scratch(tmp_
     committed result (results/transfer/README.md), not asserted here."""
     proc = run_kdrun(tmp_path, "-m", "experiment=few_labels", "strategy=scratch,kd", "dataset.labelled_fraction=0.05,1.0",
                      "seed=0", "epochs=1", "teacher.epochs=1", "trainer.progress=false", "hydra.sweep.dir=sweep")
+    assert "recipe:" not in proc.stdout  # the preset's own optimiser (quickstart's), not the CNN's recipe
     jobs = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("*/metrics.json"))]
     assert sorted((j["strategy"], j["labelled_images"], j["unlabelled_images"]) for j in jobs) == [
         ("kd", 70, 1367), ("kd", 1437, 0), ("scratch", 70, 0), ("scratch", 1437, 0)]
