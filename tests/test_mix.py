@@ -102,8 +102,10 @@ def test_a_mixed_run_trains_the_same_numbers_cached_or_live(tmp_path, mix):
     cached, second = run("cached")
     assert live == recorded == cached
     assert (first["teacher_cache_recorded"], second["teacher_cache_hits"]) == (2, 2)
-    unmixed, _ = run("unmixed", "dataset.augment.mixup=0", "dataset.augment.cutmix=0")
+    unmixed, plain = run("unmixed", "dataset.augment.mixup=0", "dataset.augment.cutmix=0")
     assert unmixed != live  # the mix changed what was trained
+    assert plain["teacher_path"] == first["teacher_path"]  # the teacher never trains on mixed images
+    assert plain["teacher_cache_dir"] != first["teacher_cache_dir"]  # but its outputs for mixed views are others
 
 
 @pytest.mark.parametrize("overrides,message", [
