@@ -213,6 +213,7 @@ def test_a_transfer_set_that_cannot_train_is_refused_before_any_teacher_trains(t
     assert not (tmp_path / "teachers").exists()
 
 
+@pytest.mark.slow  # two kdrun processes: about 30 s on a loaded 2-core machine
 def test_the_command_refuses_a_zero_fraction_and_an_empty_transfer_folder_in_one_line_leaving_no_file(tmp_path):
     (tmp_path / "empty" / "cls").mkdir(parents=True)
     for bad, message in ((["dataset.labelled_fraction=0"], "dataset.labelled_fraction must be > 0"),
