@@ -26,9 +26,14 @@ class Setup:
     """What a strategy is built from: the config, the data and where it computes."""
 
     cfg: DictConfig
-    data: DatasetSplits
+    data: DatasetSplits  # what the student trains on (a transfer set: kdrun/data/transfer.py)
     augment: BatchAugment
     runtime: Runtime
+    teacher_data: DatasetSplits | None = None  # what a teacher trains on, when not `data`: every label
+
+    @property
+    def teacher_split(self) -> DatasetSplits:
+        return self.data if self.teacher_data is None else self.teacher_data
 
 
 Fit = Callable[["Strategy", Path, dict], dict]  # (strategy, run dir, extra facts) -> metrics.json summary
@@ -43,6 +48,10 @@ class Strategy(ABC):
     # The kinds of loss term (kdrun.methods.terms: logit, feature) this strategy can train.
     term_kinds: ClassVar[tuple[str, ...]] = ("logit",)
     distills: ClassVar[bool] = True  # learns through the terms the `loss` group lists
+    # With a transfer set (dataset.labelled_fraction < 1, omit_classes, transfer_root): "unlabelled" trains
+    # on every image with Batch.labelled set, "labelled" on the labelled images alone; None refuses it.
+    transfer_set: ClassVar[str | None] = None
+    mixes: ClassVar[bool] = False  # trains on mixup / cutmix batches (its label terms read Batch.mixed)
 
     @dataclass
     class Config:

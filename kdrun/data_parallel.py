@@ -43,12 +43,12 @@ def global_totals(totals: EpochTotals, world: World) -> EpochTotals:
     device = totals.correct.device if isinstance(totals.correct, torch.Tensor) else torch.device("cpu")
     flat = torch.stack([torch.as_tensor(totals.term_sums[n], dtype=torch.float64, device=device) for n in names]
                        + [torch.as_tensor(float(v), dtype=torch.float64, device=device)
-                          for v in (totals.correct, totals.seen, totals.steps)])
+                          for v in (totals.correct, totals.seen, totals.steps, totals.unlabelled)])
     world.sum(flat)
-    sums, (correct, seen, steps) = flat[:len(names)], flat[len(names):].tolist()
+    sums, (correct, seen, steps, unlabelled) = flat[:len(names)], flat[len(names):].tolist()
     return EpochTotals(term_sums={n: sums[i].float() for i, n in enumerate(names)},
                        correct=torch.tensor(int(correct), device=device), seen=int(seen), steps=int(steps),
-                       skipped=totals.skipped, seconds=totals.seconds, lr=totals.lr)
+                       unlabelled=int(unlabelled), skipped=totals.skipped, seconds=totals.seconds, lr=totals.lr)
 
 
 def use_sync_batchnorm(strategy: Strategy, runtime: Runtime) -> None:

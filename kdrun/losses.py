@@ -11,8 +11,27 @@ import torch
 import torch.nn.functional as F
 
 
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.float(), labels)
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, labelled: torch.Tensor | None = None,
+                  mixed: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Mean cross-entropy over the labelled rows (`labelled`: bool per row; None: every row), 0 when a
+    batch has none. Unlabelled rows (label -1) contribute no value and no gradient; masking rather than
+    indexing keeps the batch's shape, so no device sync. `mixed`: (partner labels, own share) of mixup or
+    cutmix rows, whose target is own_share * labels + (1 - own_share) * partner labels."""
+    if labelled is None and mixed is None:
+        return F.cross_entropy(logits.float(), labels)
+    per_row = F.cross_entropy(logits.float(), labels.clamp(min=0), reduction="none")
+    if mixed is not None:
+        partner, own = mixed
+        partner_rows = F.cross_entropy(logits.float(), partner.clamp(min=0), reduction="none")
+        per_row = own * per_row + (1 - own) * partner_rows
+    return masked_mean(per_row, labelled)
+
+
+def masked_mean(per_row: torch.Tensor, labelled: torch.Tensor | None) -> torch.Tensor:
+    """The mean of per-row values over the rows `labelled` marks (all rows where None); 0 if none."""
+    if labelled is None:
+        return per_row.mean()
+    return torch.where(labelled, per_row, 0.0).sum() / labelled.sum().clamp(min=1)
 
 
 def mixture_logits(teacher_logits: list[torch.Tensor], weights: torch.Tensor, T: float) -> torch.Tensor:

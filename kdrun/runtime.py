@@ -67,7 +67,8 @@ class Runtime:
         x = augment(data.train_x[:n], None, train=False)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        batch = Batch(x, data.train_y[:n], torch.arange(n, device=self.device), epoch=0)
+        labelled = None if data.train_labelled is None else data.train_labelled[:n]
+        batch = Batch(x, data.train_y[:n], torch.arange(n, device=self.device), epoch=0, labelled=labelled)
         modules = _modules(strategy)
         saved = [{name: t.clone() for name, t in module.state_dict().items()} for module in modules]
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):

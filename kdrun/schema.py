@@ -46,6 +46,8 @@ class Augment:
     crop_padding: int = key(low=0)
     hflip: bool = key()
     random_resized_crop: bool = key()  # streamed folders: Inception-style crop to image_size (ImageNet)
+    mixup: float = key(low=0, doc="the student's batches: mixup's Beta(alpha, alpha), 0 = off (kdrun/data/mix.py)")
+    cutmix: float = key(low=0, doc="the student's batches: cutmix's Beta(alpha, alpha), 0 = off")
 
 
 @dataclass
@@ -73,6 +75,10 @@ class DatasetKeys:
     cache_dir: str = key(role="location")
     mean: list[float] | None = key()
     std: list[float] | None = key()
+    # the student's transfer set (kdrun/data/transfer.py); the teacher trains on every label
+    labelled_fraction: float = key(low=0, strict=True, doc="share of the training split that keeps its labels, in (0, 1]")
+    omit_classes: list[str | int] = key(doc="classes left out of the student's training split (the test split keeps them)")
+    transfer_root: str | None = key(doc="a folder of extra unlabelled images for the distillation terms")
 
 
 SOURCES = ("zoo", "torchvision", "timm", "custom")  # where a teacher/student comes from (kdrun/model_sources.py)

@@ -32,6 +32,8 @@ from kdrun.checkpoint import check_fits, load_checkpoint, save_checkpoint, store
 from kdrun.console import console
 from kdrun.data import BatchAugment, DatasetSplits
 from kdrun.data.image_folder import folder_identity
+from kdrun.data.mix import MIX_KEYS
+from kdrun.data.transfer import TRANSFER_KEYS
 from kdrun.errors import CheckpointError, NonFiniteLoss
 from kdrun.io import atomic_write_json, file_sha256
 from kdrun.model_sources import arch_of, is_pretrained, path_safe
@@ -90,7 +92,10 @@ def with_teacher(cfg: DictConfig, arch: str, checkpoint: str | None = None) -> D
 
 def teacher_recipe(cfg) -> dict:
     """Everything that decides a trained teacher's weights, as plain JSON values (as recipe.json holds it)."""
-    dataset = {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items() if k not in _LOCATION_KEYS}
+    # A teacher trains on the whole labelled split: the keys that shape the student's transfer set are not its.
+    dataset = {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items()
+               if k not in _LOCATION_KEYS and k not in TRANSFER_KEYS}
+    dataset["augment"] = {k: v for k, v in dataset.get("augment", {}).items() if k not in MIX_KEYS}  # student only
     dataset.update(folder_identity(cfg.dataset))  # an image folder's files, since its root is only a location
     return json.loads(json.dumps({
         "dataset": dataset,

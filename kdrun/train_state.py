@@ -31,6 +31,7 @@ class EpochTotals:
     term_sums: dict[str, torch.Tensor] = field(default_factory=dict)
     correct: torch.Tensor | int = 0
     seen: int = 0
+    unlabelled: torch.Tensor | int = 0  # of those seen, images without a label: train accuracy counts the others
     steps: int = 0  # batches trained on
     skipped: int = 0  # batches skipped for a non-finite loss
     seconds: float = 0.0

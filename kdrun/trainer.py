@@ -80,6 +80,24 @@ def accuracy(model: nn.Module, batches, runtime: Runtime, world: World = SOLO) -
     return 100.0 * int(counts[0]) / int(counts[1])
 
 
+@torch.no_grad()
+def class_accuracy(model: nn.Module, batches, runtime: Runtime, num_classes: int, world: World = SOLO) -> list:
+    """Top-1 accuracy in percent of each class (None for a class with no sample) over (inputs, labels) batches."""
+    was_training = model.training
+    model.eval()
+    counts = torch.zeros(2, num_classes, dtype=torch.long, device=runtime.device)  # correct, seen per class
+    for inputs, yb in batches:
+        if runtime.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with runtime.autocast():
+            hit = model(inputs).argmax(1) == yb
+        counts[0] += torch.bincount(yb[hit], minlength=num_classes)
+        counts[1] += torch.bincount(yb, minlength=num_classes)
+    model.train(was_training)
+    world.sum(counts)
+    return [None if seen == 0 else round(100.0 * correct / seen, 4) for correct, seen in zip(*counts.tolist())]
+
+
 def evaluate_split(model: nn.Module, data: Data, augment: BatchAugment, runtime: Runtime, batch_size: int,
                    split: str = "test", world: World = SOLO) -> float:
     """Top-1 accuracy in percent on a split ("test" or "val") of in-memory or streamed data."""
@@ -213,6 +231,8 @@ class FitRun:
             totals.term_sums[name] = totals.term_sums.get(name, 0) + value
         totals.correct += correct
         totals.seen += len(batch.y)
+        if batch.labelled is not None:
+            totals.unlabelled = totals.unlabelled + (~batch.labelled).sum()  # no device sync
         totals.steps += 1
 
     def skip(self) -> None:
@@ -308,8 +328,12 @@ class FitRun:
 
 def split_batch(batch: Batch, k: int) -> list[Batch]:
     """k equal micro-batches of a batch (the global batch splits evenly: check_divisible)."""
-    parts = zip(batch.x.chunk(k), batch.y.chunk(k), batch.index.chunk(k))
-    return [Batch(x, y, index, batch.epoch) for x, y, index in parts]
+    def chunks(t: torch.Tensor | None) -> list:
+        return [None] * k if t is None else list(t.chunk(k))
+
+    parts = zip(batch.x.chunk(k), batch.y.chunk(k), batch.index.chunk(k), chunks(batch.labelled),
+                chunks(batch.partner_y), chunks(batch.own_share))
+    return [Batch(x, y, index, batch.epoch, *rest) for x, y, index, *rest in parts]
 
 
 class Evaluation:
@@ -329,6 +353,14 @@ class Evaluation:
     def test_acc(self, model: nn.Module) -> float:
         return evaluate_split(model, self.data, self.augment, self.runtime, self.batch_size, world=self.world)
 
+    def per_class_test_acc(self, model: nn.Module) -> dict[str, float | None]:
+        """Test accuracy of each class, keyed by class name (the label number where the data has no names)."""
+        data = self.data
+        names = data.class_names or [str(c) for c in range(data.num_classes)]
+        accs = class_accuracy(model, eval_batches(data, self.augment, "test", self.batch_size, self.world),
+                              self.runtime, data.num_classes, self.world)
+        return dict(zip(names, accs))
+
 
 def epoch_record(st: TrainState, strategy: Strategy, evaluation: Evaluation, skips: bool) -> dict:
     """The metrics.jsonl record of the epoch just trained."""
@@ -342,7 +374,8 @@ def epoch_record(st: TrainState, strategy: Strategy, evaluation: Evaluation, ski
         "epoch": st.epoch,
         "loss": sum(terms.values()),
         **terms,
-        "train_acc": 100.0 * int(totals.correct) / totals.seen,
+        # On labelled images only (an unlabelled one has label -1, so it is never counted correct).
+        "train_acc": 100.0 * int(totals.correct) / max(totals.seen - int(totals.unlabelled), 1),
         "lr": totals.lr,
         "seconds": round(seconds, 4),
         "images_per_s": round(totals.seen / seconds, 1),
@@ -368,6 +401,8 @@ def fit_summary(st: TrainState, strategy: Strategy, evaluation: Evaluation, best
     else:
         summary.update(final_test_acc=final["test_acc"], best_test_acc=st.best_acc,
                        selection="best.pt: best test accuracy (no validation split)")
+    # What the final weights learnt of each class (a class omitted from the training split included).
+    summary["per_class_test_acc"] = evaluation.per_class_test_acc(student)
     summary.update(best_epoch=st.best_epoch, arch=student.arch, params=count_parameters(student),
                    size_mb=round(model_size_mb(student), 4), wall_time_s=round(wall_time_s, 3),
                    device=str(runtime.device), precision=runtime.precision, **strategy.summary())

@@ -28,7 +28,7 @@ from kdrun.tune.study import SWEEP, make_sampler, next_job_number, retry_interru
 
 # digits, a 1-epoch teacher and student on 256 training images: a trial takes a second or two
 STUDY = ["-m", "hydra/sweeper=optuna", "experiment=quickstart", "device=cpu", "epochs=1", "teacher.epochs=1",
-         "dataset.limit_train=256", "trainer.progress=false", "T=interval(1,16)", "loss.alpha=interval(0,1)",
+         "dataset.limit_train=256", "trainer.progress=false", "T=interval(1,16)", "loss.terms.ce.weight=interval(0,1)",
          "hydra.sweep.dir=study"]
 
 
@@ -45,16 +45,16 @@ def metrics(job_dir: Path) -> dict:
 def test_search_space_reads_hydra_sweep_grammar():
     space = parse_space(["seed=1", "T=interval(1,16)", "optim.lr=tag(log,interval(1e-4,1e-1))", "epochs=3",
                          "trainer.batch_size=range(32,129,32)", "teacher=mlp,cnn_teacher", "epochs=tag(int,interval(2,5))",
-                         "loss.alpha=interval(0,1)", "loss.alpha=0.5"])  # the later of two wins
+                         "loss.terms.ce.weight=interval(0,1)", "loss.terms.ce.weight=0.5"])  # the later of two wins
     params = {p.key: p for p in space.params}
-    assert space.fixed == ("seed=1", "loss.alpha=0.5")
+    assert space.fixed == ("seed=1", "loss.terms.ce.weight=0.5")
     assert (params["T"].kind, params["T"].low, params["T"].high, params["T"].log) == ("float", 1.0, 16.0, False)
     assert params["optim.lr"].log and params["optim.lr"].low == pytest.approx(1e-4)
     assert (params["trainer.batch_size"].kind, params["trainer.batch_size"].high) == ("int", 128)
     assert params["teacher"].choices == ("mlp", "cnn_teacher")
     assert (params["epochs"].kind, params["epochs"].low, params["epochs"].high) == ("int", 2, 5)
     assert space.overrides({"T": 2.5, "optim.lr": 0.01, "trainer.batch_size": 64, "teacher": "mlp", "epochs": 3}) == [
-        "seed=1", "loss.alpha=0.5", "T=2.5", "optim.lr=0.01", "epochs=3", "trainer.batch_size=64", "teacher=mlp"]
+        "seed=1", "loss.terms.ce.weight=0.5", "T=2.5", "optim.lr=0.01", "epochs=3", "trainer.batch_size=64", "teacher=mlp"]
 
 
 @pytest.mark.parametrize("bad", [["T=interval(4,1)"], ["epochs=1"], ["optim.lr=tag(log,interval(0,1))"],
@@ -104,7 +104,7 @@ def test_a_dataset_without_a_validation_split_gets_one():
 @pytest.mark.parametrize("args, message", [
     (["objective=test_acc"], "objective=test_acc is measured on the test split"),
     (["objective=best_test_acc"], "objective=best_test_acc is measured on the test split"),
-    (["T=interval(-1,4)"], "search space refused before any trial: at T=-1.0, loss.alpha=0.0: T must be > 0"),
+    (["T=interval(-1,4)"], "search space refused before any trial: at T=-1.0, loss.terms.ce.weight=0.0: T must be > 0"),
     (["T=interval(1"], "search space refused before any trial: 'T=interval(1' is not Hydra's override grammar"),
     (["teacher=mlp,no_such_teacher"], "teacher=no_such_teacher: In 'config': Could not find 'teacher/no_such_teacher'"),
 ])
@@ -130,7 +130,7 @@ def test_study_optimises_validation_accuracy_and_leaves_its_files(tmp_path):
         assert trial.value == metrics(job)["final_val_acc"]
         config = yaml.safe_load((job / "config.yaml").read_text())
         assert config["dataset"]["val_fraction"] == 0.2
-        assert (config["T"], config["loss"]["alpha"]) == (trial.params["T"], trial.params["loss.alpha"])
+        assert (config["T"], config["loss"]["terms"]["ce"]["weight"]) == (trial.params["T"], trial.params["loss.terms.ce.weight"])
 
     rows = list(csv.DictReader((sweep / "study.csv").open()))
     assert [float(r["val_acc"]) for r in rows] == [round(t.value, 4) for t in done]
@@ -153,7 +153,7 @@ def test_study_optimises_validation_accuracy_and_leaves_its_files(tmp_path):
     # best.yaml is the best trial again, as a single run
     run_kdrun(tmp_path, "--config-path", str(sweep), "--config-name", "best")
     rerun = metrics(only_run_dir(tmp_path))
-    assert (rerun["T"], rerun["alpha"]) == (best.params["T"], best.params["loss.alpha"])
+    assert (rerun["T"], rerun["terms"]["ce"]) == (best.params["T"], best.params["loss.terms.ce.weight"])
     assert rerun["final_val_acc"] == best.value
 
 

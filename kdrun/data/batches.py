@@ -27,15 +27,21 @@ def batch_indices(
     generator: torch.Generator | None = None,
     drop_last: bool = False,
     device: torch.device | str = "cpu",
+    epoch_size: int | None = None,
 ) -> Iterator[Tensor]:
-    """Yield shuffled index batches covering each of n samples once (the training order).
+    """Yield shuffled index batches covering each of n samples once (the training order); with an
+    `epoch_size` above n, `epoch_size` samples from fresh shuffles of the n, one after another.
 
     The indices let a caller find per-sample state, e.g. cached teacher outputs.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    size = n if epoch_size is None else epoch_size
     order = torch.randperm(n, generator=generator, device=device)
-    for start in range(0, num_batches(n, batch_size, drop_last) * batch_size, batch_size):
+    if size > n:
+        more = [torch.randperm(n, generator=generator, device=device) for _ in range(math.ceil(size / n) - 1)]
+        order = torch.cat([order, *more])[:size]
+    for start in range(0, num_batches(size, batch_size, drop_last) * batch_size, batch_size):
         yield order[start : start + batch_size]
 
 

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from kdrun.errors import ConfigError
 
+from .mix import Mix
 from .readers import read_cifar_batch, read_idx
 
 DATASET_NAMES = ("cifar10", "cifar100", "mnist", "fashion_mnist", "digits", "synthetic", "image_folder", "imagenet")
@@ -47,6 +48,7 @@ class DatasetSplits:
     `val_y` are the validation split (None without one: dataset.val_fraction=0).
     `class_names` come from an image folder (None for the built-in datasets);
     `skipped_images` counts unreadable files left out (dataset.on_bad_image=skip).
+    `train_labelled` marks the training images that keep a label in a transfer set.
     """
 
     name: str
@@ -61,6 +63,12 @@ class DatasetSplits:
     val_y: Tensor | None = None
     class_names: list[str] | None = None  # an image folder's classes, in label order
     skipped_images: int = 0  # unreadable files left out (dataset.on_bad_image=skip)
+    # Which training images keep their label (kdrun/data/transfer.py); None: all. The others have label -1.
+    train_labelled: Tensor | None = None
+    # Samples per training epoch when more than the split holds: scratch on the labelled part of a transfer set
+    # takes as many steps per epoch as the whole split gives (kdrun/data/transfer.py); None: one pass.
+    epoch_samples: int | None = None
+    mix: Mix | None = None  # mixup / cutmix of the student's training batches (kdrun/data/mix.py)
 
     @property
     def in_channels(self) -> int:

@@ -34,10 +34,12 @@ class InMemoryFeed:
     def __init__(self, data: DatasetSplits, augment: BatchAugment, batch_size: int, data_seed: int,
                  runtime: Runtime, world: World = SOLO):
         self.data, self.augment, self.batch_size, self.runtime = data, augment, batch_size, runtime
-        self.world = world
+        self.world, self.data_seed = world, data_seed
         self.samples = len(data.train_y)
-        self.drop_last = drops_last(self.samples, batch_size)
-        self.steps_per_epoch = num_batches(self.samples, batch_size, self.drop_last)
+        # A labelled subset standing in for a larger split (scratch on a transfer set) keeps that split's steps.
+        self.epoch_size = max(self.samples, data.epoch_samples or 0)
+        self.drop_last = drops_last(self.epoch_size, batch_size)
+        self.steps_per_epoch = num_batches(self.epoch_size, batch_size, self.drop_last)
         self.generator = data_generator(data_seed, runtime.device)
         self.epoch_start_state: torch.Tensor | None = None  # the generator when the epoch in progress began
 
@@ -50,16 +52,25 @@ class InMemoryFeed:
         now = generator.get_state()
         generator.set_state(self.epoch_start_state)
         order = list(batch_indices(self.samples, self.batch_size, generator=generator, drop_last=self.drop_last,
-                                   device=self.runtime.device))
+                                   device=self.runtime.device, epoch_size=self.epoch_size))
         if start_step > 0:
             generator.set_state(now)
         for batch in order[start_step:]:
             index = self.world.shard(batch)
             start = self.world.rank * len(index)  # equal shares (kdrun.distributed.check_divisible)
-            x = self.augment(self.data.train_x[index], generator, train=True, part=(len(batch), start))
+            data, partner_y, own_share = self.data, None, None
+            labelled = None if data.train_labelled is None else data.train_labelled[index]
+            if data.mix is not None and data.mix.active:  # mixed before the crop and flip: one view per sample
+                images, partner, own_share = data.mix(data.train_x, index, self.data_seed, epoch)
+                partner_y = data.train_y[partner]
+                if labelled is not None:  # a mixed image has a label when both of its images have
+                    labelled = labelled & data.train_labelled[partner]
+            else:
+                images = data.train_x[index]
+            x = self.augment(images, generator, train=True, part=(len(batch), start))
             if self.runtime.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield Batch(x, self.data.train_y[index], index, epoch)
+            yield Batch(x, data.train_y[index], index, epoch, labelled, partner_y, own_share)
 
     def state_dict(self) -> dict:
         return {"data": self.generator.get_state(), "data_epoch_start": self.epoch_start_state}

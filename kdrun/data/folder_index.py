@@ -78,7 +78,7 @@ def scan_split(folder: Path, train_classes: list[str] | None = None) -> FolderSp
     label_of = {name: i for i, name in enumerate(names)}
     paths, labels = [], []
     for name in classes:
-        files = _images_in(folder / name)
+        files = images_under(folder / name)
         if not files:
             raise DataError(f"{folder / name}: an empty class folder (no {'/'.join(IMAGE_EXTENSIONS)} files)")
         paths += files
@@ -86,7 +86,7 @@ def scan_split(folder: Path, train_classes: list[str] | None = None) -> FolderSp
     return FolderSplit(paths, torch.tensor(labels, dtype=torch.long), list(names))
 
 
-def _images_in(class_dir: Path) -> list[str]:
+def images_under(class_dir: Path) -> list[str]:
     files = []
     for dirpath, dirnames, filenames in os.walk(class_dir):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))

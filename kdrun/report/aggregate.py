@@ -28,7 +28,7 @@ UNUSED_BY_SCRATCH = ("loss.", "teacher.")
 DISPLAY_NAMES = {
     "strategy.name": "strategy", "loss.name": "loss", "student.arch": "student", "teacher.arch": "teacher",
     "dataset.name": "dataset", "trainer.epochs": "epochs", "optim.name": "optim",
-    "trainer.batch_size": "batch_size", "device.name": "device",
+    "trainer.batch_size": "batch_size", "device.name": "device", "dataset.labelled_fraction": "labelled",
 }
 _PRIORITY = {key: i for i, key in enumerate(DISPLAY_NAMES)}
 

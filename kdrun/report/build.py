@@ -4,6 +4,7 @@ The end of a sweep (sweep.py) and `kdrun-report` (command.py) both come here:
 
     summary.csv / .md             one row per job, failed ones with their error
     comparison.csv / .md          teacher, from-scratch and distilled groups: size, accuracy, latency
+    per_class.csv / .md           every run's test accuracy per class (labelled images, omitted classes)
     temperature_sweep.csv/.md/.png   where T varies (sweep_<key>.* for any other swept scalar)
     sweep_<a>_x_<b>.csv/.md/.png     where exactly two scalars vary: a grid and a heatmap
     report.md                     all of the above in one page, plots inline
@@ -23,6 +24,7 @@ from kdrun.io import atomic_write_text
 from kdrun.report.aggregate import Group, Study, canonical, display_name, format_value, study
 from kdrun.report.jobs import JobRecord
 from kdrun.report.latency import LatencyMeter
+from kdrun.report.per_class import per_class_table
 from kdrun.report.plots import Reference, Series, plot_heatmap, plot_sweep, reference_text
 from kdrun.report.tables import (
     Table, comparison_table, grid_table, markdown_table, print_paths, sweep_file_stem, sweep_table, to_csv,
@@ -140,6 +142,11 @@ def write_report(jobs: list[JobRecord], out_dir: Path, *, title: str, measure_la
         w.table("comparison", comparison)
         if deployment is not None:
             w.table("deployment", deployment)
+    per_class = per_class_table(jobs)
+    if per_class is not None:  # files and report.md only: one column per class is too wide for a console
+        w.text("per_class.csv", per_class.csv())
+        w.text("per_class.md", per_class.markdown())
+        w.sections.append(per_class.markdown())
     if robustness and s.groups:
         results = robustness_results(s)
         w.plot(plot_robustness(out_dir / "robustness.png", results))

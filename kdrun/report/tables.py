@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from kdrun.report.aggregate import (Group, Stat, Study, TeacherRef, display_name
                                     swept_keys)
 from kdrun.report.jobs import JobRecord
 from kdrun.report.latency import Latency, LatencyMeter
-from kdrun.report.teacher_check import run_warning
+from kdrun.report.teacher_check import run_warning, underfit_warning
 from kdrun.report.significance import Difference, welch
 
 ACC = "test acc %"
@@ -302,9 +303,16 @@ def print_run_summary(summary: dict, run_dir: Path) -> None:
     table.add_row(f"student {summary['arch']}", f"{summary['params']:,}", f"{summary['size_mb']:.3f}",
                   f"{summary['final_test_acc']:.2f}", f"{summary['best_test_acc']:.2f}")
     console.print(table)
-    if warning := run_warning(summary):
-        console.print(f"[bold yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+    for warning in (run_warning(summary), underfit_warning(summary, read_history(Path(run_dir)))):
+        if warning:
+            console.print(f"[bold yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     print_paths([Path(run_dir) / name for name in RUN_FILES if (Path(run_dir) / name).exists()])
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    """A run's metrics.jsonl records ([] without the file)."""
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
 
 
 def print_paths(paths: list[Path]) -> None:

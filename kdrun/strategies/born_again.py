@@ -32,6 +32,8 @@ class BornAgain(KD):
     """A runner of several fits; each generation trains as a KD strategy."""
 
     name = "born_again"
+    transfer_set = None  # its generations train one another on the same split: not yet with a transfer set
+    mixes = False
 
     @dataclass
     class Config:

@@ -32,6 +32,8 @@ class KD(Strategy):
     name = "kd"
     uses_teacher_recipe = True
     term_kinds = ("logit", "feature")
+    transfer_set = "unlabelled"  # distils on every image; the teacher was trained on every label
+    mixes = True  # the teacher is asked about the student's mixed view
 
     def __init__(self, student: nn.Module, teacher: nn.Module, terms: LogitTerms, *,
                  features: FeatureTerms | None = None, teacher_summary: dict | None = None,
@@ -48,7 +50,7 @@ class KD(Strategy):
     def from_config(cls, setup: Setup) -> KD:
         context = feature_context(setup.cfg, setup.data)
         build_feature_terms(setup.cfg, context)  # checks every stage choice before a teacher trains
-        teacher = resolve_teacher(setup.cfg, setup.data, setup.augment, setup.runtime)
+        teacher = resolve_teacher(setup.cfg, setup.teacher_split, setup.augment, setup.runtime)
         return cls.from_teacher(setup, teacher, context)
 
     @staticmethod
@@ -90,17 +92,19 @@ class KD(Strategy):
         if self.features is None:
             teacher_logits = self.teacher_logits(batch)
             logits = self.student(batch.x)
-            return StepOutput(logits, self.terms(logits, teacher_logits, batch.y, batch.epoch, batch.index))
+            return StepOutput(logits, self.terms(logits, teacher_logits, batch.y, batch.epoch, batch.index,
+                                                 batch.labelled, batch.mixed))
         # Feature terms need the teacher's stage outputs, which logits alone (or a logit cache) cannot give.
         with torch.no_grad():
             teacher_stages, teacher_logits = self.teacher.forward_features(batch.x)
         stages, logits = self.student.forward_features(batch.x)
         # A term's initialisation stage trains its init loss alone: no logit term, no other feature term.
         losses = {} if self.features.initialising(batch.epoch) else \
-            self.terms(logits, teacher_logits, batch.y, batch.epoch, batch.index)
+            self.terms(logits, teacher_logits, batch.y, batch.epoch, batch.index, batch.labelled, batch.mixed)
         losses.update(self.features(TermInputs(logits, teacher_logits, batch.y, batch.epoch, batch.index,
                                                self.features.outputs(stages, 0),
-                                               self.features.outputs(teacher_stages, 1))))
+                                               self.features.outputs(teacher_stages, 1),
+                                               labelled=batch.labelled, mixed=batch.mixed)))
         return StepOutput(logits, losses)
 
     def summary(self) -> dict:

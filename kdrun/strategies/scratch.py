@@ -11,6 +11,8 @@ from kdrun.students import build_student
 class Scratch(Strategy):
     name = "scratch"
     distills = False
+    transfer_set = "labelled"  # the labelled images alone, with as many steps per epoch as kd takes
+    mixes = True
 
     @classmethod
     def from_config(cls, setup: Setup) -> Scratch:
@@ -18,4 +20,4 @@ class Scratch(Strategy):
 
     def step(self, batch: Batch) -> StepOutput:
         logits = self.student(batch.x)
-        return StepOutput(logits, {"ce": cross_entropy(logits, batch.y)})
+        return StepOutput(logits, {"ce": cross_entropy(logits, batch.y, batch.labelled, batch.mixed)})

@@ -32,6 +32,11 @@ class Param:
     step: float | None = None
     text: str = ""  # the override as typed, for messages
 
+    @property
+    def prefix(self) -> str:
+        """`++` before a loss term's key: add the term or set its key, as the CLI does (kdrun/cli.py)."""
+        return "++" if self.key.startswith("loss.terms.") else ""
+
     def ends(self) -> list:
         """The values the preflight checks: every choice, or both ends of a range."""
         return list(self.choices) if self.kind == "categorical" else [self.low, self.high]
@@ -44,7 +49,7 @@ class SearchSpace:
 
     def overrides(self, values: dict) -> list[str]:
         """A trial's overrides: the fixed ones, then each searched key at its value."""
-        return [*self.fixed, *(f"{p.key}={format_value(values[p.key])}" for p in self.params)]
+        return [*self.fixed, *(f"{p.prefix}{p.key}={format_value(values[p.key])}" for p in self.params)]
 
 
 def format_value(value) -> str:
@@ -68,18 +73,24 @@ def parse_space(arguments: list[str]) -> SearchSpace:
     # A later override of a key replaces an earlier one: the command line wins over a preset's params.
     latest: dict[str, Param | str] = {}
     for override in overrides:
-        key = override.get_key_element()
+        key = _name(override)
         latest[key] = _param(override) if override.is_sweep_override() else override.input_line
     params = [v for v in latest.values() if isinstance(v, Param)]
     fixed = [v for v in latest.values() if isinstance(v, str)]
     if not params:
         raise ConfigError("an Optuna sweep needs a search space: give at least one key to search, e.g. "
-                          "'T=interval(1,16)', 'loss.alpha=interval(0,1)' or teacher=mlp,cnn_teacher")
+                          "'T=interval(1,16)', 'loss.terms.ce.weight=interval(0,1)' or teacher=mlp,cnn_teacher")
     return SearchSpace(tuple(params), tuple(fixed))
 
 
+def _name(override: Override) -> str:
+    """The key as a person names it: a loss term's key without the `++` the CLI adds (loss.terms.kd.T)."""
+    key = override.get_key_element()
+    return key.removeprefix("++") if key.startswith("++loss.terms.") else key
+
+
 def _param(override: Override) -> Param:
-    key, value, text = override.get_key_element(), override.value(), override.input_line
+    key, value, text = _name(override), override.value(), override.input_line
     tags = set(getattr(value, "tags", set()))
     if isinstance(value, ChoiceSweep):
         choices = tuple(value.list)

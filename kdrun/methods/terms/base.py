@@ -39,6 +39,8 @@ class TermInputs:
     index: Tensor | None = None  # positions of the samples in the training split
     features: object | None = None  # the student's StageOutputs (kdrun.methods.terms.feature.stages)
     teacher_features: object | None = None
+    labelled: Tensor | None = None  # which rows have a label (a transfer set); None: every row
+    mixed: tuple[Tensor, Tensor] | None = None  # mixup/cutmix: (partner labels, own share) per row
 
 
 class Term(nn.Module):
@@ -48,6 +50,8 @@ class Term(nn.Module):
     kind: ClassVar[str] = LOGIT
     uses_labels: ClassVar[bool] = False  # reads the labels: sees labelled images only
     distils: ClassVar[bool] = True  # learns from the teacher (cross-entropy alone does not)
+    masks_unlabelled: ClassVar[bool] = False  # a label term that reads only Batch.labelled rows (transfer sets)
+    mixes_labels: ClassVar[bool] = False  # a label term that reads the two labels of a mixed image
 
     @dataclass
     class Config:

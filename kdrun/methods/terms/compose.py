@@ -88,10 +88,13 @@ class LogitTerms(nn.Module):
         self.standardized = [standardize and term.temperature() is not None for term in terms]
 
     def forward(self, logits: Tensor, teacher_logits: Tensor, labels: Tensor, epoch: int,
-                index: Tensor | None = None) -> dict[str, Tensor]:
-        inputs = TermInputs(logits, teacher_logits, labels, epoch, index)
+                index: Tensor | None = None, labelled: Tensor | None = None,
+                mixed: tuple[Tensor, Tensor] | None = None) -> dict[str, Tensor]:
+        """`labelled` marks the rows with a label (a transfer set), `mixed` a mixed batch's second labels."""
+        inputs = TermInputs(logits, teacher_logits, labels, epoch, index, labelled=labelled, mixed=mixed)
         if any(self.standardized):
-            scored = TermInputs(standardize(logits), standardize(teacher_logits), labels, epoch, index)
+            scored = TermInputs(standardize(logits), standardize(teacher_logits), labels, epoch, index,
+                                labelled=labelled, mixed=mixed)
         losses: dict[str, Tensor] = {}
         for term, standardized in zip(self.terms, self.standardized):
             losses.update(term(scored if standardized else inputs))

@@ -16,6 +16,8 @@ class CrossEntropy(LogitTerm):
     name = "ce"
     uses_labels = True
     distils = False
+    masks_unlabelled = True  # a transfer set's unlabelled rows add nothing (kdrun.losses.cross_entropy)
+    mixes_labels = True  # a mixed image's target is its two labels, by their shares
 
     def forward(self, inputs: TermInputs) -> dict[str, Tensor]:
-        return self.weighted(cross_entropy(inputs.logits, inputs.labels))
+        return self.weighted(cross_entropy(inputs.logits, inputs.labels, inputs.labelled, inputs.mixed))

@@ -15,11 +15,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdrun.keys import key
+from kdrun.losses import masked_mean
 from kdrun.methods.terms.base import LogitTerm, TermInputs, register_term
 
 
-def dkd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, T: float) -> tuple[Tensor, Tensor]:
-    """(TCKD, NCKD), each T^2 * KL averaged over the batch.
+def dkd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, T: float,
+             labelled: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(TCKD, NCKD), each T^2 * KL averaged over the batch; with `labelled` (bool per row: a transfer set),
+    over the labelled rows alone (0 when a batch has none), since both parts split the classes at the label.
 
     TCKD compares the binary distributions (p_target, 1 - p_target); NCKD the distributions over the
     non-target classes alone. Works in log space throughout, where the reference takes the log of
@@ -27,7 +30,7 @@ def dkd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, T: 
     """
     s = student_logits.float() / T
     t = teacher_logits.float() / T
-    target = F.one_hot(labels, s.shape[1]).bool()
+    target = F.one_hot(labels.clamp(min=0), s.shape[1]).bool()  # unlabelled rows (-1) are masked out below
 
     def binary_log_probs(z: Tensor) -> Tensor:
         log_p = F.log_softmax(z, dim=1)
@@ -39,8 +42,15 @@ def dkd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, T: 
         # -inf on the target would make 0 * -inf = nan inside the KL; a large negative value does not.
         return F.log_softmax(z.masked_fill(target, -1e4), dim=1)
 
-    tckd = F.kl_div(binary_log_probs(s), binary_log_probs(t), log_target=True, reduction="batchmean")
-    nckd = F.kl_div(non_target_log_probs(s), non_target_log_probs(t), log_target=True, reduction="batchmean")
+    if labelled is None:
+        tckd = F.kl_div(binary_log_probs(s), binary_log_probs(t), log_target=True, reduction="batchmean")
+        nckd = F.kl_div(non_target_log_probs(s), non_target_log_probs(t), log_target=True, reduction="batchmean")
+    else:
+        def over_labelled(p: Tensor, q: Tensor) -> Tensor:
+            return masked_mean(F.kl_div(p, q, log_target=True, reduction="none").sum(1), labelled)
+
+        tckd = over_labelled(binary_log_probs(s), binary_log_probs(t))
+        nckd = over_labelled(non_target_log_probs(s), non_target_log_probs(t))
     return tckd * (T * T), nckd * (T * T)
 
 
@@ -48,6 +58,7 @@ def dkd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, T: 
 class DKD(LogitTerm):
     name = "dkd"
     uses_labels = True  # the target class splits the distribution
+    masks_unlabelled = True  # averaged over the labelled rows of a transfer set
 
     @dataclass
     class Config:
@@ -66,6 +77,6 @@ class DKD(LogitTerm):
         return min(epoch / warmup, 1.0) if warmup else 1.0
 
     def forward(self, inputs: TermInputs) -> dict[str, Tensor]:
-        tckd, nckd = dkd_loss(inputs.logits, inputs.teacher_logits, inputs.labels, self.temperature())
+        tckd, nckd = dkd_loss(inputs.logits, inputs.teacher_logits, inputs.labels, self.temperature(), inputs.labelled)
         weight = self.weight * self.ramp(inputs.epoch)
         return {"tckd": weight * self.config.tckd_weight * tckd, "nckd": weight * self.config.nckd_weight * nckd}
