@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from rich.markup import escape
 from rich.table import Table
 
-from kdrun.console import console
+from kdrun.console import console, results
 from kdrun.errors import KdrunError
 from kdrun.model_sources import arch_of
 from kdrun.models import build_model
@@ -54,7 +54,7 @@ def print_layers(role: str, arch: str, dims: tuple[int, int, int]) -> None:
         table.add_column(column, overflow="fold")
     for row in layer_table(arch, dims):
         table.add_row(*map(escape, row))
-    console.print(table)
+    results.print(table)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://kdrun.conf", config_name="config")

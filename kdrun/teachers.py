@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from kdrun.checkpoint import check_fits, load_checkpoint, save_checkpoint
-from kdrun.console import console
+from kdrun.console import console, note
 from kdrun.data import BatchAugment, DatasetSplits
 from kdrun.data.image_folder import folder_identity
 from kdrun.errors import CheckpointError
@@ -142,10 +142,10 @@ def resolve_teacher(cfg, data: DatasetSplits, augment: BatchAugment, runtime: Ru
     with cache_lock(cache_dir):
         cached = load_cached(cache_dir, teacher_recipe(cfg), data, runtime)
         if cached is not None:
-            console.print(f"[green]teacher[/] {cfg.teacher.arch} from cache {cache_dir}", soft_wrap=True)
+            note(f"[green]teacher[/] {cfg.teacher.arch} from cache {cache_dir}")
             return cached
-        console.print(f"[yellow]no cached {cfg.teacher.arch} teacher for {cfg.dataset.name}[/] "
-                      f"(looked in {cache_dir}); training it first", soft_wrap=True)
+        note(f"[yellow]no cached {cfg.teacher.arch} teacher for {cfg.dataset.name}[/] "
+             f"(looked in {cache_dir}); training it first")
         train_teacher(cfg, data, augment, runtime, cache_dir)
         teacher = load_cached(cache_dir, teacher_recipe(cfg), data, runtime)
     if teacher is None:
@@ -257,8 +257,8 @@ def train_teacher(cfg, data: DatasetSplits, augment: BatchAugment, runtime: Runt
     shutil.rmtree(work_dir / "checkpoints")  # the training state is not needed once the teacher is done
     atomic_write_json(work_dir / "entry.json", {"sha256": file_sha256(weights), "bytes": weights.stat().st_size})
     os.rename(work_dir, cache_dir)
-    console.print(f"[green]teacher[/] {cfg.teacher.arch} cached in {cache_dir} "
-                  f"(test acc {summary['final_test_acc']:.2f}%)", soft_wrap=True)
+    note(f"[green]teacher[/] {cfg.teacher.arch} cached in {cache_dir} "
+         f"(test acc {summary['final_test_acc']:.2f}%)")
 
 
 def _read_json(path: Path):

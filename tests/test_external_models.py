@@ -213,5 +213,5 @@ def test_an_unknown_external_model_is_refused_before_any_teacher_trains(tmp_path
                            (["teacher=custom", "teacher._target_=nope.Net"], "_target_='nope.Net' cannot be imported")):
         proc = run_kdrun(tmp_path, "dataset=digits", "teacher=mlp", "epochs=1", "trainer.progress=false", *args,
                          check=False)
-        assert proc.returncode == 2 and expected in " ".join(proc.stdout.split()), proc.stdout + proc.stderr
+        assert proc.returncode == 2 and expected in " ".join(proc.stderr.split()), proc.stdout + proc.stderr
     assert not (tmp_path / "outputs" / "teachers").exists()

@@ -51,9 +51,9 @@ def test_a_refused_sweep_touches_no_sweep_file_and_rows_come_from_each_jobs_conf
     assert {"summary.md", "summary.csv", "multirun.yaml"} <= set(before)
     swapped = run_kdrun(tmp_path, "-m", *TINY, "T=16,1", "hydra.sweep.dir=D", "resume=D", check=False)
     assert swapped.returncode == 2
-    assert "sweep refused before any job ran: job 0" in swapped.stdout and "T: 1 in the run, 16 now" in swapped.stdout
+    assert "sweep refused before any job ran: job 0" in swapped.stderr and "T: 1 in the run, 16 now" in swapped.stderr
     again = run_kdrun(tmp_path, "-m", *TINY, "T=4", "hydra.sweep.dir=D", check=False)
-    assert again.returncode == 2 and "already holds a run" in again.stdout
+    assert again.returncode == 2 and "already holds a run" in again.stderr
     assert digests(tmp_path / "D") == before
     # Even if a job's .hydra/overrides.yaml says otherwise, its row shows what it ran (config.yaml).
     (tmp_path / "D" / "0" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["T=16", "epochs=1"]))
@@ -94,6 +94,19 @@ def test_the_comparison_table_fits_80_columns_without_breaking_words(tmp_path):
     assert "size MB" not in text and "size MB" in table.markdown()  # left to the files
 
 
+def test_a_narrow_tables_title_and_footer_are_wrapped_at_80_columns_not_at_its_width(tmp_path):
+    """Issue 23 item 17: the temperature-sweep table (four narrow columns) wrapped its own title and footer."""
+    for T in (1.0, 4.0):
+        make_job(tmp_path / f"T{T}", T=T, overrides=[f"T={T}"])
+    table = sweep_table(study(find_jobs([tmp_path])), "loss.T")
+    out = Console(width=80, record=True, file=io.StringIO())
+    out.print(table.rich(files="temperature_sweep.md, temperature_sweep.csv"))
+    lines = [line.strip() for line in out.export_text().splitlines()]
+    assert max(len(line) for line in lines) <= 80
+    assert len(table.title) <= 80 and table.title in lines, lines
+    assert "all columns: temperature_sweep.md, temperature_sweep.csv" in lines, lines
+
+
 # --- item 8: messages, not tracebacks ---------------------------------------------------------------------
 
 
@@ -125,7 +138,7 @@ def test_an_output_folder_that_cannot_be_written_is_a_message(tmp_path, monkeypa
     (tmp_path / "afile").write_text("")
     for arg in ("paths.outputs=afile", "hydra.run.dir=afile/x"):
         proc = run_kdrun(tmp_path, *TINY, arg, check=False)
-        assert proc.returncode == 2 and "is a file, not a folder" in proc.stdout
+        assert proc.returncode == 2 and "is a file, not a folder" in proc.stderr
         assert "Traceback" not in proc.stdout + proc.stderr and "Hydra's exception" not in proc.stdout + proc.stderr
     (tmp_path / "ro").mkdir()
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path / "ro")
