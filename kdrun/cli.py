@@ -149,6 +149,9 @@ def main() -> None:
     if "--version" in sys.argv[1:]:  # Hydra's own flag would print Hydra's version
         console.print(f"kdrun {version('kdrun')}", markup=False, highlight=False)
         return
+    if any(flag in sys.argv[1:] for flag in ("-sc", "--shell-completion")):
+        _hydra_main()  # install=bash|zsh|fish or a completion query: Hydra's own, no kdrun key to check
+        return
     if any(flag in sys.argv[1:] for flag in ("--cfg", "-c")) and "--resolve" not in sys.argv:
         sys.argv.append("--resolve")  # show the values a run uses, not ${...} interpolations
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import json
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import TINY, only_run_dir, read_jsonl
+from conftest import KDRUN, TINY, only_run_dir, read_jsonl
 from kdrun.checkpoint import load_checkpoint, save_checkpoint
 from kdrun.models import build_model
 
@@ -185,3 +186,19 @@ def test_each_epoch_logs_the_learning_rate_it_trained_with(kdrun, tmp_path):
     kdrun(*TINY, "optim.lr=0.03")
     (record,) = read_jsonl(only_run_dir(tmp_path) / "metrics.jsonl")
     assert record["lr"] == pytest.approx(0.03)
+
+
+def test_the_readmes_tab_completion_command_installs_a_working_completion_in_bash(tmp_path):
+    """Issue 23 item 18: `eval "$(kdrun -sc install=bash)"` was refused as an unknown key 'install'."""
+    readme = (ROOT / "README.md").read_text()
+    assert 'eval "$(kdrun -sc install=bash)"' in readme
+    script = ('eval "$(kdrun -sc install=bash)" || exit 9\n'
+              'COMP_LINE="kdrun teacher=resn"; COMP_POINT=${#COMP_LINE}; COMP_CWORD=1\n'
+              'hydra_bash_completion\n'
+              'echo "${COMPREPLY[@]}"\n'
+              'complete -p kdrun\n')
+    env = {**os.environ, "PATH": f"{KDRUN.parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "teacher=resnet20" in proc.stdout.split() and "-F hydra_bash_completion kdrun" in proc.stdout, proc.stdout
+    assert not (tmp_path / "outputs").exists()
