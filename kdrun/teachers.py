@@ -28,7 +28,7 @@ from typing import Iterator
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from kdrun.checkpoint import check_fits, load_checkpoint, save_checkpoint
+from kdrun.checkpoint import PlainStateDict, check_fits, load_checkpoint, save_checkpoint
 from kdrun.console import console, note
 from kdrun.data import BatchAugment, DatasetSplits
 from kdrun.data.image_folder import folder_identity
@@ -113,7 +113,11 @@ def teacher_cache_dir(cfg) -> Path:
 
 def load_model(path: Path, data: DatasetSplits, runtime: Runtime, *, role: str, expect_arch: str | None = None):
     """Build the checkpoint's architecture and load its weights; returns (model, payload)."""
-    payload = load_checkpoint(path)
+    try:
+        payload = load_checkpoint(path)
+    except PlainStateDict as exc:  # weights without the model they belong to: the weights= key takes those
+        raise CheckpointError(f"{role}.checkpoint: {exc}; pass a state_dict as {role}.weights={path} "
+                              f"(with {role}= its architecture), which loads it weights-only") from exc
     meta = payload["model"]
     check_fits(meta, role=role, dataset=data.name, num_classes=data.num_classes, in_channels=data.in_channels,
                image_size=data.image_size, path=path)

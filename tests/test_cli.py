@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import csv
 import os
 import json
@@ -163,6 +164,34 @@ def test_a_file_that_is_not_a_kdrun_checkpoint_is_refused(kdrun, tmp_path):
                        "is not a kdrun checkpoint")
     assert_clean_error(kdrun(*TINY, f"teacher.checkpoint={tmp_path / 'text.pt'}", check=False),
                        "is not a kdrun checkpoint: kdrun checkpoints are the zip archives")
+
+
+def test_a_plain_state_dict_as_teacher_checkpoint_points_to_teacher_weights(kdrun, tmp_path):
+    """Issue 23 item 10: the refusal named no way to use the file."""
+    weights = tmp_path / "state_dict.pt"
+    torch.save(build_model("mlp", 1, 8, 10).state_dict(), weights)
+    proc = kdrun(*TINY, f"teacher.checkpoint={weights}", check=False)
+    assert_clean_error(proc, "is not a kdrun checkpoint but a plain state_dict",
+                       f"pass a state_dict as teacher.weights={weights}")
+    assert proc.returncode == 2
+    kdrun(*TINY, f"teacher.weights={weights}")  # where the message points, the file is taken
+
+
+@pytest.mark.parametrize("role", ["student", "teacher"])
+def test_a_weights_file_that_is_not_a_state_dict_is_refused_without_advice_to_load_it_unsafely(kdrun, tmp_path,
+                                                                                                 role):
+    """Issue 23 item 11: torch's advice to retry with weights_only=False, and its UserWarning, reached the user."""
+    import pickle
+
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")  # pickles a torch class
+    (tmp_path / "plain.pkl").write_bytes(pickle.dumps(collections.Counter(a=1), protocol=4))
+    for name in ("module.pt", "plain.pkl"):
+        proc = kdrun(*TINY, f"{role}.weights={tmp_path / name}", check=False)
+        assert_clean_error(proc, "was refused", "kdrun never runs code from a weights file")
+        text = proc.stdout + proc.stderr
+        for unsafe in ("weights_only", "safe_globals", "trusted source", "Warning"):
+            assert unsafe not in text, text
+        assert proc.returncode == 2
 
 
 @pytest.mark.slow
