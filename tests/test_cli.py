@@ -166,6 +166,16 @@ def test_a_file_that_is_not_a_kdrun_checkpoint_is_refused(kdrun, tmp_path):
                        "is not a kdrun checkpoint: kdrun checkpoints are the zip archives")
 
 
+@pytest.mark.parametrize("dataset", ["fashion_mnist", "cifar10"])
+def test_a_dataset_root_that_is_a_file_is_named_in_one_line(kdrun, tmp_path, dataset):
+    """Issue 23 item 15: it said "download failed" and printed NotADirectoryError twice."""
+    (tmp_path / "afile").write_text("not a folder")
+    proc = kdrun(*TINY, f"dataset={dataset}", "dataset.root=afile", check=False)
+    assert_clean_error(proc, f"dataset.root=afile is a file, not a folder; give the folder that holds (or will "
+                             f"hold) the {dataset} files")
+    assert proc.returncode == 2 and "download" not in proc.stderr and "NotADirectoryError" not in proc.stderr
+
+
 def test_a_plain_state_dict_as_teacher_checkpoint_points_to_teacher_weights(kdrun, tmp_path):
     """Issue 23 item 10: the refusal named no way to use the file."""
     weights = tmp_path / "state_dict.pt"
