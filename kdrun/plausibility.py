@@ -9,6 +9,8 @@ about, loudly, once.
 
 from __future__ import annotations
 
+import math
+
 from omegaconf import DictConfig
 
 from kdrun.console import console
@@ -69,6 +71,46 @@ def zero_loss(cfg: DictConfig) -> bool:
         return False
     feature_weights = [cfg.loss.get(key, 0) or 0 for key in ("hint_weight", "at_weight")]
     return cfg.loss.alpha == 0 and cfg.loss.beta == 0 and not any(feature_weights)
+
+
+# A term smaller than this fraction of the step's largest term (or than this, outright) at the first step is
+# numerically nothing: e.g. KD at T=1e9 (both softmaxes uniform to float precision) or T=1e-9 (T^2 * KL ~ T).
+VANISHING = 1e-6
+# Until each term declares its weight (loss.terms.<name>.weight), the weights of the loss group's terms.
+LOSS_KEYS_OF_TERM = {"ce": ("alpha",), "kd": ("beta",), "tckd": ("beta", "tckd_weight"),
+                     "nckd": ("beta", "nckd_weight"), "hint": ("hint_weight",), "at": ("at_weight",)}
+
+
+def zero_weight_terms(loss: DictConfig) -> frozenset[str]:
+    """The terms the config weighs zero: a zero there is the user's choice, not a vanishing term. Names are
+    base names: a strategy's `peer0_kd` or `head1_hint` is a `kd` or `hint` term."""
+    terms = loss.get("terms")
+    if terms is not None:
+        return frozenset(name for name, term in terms.items() if not term.get("weight"))
+    return frozenset(name for name, keys in LOSS_KEYS_OF_TERM.items()
+                     if any(loss.get(key) is not None and loss.get(key) == 0 for key in keys))
+
+
+def vanishing_terms(names: list[str], values: list[float], switched_off: frozenset[str]) -> list[str]:
+    """The terms, among those the config weighs above zero, that are numerically zero at this step."""
+    scale = max([1.0, *(abs(v) for v in values)])
+    return [name for name, value in zip(names, values)
+            if name.rsplit("_", 1)[-1] not in switched_off and abs(value) <= VANISHING * scale]
+
+
+def check_first_step(names: list[str], values: list[float], switched_off: frozenset[str], *, label: str,
+                     settings: str = "") -> None:
+    """Refuse a run a term of which is numerically zero at its first step, whatever the term: it would train
+    as if the term were not there (KD at T=1e9 trained to chance accuracy with loss_kd = 0.0)."""
+    if not all(math.isfinite(v) for v in values):
+        return  # the non-finite policy's to judge
+    gone = vanishing_terms(names, values, switched_off)
+    if gone:
+        terms = ", ".join(f"{name} = {value:.3g}" for name, value in zip(names, values))
+        raise ConfigError(f"{label}: at the first step the loss term{'s' if len(gone) > 1 else ''} {', '.join(gone)} "
+                          f"{'are' if len(gone) > 1 else 'is'} numerically zero ({terms}), so it would teach "
+                          f"nothing{settings}; change the setting that scales it (a temperature far outside "
+                          f"1-20 makes softened outputs agree to float precision), or give it weight 0")
 
 
 def image_size(cfg: DictConfig, data=None) -> int | None:

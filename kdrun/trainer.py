@@ -33,6 +33,7 @@ from kdrun.io import atomic_write_jsonl
 from kdrun.models import count_parameters, model_size_mb
 from kdrun.nonfinite import NonFinitePolicy
 from kdrun.optim import build_optimizer, build_scheduler
+from kdrun.plausibility import check_first_step, zero_weight_terms
 from kdrun.progress import TrainingReport
 from kdrun.runtime import Runtime
 from kdrun.step import Batch
@@ -55,6 +56,8 @@ class TrainerConfig:
     accumulate: int = 1  # micro-batches per optimiser step
     clip_grad_norm: float | None = None  # the gradient norm is clipped to this
     sync_bn: bool = False  # BatchNorm over the global batch when there are several processes
+    zero_weight_terms: frozenset[str] = frozenset()  # terms weighed zero on purpose: not "vanishing"
+    term_settings: str = ""  # what scales the terms, for the message when one vanishes
 
 
 def trainer_config(cfg: DictConfig, *, label: str, epochs: int | None = None,
@@ -65,7 +68,9 @@ def trainer_config(cfg: DictConfig, *, label: str, epochs: int | None = None,
         eval_batch_size=cfg.trainer.eval_batch_size, data_seed=cfg.data_seed if data_seed is None else data_seed,
         progress=cfg.trainer.progress, label=label, every_steps=cfg.checkpoint.every_steps,
         on_nonfinite=cfg.trainer.on_nonfinite, accumulate=cfg.trainer.get("accumulate", 1),
-        clip_grad_norm=cfg.trainer.get("clip_grad_norm"), sync_bn=cfg.trainer.get("sync_bn", False))
+        clip_grad_norm=cfg.trainer.get("clip_grad_norm"), sync_bn=cfg.trainer.get("sync_bn", False),
+        zero_weight_terms=zero_weight_terms(cfg.loss),
+        term_settings=f" (loss.T={cfg.loss.T:g})" if cfg.loss.get("T") is not None else "")
 
 
 @torch.no_grad()
@@ -167,6 +172,8 @@ class Trainer:
                         totals.lr = optimizer.param_groups[0]["lr"]
                     optimizer.zero_grad(set_to_none=True)
                     names, values, correct = self._forward_backward(strategy, batch, training.scaler)
+                    if st.epoch == 1 and st.step == 0:
+                        self._check_first_step(names, values)
                     stop = interrupt.requested is not None
                     if world.distributed:  # one all-reduce: the gradients, whether any rank saw a NaN or a signal
                         bad, stop = average_gradients(params, world, [~torch.isfinite(values).all(), stop])
@@ -236,6 +243,19 @@ class Trainer:
         world.barrier()  # best.pt is on disk before any rank reads it back
         return {**fit_summary(st, strategy, evaluation, best_path, cfg, runtime,
                               st.wall_time_s + time.perf_counter() - started), "world_size": world.size}
+
+    def _check_first_step(self, names: list[str], values: torch.Tensor) -> None:
+        """Every term the config weighs is alive (plausibility.check_first_step); every rank takes rank 0's
+        verdict, so that all stop or none."""
+        try:
+            check_first_step(names, values.tolist(), self.cfg.zero_weight_terms, label=self.cfg.label,
+                             settings=self.cfg.term_settings)
+            refusal = None
+        except ConfigError as exc:
+            refusal = str(exc)
+        refusal = self.world.from_main(refusal)
+        if refusal is not None:
+            raise ConfigError(refusal)
 
     def _forward_backward(self, strategy: Strategy, batch: Batch, scaler) -> tuple[list[str], torch.Tensor, torch.Tensor]:
         """The step's loss terms (their mean over trainer.accumulate micro-batches), gradients accumulated,

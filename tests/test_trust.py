@@ -15,13 +15,15 @@ import pytest
 import torch
 import yaml
 from hydra import initialize_config_module
+from omegaconf import OmegaConf
 from rich.console import Console
 
 from conftest import TINY, run_kdrun
 from kdrun.checkpoint import load_checkpoint
 from kdrun.errors import CheckpointError, ConfigError, WriteError
 from kdrun.io import atomic_torch_save, atomic_write_text
-from kdrun.plausibility import problems, warnings
+from kdrun.plausibility import problems, vanishing_terms, warnings, zero_weight_terms
+from kdrun.run import run_experiment
 from kdrun.preflight import check_output_locations, compose_job
 from kdrun.report.aggregate import group_by_seed, study
 from kdrun.report.build import write_report
@@ -238,6 +240,42 @@ def test_ordinary_values_pass_and_a_large_crop_is_warned_about():
     assert problems(composed(), FakeData(1437, 8)) == []
     assert warnings(composed(), FakeData(1437, 8)) == []
     assert "pads more than a quarter" in warnings(composed("dataset.augment.crop_padding=3"), FakeData(1437, 8))[0]
+
+
+def test_a_vanishing_term_is_found_whatever_its_name_and_a_term_weighed_zero_is_not():
+    """Issue 23 item 14, term-agnostic: the check reads the step's named terms, not a list of losses."""
+    off = zero_weight_terms(OmegaConf.create({"terms": {"crd": {"weight": 1.0}, "kd": {"weight": 0.0}}}))
+    assert off == {"kd"}
+    assert vanishing_terms(["ce", "crd", "kd"], [2.3, 1e-9, 0.0], off) == ["crd"]
+    assert vanishing_terms(["ce", "peer0_kd", "peer1_kd"], [2.3, 0.0, 0.4], frozenset()) == ["peer0_kd"]
+    assert vanishing_terms(["kd"], [3e-8], frozenset()) == ["kd"]  # alone: below 1e-6 outright
+    assert vanishing_terms(["ce", "kd"], [2.3, 0.01], frozenset()) == []
+    assert zero_weight_terms(composed("loss=at").loss) >= {"kd"}  # loss=at weighs kd 0 on purpose
+
+
+FAST_KD = ("teacher=mlp", "teacher.epochs=1", "epochs=1", "dataset.limit_train=256", "dataset.limit_test=64",
+           "trainer.progress=false")
+
+
+@pytest.mark.parametrize("overrides, terms", [
+    (("T=1e9",), "kd"), (("T=1e-9",), "kd"), (("loss=dkd", "T=1e9", "loss.warmup_epochs=0"), "tckd, nckd"),
+])
+def test_a_term_that_is_numerically_zero_at_the_first_step_is_refused_with_the_numbers(tmp_path, overrides, terms):
+    """T=1e9 trained to chance with loss_kd = 0.0; T=1e-9 made the term ~1e-10. Any loss: DKD's terms too."""
+    cfg = composed(*FAST_KD, f"paths.outputs={tmp_path}", *overrides)
+    with pytest.raises(ConfigError) as refused:
+        run_experiment(cfg, tmp_path / "run")
+    message = " ".join(str(refused.value).split())
+    assert f"at the first step the loss term{'s' if ',' in terms else ''} {terms} " in message, message
+    T = next(float(o.split("=")[1]) for o in overrides if o.startswith("T="))
+    assert "numerically zero (ce = " in message and f"(loss.T={T:g})" in message
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
+def test_a_term_weighed_zero_on_purpose_is_no_vanishing_term(tmp_path):
+    """loss.alpha=0: the ce term is 0 at every step, as asked (pure distillation)."""
+    cfg = composed(*FAST_KD, f"paths.outputs={tmp_path}", "loss.alpha=0")
+    assert run_experiment(cfg, tmp_path / "run")["status"] == "completed"
 
 
 def test_a_batch_larger_than_the_data_is_refused_by_the_cli_and_leaves_no_run_folder(tmp_path):
