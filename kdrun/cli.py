@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from rich.markup import escape
 
 from kdrun.cleanup import discard_unstarted_run
-from kdrun.console import append_line, console, log_notes_to, note
+from kdrun.console import append_line, console, log_notes_to, note, results
 from kdrun.data import DatasetNotFoundError
 from kdrun.distributed import init_world, launched_by_torchrun, processes_on_command_line, relaunch
 from kdrun.errors import CheckpointError, ConfigError, DataError, Interrupted, KdrunError
@@ -147,7 +147,7 @@ def plugins_on_command_line(argv: list[str]) -> list[str]:
 
 def main() -> None:
     if "--version" in sys.argv[1:]:  # Hydra's own flag would print Hydra's version
-        console.print(f"kdrun {version('kdrun')}", markup=False, highlight=False)
+        results.print(f"kdrun {version('kdrun')}", markup=False, highlight=False)
         return
     if any(flag in sys.argv[1:] for flag in ("-sc", "--shell-completion")):
         _hydra_main()  # install=bash|zsh|fish or a completion query: Hydra's own, no kdrun key to check

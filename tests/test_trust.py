@@ -161,7 +161,7 @@ def test_resume_into_a_folder_without_a_run_is_refused(tmp_path):
             output_dir(str(tmp_path / folder), "", sweep=False)
     assert output_dir(str(tmp_path / "date" / "10-00-00_kd"), "", sweep=False)  # a run: accepted
     proc = run_kdrun(tmp_path, *TINY, f"resume={tmp_path / 'empty'}", check=False)
-    assert proc.returncode == 2 and "holds no kdrun run or sweep" in proc.stdout
+    assert proc.returncode == 2 and "holds no kdrun run or sweep" in proc.stderr
     assert list((tmp_path / "empty").iterdir()) == []
 
 
@@ -171,7 +171,7 @@ def test_a_resume_with_another_config_is_refused_and_leaves_every_file_of_the_ru
     before = tree_digests(tmp_path / "run")
     for resume in (["resume=run"], ["hydra.run.dir=run", "resume=auto"]):
         proc = run_kdrun(tmp_path, *TINY, "strategy=scratch", "epochs=2", *resume, check=False)
-        assert proc.returncode == 2 and "trainer.epochs: 1 in the run, 2 now" in proc.stdout, proc.stdout
+        assert proc.returncode == 2 and "trainer.epochs: 1 in the run, 2 now" in proc.stderr, proc.stderr
         assert tree_digests(tmp_path / "run") == before  # Hydra's .hydra/ files included: the refusal comes before Hydra writes them
 
 
@@ -280,7 +280,7 @@ def test_a_term_weighed_zero_on_purpose_is_no_vanishing_term(tmp_path):
 
 def test_a_batch_larger_than_the_data_is_refused_by_the_cli_and_leaves_no_run_folder(tmp_path):
     proc = run_kdrun(tmp_path, *TINY, "batch_size=100000", check=False)
-    assert proc.returncode == 2 and "batch_size=100000 is larger than the training split" in proc.stdout
+    assert proc.returncode == 2 and "batch_size=100000 is larger than the training split" in proc.stderr
     assert not (tmp_path / "outputs").exists()  # item 14: nothing ran, no folder (nor Hydra's outputs/runs/<date>)
 
 
@@ -289,7 +289,7 @@ def test_a_batch_larger_than_the_data_is_refused_by_the_cli_and_leaves_no_run_fo
 
 def test_a_bad_value_in_the_last_job_stops_the_sweep_before_the_first_job(tmp_path):
     proc = run_kdrun(tmp_path, "-m", *TINY, "loss.alpha=0.5,0.25,0", "loss.beta=0", check=False)
-    assert proc.returncode == 2 and "job 2" in proc.stdout and "the loss is zero" in proc.stdout
+    assert proc.returncode == 2 and "job 2" in proc.stderr and "the loss is zero" in proc.stderr
     assert not (tmp_path / "outputs" / "sweeps").exists() or not list((tmp_path / "outputs" / "sweeps").rglob("*.json"))
     assert "Launching" not in proc.stdout + proc.stderr
 
@@ -298,8 +298,8 @@ def test_an_offline_dataset_error_is_printed_once_per_sweep(tmp_path):
     proc = run_kdrun(tmp_path, "-m", "dataset=mnist", "dataset.download=false", f"dataset.root={tmp_path}",
                      "teacher=mlp", "student=mlp", "epochs=1", "seed=0,1,2", "hydra.sweep.dir=S", check=False)
     assert proc.returncode == 1
-    assert proc.stdout.count("Looked in:") == 2  # the first job's error, and its first line in the summary
-    assert proc.stdout.count("not found, as for job 0") >= 2
+    assert proc.stderr.count("Looked in:") == 2  # the first job's error, and its first line in the summary
+    assert proc.stderr.count("not found, as for job 0") >= 2
 
 
 # --- item 13: the umask --------------------------------------------------------------------------------------
@@ -342,7 +342,7 @@ def test_an_interrupted_run_is_listed_with_its_resume_command(tmp_path, capsys):
         {"status": "interrupted", "error": "Interrupted: Ctrl-C", "resume": "kdrun seed=1 resume=X"}))
     s = write_report(find_jobs([tmp_path]), tmp_path / "r", title="t", measure_latency=False)
     assert s.failed == [] and len(s.interrupted) == 1
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "interrupted — resume with kdrun seed=1 resume=X" in out and "failed" not in out
 
 
@@ -369,7 +369,7 @@ def test_summary_md_shows_only_the_overrides_that_vary(tmp_path):
 def test_an_empty_dataset_root_is_refused_and_makes_no_folder(tmp_path):
     proc = run_kdrun(tmp_path, "dataset=fashion_mnist", "dataset.root=", "student=mlp", "teacher=mlp", "epochs=1",
                      check=False)
-    assert proc.returncode == 2 and "dataset.root" in proc.stdout and "is empty" in proc.stdout
+    assert proc.returncode == 2 and "dataset.root" in proc.stderr and "is empty" in proc.stderr
     assert not (tmp_path / "FashionMNIST").exists() and not (tmp_path / "outputs").exists()
 
 
