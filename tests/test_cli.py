@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import collections
 import csv
-import os
 import json
+import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -191,8 +192,6 @@ def test_a_plain_state_dict_as_teacher_checkpoint_points_to_teacher_weights(kdru
 def test_a_weights_file_that_is_not_a_state_dict_is_refused_without_advice_to_load_it_unsafely(kdrun, tmp_path,
                                                                                                  role):
     """Issue 23 item 11: torch's advice to retry with weights_only=False, and its UserWarning, reached the user."""
-    import pickle
-
     torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")  # pickles a torch class
     (tmp_path / "plain.pkl").write_bytes(pickle.dumps(collections.Counter(a=1), protocol=4))
     for name in ("module.pt", "plain.pkl"):
