@@ -248,7 +248,8 @@ def test_a_vanishing_term_is_found_whatever_its_name_and_a_term_weighed_zero_is_
     assert off == {"kd"}
     assert vanishing_terms(["ce", "crd", "kd"], [2.3, 1e-9, 0.0], off) == ["crd"]
     assert vanishing_terms(["ce", "peer0_kd", "peer1_kd"], [2.3, 0.0, 0.4], frozenset()) == ["peer0_kd"]
-    assert vanishing_terms(["kd"], [3e-8], frozenset()) == ["kd"]  # alone: below 1e-6 outright
+    assert vanishing_terms(["kd"], [3e-9], frozenset()) == ["kd"]  # alone: below 1e-8 outright
+    assert vanishing_terms(["ce", "kd"], [0.23, 2.5e-7], frozenset()) == []  # an untrained teacher: weak, not gone
     assert vanishing_terms(["ce", "kd"], [2.3, 0.01], frozenset()) == []
     assert zero_weight_terms(composed("loss=at").loss) >= {"kd"}  # loss=at weighs kd 0 on purpose
 
