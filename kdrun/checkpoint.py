@@ -20,6 +20,8 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -80,7 +82,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     check_checkpoint_file(path)
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = load_weights_only(path, map_location)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{str(path)!r} was refused: it holds objects that a weights-only load does not allow, so it is not "
@@ -89,6 +91,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except Exception as exc:  # truncated archives, bad zip members
         raise CheckpointError(f"{str(path)!r} is not a readable kdrun checkpoint "
                               f"({type(exc).__name__}: {exc or 'no detail'}); a copy cut short?") from exc
+    if is_state_dict(payload):
+        raise PlainStateDict(f"{str(path)!r} is not a kdrun checkpoint but a plain state_dict "
+                             f"(a dict of tensors)")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a kdrun checkpoint (no '{FORMAT}' format tag)")
     if payload.get("version", 0) > VERSION:
@@ -96,6 +101,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{str(path)!r} has checkpoint format version {payload['version']}; this kdrun reads up to {VERSION}"
         )
     return payload
+
+
+class PlainStateDict(CheckpointError):
+    """A file of bare weights where a kdrun checkpoint (weights plus what model they are) was expected."""
+
+
+def is_state_dict(payload) -> bool:
+    return isinstance(payload, dict) and bool(payload) and all(isinstance(v, torch.Tensor) for v in payload.values())
 
 
 def check_checkpoint_file(path: Path) -> None:
@@ -118,11 +131,29 @@ def check_checkpoint_file(path: Path) -> None:
                               f"torch.save writes, and this file is not one")
 
 
+def load_weights_only(path: Path, map_location: str | torch.device = "cpu"):
+    """torch.load(weights_only=True), quiet: torch's unpickler warns about some files with a line of its own
+    source; a refusal is for the caller to word (see refusal_reason)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def refusal_reason(exc: Exception) -> str:
+    """Why torch's weights-only load refused a file, without torch's advice on loading it anyway (retrying with
+    weights_only=False, or allow-listing the file's classes: both would run what the file names)."""
+    text = str(exc)
+    at = text.lower().find("unpickler error:")
+    if at < 0:
+        return ""
+    reason = " ".join(text[at + len("unpickler error:"):].split())
+    reason = re.split(r"\s*(?:Please use|Check the documentation|Re-running)", reason)[0].rstrip(" .")
+    return reason if "weights_only" not in reason else ""
+
+
 def _unpickler_detail(exc: Exception) -> str:
-    """torch's reason, without its advice to retry with weights_only=False (that would run the file's code)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    reason = [line for line in lines if "weights_only" not in line.lower() and "unpickler error" in line.lower()]
-    return f". Details: {reason[0]}" if reason else ""
+    reason = refusal_reason(exc)
+    return f". Details: {reason}" if reason else ""
 
 
 def check_fits(meta: dict, *, role: str, dataset: str, num_classes: int, in_channels: int, path,

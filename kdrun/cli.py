@@ -23,16 +23,17 @@ from hydra_plugins.kdrun_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import DictConfig
 from rich.markup import escape
 
-from importlib import resources
 
 from kdrun.checkpoint import load_checkpoint
 from kdrun.cleanup import discard_unstarted_run
-from kdrun.console import console
+from kdrun.console import append_line, console, log_notes_to, note, results
 from kdrun.data import DatasetNotFoundError
 from kdrun.distributed import init_world, launched_by_torchrun, processes_on_command_line, relaunch
 from kdrun.errors import CheckpointError, ConfigError, DataError, Interrupted, KdrunError
 from kdrun.missing_data import check_not_known_missing, remember_missing
-from kdrun.preflight import check_output_locations, check_single_run, check_sweep
+from kdrun.progress import clock
+from kdrun.preflight import (check_group_choices, check_output_locations, check_single_run, check_sweep,
+                             config_groups)
 from kdrun.recipes import apply_recipes
 from kdrun.report.tables import print_run_summary
 from kdrun.resume import check_resume_argument, is_completed, register_resolvers, resume_command
@@ -63,13 +64,18 @@ def run_job(cfg: DictConfig) -> dict | None:
     overrides = list(hc.overrides.task)
     multirun = hc.mode == RunMode.MULTIRUN
     resume_target = Path(hc.sweep.dir).absolute() if multirun else run_dir
+    if multirun:  # the console keeps one line per job; its notes and epochs go to its train.log
+        log_notes_to(run_dir / "train.log")
     try:
         check_not_known_missing(cfg)  # a sweep looks for a missing dataset once, not once per job
-        for note in apply_recipes(cfg, hc.runtime.choices, overrides):
-            console.print(f"[dim]recipe:[/] {escape(note)}", soft_wrap=True)
+        for recipe in apply_recipes(cfg, hc.runtime.choices, overrides):
+            note(f"[dim]recipe:[/] {escape(recipe)}")
         label = f"job {hc.job.num} {cfg.strategy.name}" if multirun else cfg.strategy.name
         summary = run_experiment(cfg, run_dir, overrides, label=label)
-        if not multirun and init_world().is_main:
+        if multirun:
+            console.print(job_line(hc.job.num, overrides, summary, run_dir), markup=False, highlight=False,
+                          soft_wrap=True)
+        elif init_world().is_main:
             print_run_summary(summary, run_dir)
         return summary
     except Interrupted as exc:
@@ -90,7 +96,14 @@ def run_job(cfg: DictConfig) -> dict | None:
             remember_missing(cfg, str(hc.job.num) if multirun else run_dir.name)
         if not multirun and not isinstance(exc, USER_ERRORS):
             raise
-        if isinstance(exc, USER_ERRORS):
+        if multirun:  # one line on the console; a traceback goes to the job's log
+            log = run_dir / "train.log"
+            if not isinstance(exc, USER_ERRORS):
+                append_line(log, traceback.format_exc())
+            where = "" if isinstance(exc, USER_ERRORS) else f" (the traceback is in {log})"
+            console.print(f"[bold red]job {hc.job.num} ({escape(' '.join(overrides))}) failed:[/] "
+                          f"{escape(first_line(exc))}{escape(where)}", soft_wrap=True)
+        elif isinstance(exc, USER_ERRORS):
             console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         else:
             console.print(traceback.format_exc(), markup=False, highlight=False)
@@ -107,6 +120,22 @@ def run_job(cfg: DictConfig) -> dict | None:
         # In a sweep one failed job is a row in the summary, not a lost sweep.
         _failed_jobs.append(" ".join(overrides))
         return None
+    finally:
+        log_notes_to(None)
+
+
+def first_line(exc: BaseException) -> str:
+    """A failure in one line: a user error's message, else the exception's type and first line."""
+    text = str(exc) if isinstance(exc, USER_ERRORS) else f"{type(exc).__name__}: {exc}"
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def job_line(num: int, overrides: list[str], summary: dict, run_dir: Path) -> str:
+    """A finished sweep job in one line: what it was, its test accuracy, how long it took, where it is."""
+    took = summary.get("wall_time_s")
+    return (f"job {num} ({' '.join(overrides)}): {summary.get('strategy', '')} {summary.get('arch', '')} "
+            f"test {summary['final_test_acc']:.2f}% (best {summary['best_test_acc']:.2f}%)"
+            + (f", {clock(took)}" if took is not None else "") + f", {run_dir}")
 
 
 _hydra_main = hydra.main(version_base="1.3", config_path="pkg://kdrun.conf", config_name="config")(run_job)
@@ -126,11 +155,6 @@ def readable_checkpoint(path: Path) -> bool:
     except CheckpointError:
         return False
     return True
-
-
-def config_groups() -> set[str]:
-    """The config groups kdrun ships (dataset, teacher, ...): `group=option` overrides choose in them."""
-    return {p.name for p in resources.files("kdrun.conf").iterdir() if p.is_dir() and not p.name.startswith("_")}
 
 
 def plugins_on_command_line(argv: list[str]) -> list[str]:
@@ -154,7 +178,10 @@ def term_overrides_add_or_set(argv: list[str]) -> list[str]:
 def main() -> None:
     sys.argv[1:] = term_overrides_add_or_set(sys.argv[1:])
     if "--version" in sys.argv[1:]:  # Hydra's own flag would print Hydra's version
-        console.print(f"kdrun {version('kdrun')}", markup=False, highlight=False)
+        results.print(f"kdrun {version('kdrun')}", markup=False, highlight=False)
+        return
+    if any(flag in sys.argv[1:] for flag in ("-sc", "--shell-completion")):
+        _hydra_main()  # install=bash|zsh|fish or a completion query: Hydra's own, no kdrun key to check
         return
     if any(flag in sys.argv[1:] for flag in ("--cfg", "-c")) and "--resolve" not in sys.argv:
         sys.argv.append("--resolve")  # show the values a run uses, not ${...} interpolations
@@ -163,6 +190,7 @@ def main() -> None:
         # Before Hydra: a typo gets kdrun's message (not Hydra's advice to add it with +), and a bad
         # resume=DIR is refused before any directory is made.
         import_plugins(plugins_on_command_line(sys.argv[1:]))  # their strategies' keys are known keys too
+        check_group_choices(sys.argv[1:])
         check_override_keys(sys.argv[1:], config_groups(), any_strategy_config())
         check_resume_argument(sys.argv[1:])
         processes = processes_on_command_line(sys.argv[1:])

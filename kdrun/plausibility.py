@@ -9,6 +9,8 @@ about, loudly, once.
 
 from __future__ import annotations
 
+import math
+
 from omegaconf import DictConfig
 
 from kdrun.console import console
@@ -58,6 +60,44 @@ def warnings(cfg: DictConfig, data=None) -> list[str]:
         out.append(f"dataset.augment.crop_padding={padding} on {size}x{size} images pads more than a quarter of "
                    f"the side: most crops are largely padding (CIFAR's recipe pads 4 on 32)")
     return out
+
+
+# A term smaller than this fraction of the step's largest term (or than this, outright) at the first step is
+# numerically nothing: KD at T=1e9 is 0 (both softmaxes uniform to float precision), at T=1e-9 about 2e-10
+# (T^2 * KL ~ T). An untrained teacher's KD term, ~1e-7 on digits, is weak, not vanishing: it trains (and is
+# warned about as a teacher no better than its student).
+VANISHING = 1e-8
+def zero_weight_terms(loss: DictConfig) -> frozenset[str]:
+    """The terms the config weighs zero: a zero there is the user's choice, not a vanishing term. Names are
+    base names: a strategy's `peer0_kd` or `head1_hint` is a `kd` or `hint` term."""
+    return frozenset(name for name, term in (loss.get("terms") or {}).items() if not (term or {}).get("weight"))
+
+
+def vanishing_terms(names: list[str], values: list[float], switched_off: frozenset[str]) -> list[str]:
+    """The terms, among those the config weighs above zero, that are numerically zero at this step."""
+    scale = max([1.0, *(abs(v) for v in values)])
+    return [name for name, value in zip(names, values)
+            if not any(of_term(name, term) for term in switched_off) and abs(value) <= VANISHING * scale]
+
+
+def of_term(name: str, term: str) -> bool:
+    """Whether a logged loss is the term's: `kd`, a part of it (`dist_inter`), or a strategy's copy (`peer0_kd`)."""
+    return name == term or name.startswith(term + "_") or name.endswith("_" + term)
+
+
+def check_first_step(names: list[str], values: list[float], switched_off: frozenset[str], *, label: str,
+                     settings: str = "") -> None:
+    """Refuse a run a term of which is numerically zero at its first step, whatever the term: it would train
+    as if the term were not there (KD at T=1e9 trained to chance accuracy with loss_kd = 0.0)."""
+    if not all(math.isfinite(v) for v in values):
+        return  # the non-finite policy's to judge
+    gone = vanishing_terms(names, values, switched_off)
+    if gone:
+        terms = ", ".join(f"{name} = {value:.3g}" for name, value in zip(names, values))
+        raise ConfigError(f"{label}: at the first step the loss term{'s' if len(gone) > 1 else ''} {', '.join(gone)} "
+                          f"{'are' if len(gone) > 1 else 'is'} numerically zero ({terms}), so it would teach "
+                          f"nothing{settings}; change the setting that scales it (a temperature far outside "
+                          f"1-20 makes softened outputs agree to float precision), or give it weight 0")
 
 
 def image_size(cfg: DictConfig, data=None) -> int | None:

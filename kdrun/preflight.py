@@ -10,14 +10,17 @@ summary only after this check has passed.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
 import re
+from importlib import resources
 from pathlib import Path
 
 from hydra import compose, initialize_config_module
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from kdrun.errors import ConfigError, KdrunError
@@ -213,3 +216,50 @@ def check_output_locations(argv: list[str], cwd: Path | None = None) -> None:
         if not os.access(existing, os.W_OK | os.X_OK):
             raise ConfigError(f"{key}={value}: {existing} is read-only for this user, so no run can be written "
                               f"under it; choose a writable folder (e.g. paths.outputs=$HOME/kdrun-outputs)")
+
+
+def config_groups() -> set[str]:
+    """The config groups kdrun ships (dataset, teacher, ...): `group=option` overrides choose in them."""
+    return {p.name for p in resources.files("kdrun.conf").iterdir() if p.is_dir() and not p.name.startswith("_")}
+
+
+def group_options(group: str, search_dirs: list[Path]) -> list[str]:
+    """The options of a config group: kdrun's YAML files, plus those of any `hydra.searchpath` folder."""
+    folders = [resources.files("kdrun.conf").joinpath(group), *(d / group for d in search_dirs)]
+    return sorted({p.name[:-5] for f in folders if f.is_dir() for p in f.iterdir() if p.name.endswith(".yaml")})
+
+
+def check_group_choices(argv: list[str]) -> None:
+    """Refuse `group=option` (or `group=a,b` in a sweep) naming an option the group does not have, with its
+    options and a "did you mean" (Hydra's own answer is a 35-line dump and rc=1). A search path kdrun cannot
+    list (pkg://, or an interpolation) leaves the check to Hydra."""
+    args = [a for a in argv if not a.startswith("-") and "=" in a]
+    try:
+        parsed = OverridesParser.create().parse_overrides(args)
+    except Exception:  # a grammar error: Hydra reports it, with its own pointer into the line
+        return
+    search_dirs: list[Path] = []
+    for override in parsed:
+        if override.key_or_group == "hydra.searchpath":
+            entries = override.value() if isinstance(override.value(), list) else [override.value()]
+            if not all(isinstance(e, str) and e.startswith("file://") and "${" not in e for e in entries):
+                return
+            search_dirs += [Path(e[len("file://"):]).expanduser() for e in entries]
+    groups = config_groups()
+    for override in parsed:
+        group = override.key_or_group
+        if group not in groups or override.package is not None or override.is_add() or override.is_delete():
+            continue
+        value = override.value()
+        chosen = value.list if isinstance(value, ChoiceSweep) else [value]
+        if not all(v is None or isinstance(v, str) for v in chosen):
+            continue  # ranges, globs, lists: Hydra's to read
+        options = group_options(group, search_dirs)
+        for option in chosen:
+            if option is None:  # Hydra's answer is a ValueError traceback
+                raise ConfigError(f"{group}=null: a group takes one of its options, not null; leave {group}= out "
+                                  f"for its default (options: {', '.join(options)})")
+            if option not in options:
+                match = difflib.get_close_matches(option, options, n=1)
+                hint = f"; did you mean {group}={match[0]}?" if match else ""
+                raise ConfigError(f"{group}={option}: no such {group} option{hint} (options: {', '.join(options)})")

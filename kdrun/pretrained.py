@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
+from kdrun.checkpoint import load_weights_only, refusal_reason
 from kdrun.console import console
 from kdrun.errors import CheckpointError, ConfigError
 from kdrun.io import file_sha256
@@ -116,10 +116,11 @@ def _is_path(weights: str) -> bool:
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = load_weights_only(path)
     except Exception as exc:
-        raise CheckpointError(f"weights file {str(path)!r} is not a state_dict that a weights-only load "
-                              f"accepts: {str(exc).splitlines()[0]}") from exc
+        reason = refusal_reason(exc) or f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}"
+        raise CheckpointError(f"weights file {str(path)!r} was refused: it is not a state_dict that a weights-only "
+                              f"load accepts, and kdrun never runs code from a weights file ({reason})") from exc
     if isinstance(payload, dict) and payload.get("format") == "kdrun-checkpoint":
         payload = payload["state_dict"]
     if not isinstance(payload, dict) or not all(isinstance(v, Tensor) for v in payload.values()):

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from kdrun.checkpoint import save_checkpoint
-from kdrun.console import console
+from kdrun.console import note
 from kdrun.io import atomic_write_json, file_sha256
 from kdrun.model_sources import arch_of, build_configured, path_safe
 from kdrun.pretrained import weights_identity
@@ -44,8 +44,8 @@ def resolve_pretrained_teacher(cfg, data, augment, runtime) -> Teacher:
     with cache_lock(cache_dir):
         cached = load_cached(cache_dir, recipe, data, runtime)
         if cached is not None:
-            console.print(f"[green]teacher[/] pretrained {arch} from cache {cache_dir} "
-                          f"(test acc {cached.test_acc:.2f}%)", soft_wrap=True)
+            note(f"[green]teacher[/] pretrained {arch} from cache {cache_dir} "
+                 f"(test acc {cached.test_acc:.2f}%)")
             return cached
         source = prepare_teacher(cfg, data, augment, runtime, cache_dir, recipe)
         teacher = load_cached(cache_dir, recipe, data, runtime)
@@ -62,8 +62,8 @@ def prepare_teacher(cfg, data, augment, runtime, cache_dir: Path, recipe: dict) 
     shutil.rmtree(work_dir, ignore_errors=True)
     atomic_write_json(work_dir / "recipe.json", recipe)
     if finetune:
-        console.print(f"[yellow]fine-tuning[/] pretrained teacher {arch_of(cfg.teacher)} for {finetune} epochs "
-                      f"on {cfg.dataset.name}", soft_wrap=True)
+        note(f"[yellow]fine-tuning[/] pretrained teacher {arch_of(cfg.teacher)} for {finetune} epochs "
+             f"on {cfg.dataset.name}")
         trainer = Trainer(trainer_config(cfg, label=f"fine-tune teacher {arch_of(cfg.teacher)}", epochs=finetune,
                                          data_seed=cfg.teacher.seed, batch_size=teacher_batch_size(cfg)),
                           teacher_optim(cfg), runtime)
@@ -75,6 +75,6 @@ def prepare_teacher(cfg, data, augment, runtime, cache_dir: Path, recipe: dict) 
     save_checkpoint(weights, model, epoch=finetune, test_acc=test_acc)
     atomic_write_json(work_dir / "entry.json", {"sha256": file_sha256(weights), "bytes": weights.stat().st_size})
     os.rename(work_dir, cache_dir)
-    console.print(f"[green]teacher[/] pretrained {arch_of(cfg.teacher)}{' fine-tuned' if finetune else ''}: "
-                  f"test acc {test_acc:.2f}%, cached in {cache_dir}", soft_wrap=True)
+    note(f"[green]teacher[/] pretrained {arch_of(cfg.teacher)}{' fine-tuned' if finetune else ''}: "
+         f"test acc {test_acc:.2f}%, cached in {cache_dir}")
     return "finetuned" if finetune else "pretrained"

@@ -4,6 +4,8 @@ On a terminal (and with trainer.progress=true): one live bar for the whole run, 
 Otherwise (output to a file, nohup, SLURM): one plain line per epoch, flushed at once. The same lines
 always go to train.log in the run directory, so a killed run still says how far it got. Once the
 first steps are timed, a run that will take over a minute says how long it expects to take.
+In a sweep's job (kdrun.console.job_log) the per-epoch lines go to train.log alone, and the live bar
+leaves no trace when the job ends: the sweep prints one line per finished job.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-from kdrun.console import console
+from kdrun.console import append_line, console, job_log
 
 ESTIMATE_AFTER_STEPS = 20  # steps timed before the estimate of the whole run
 ESTIMATE_ABOVE_S = 60.0  # shorter runs say nothing
@@ -24,6 +26,7 @@ class TrainingReport:
         self.label, self.epochs, self.steps_per_epoch = label, epochs, steps_per_epoch
         self.log_path = log_path
         self.live = live and console.is_terminal
+        self.in_sweep = job_log() is not None  # the console keeps one line per job
         self.total_steps = epochs * steps_per_epoch
         self.steps_timed = 0
         self.seconds_timed = 0.0
@@ -37,7 +40,7 @@ class TrainingReport:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"), TextColumn("{task.fields[numbers]}"),
                 BarColumn(bar_width=12), TaskProgressColumn(), TimeRemainingColumn(compact=True),
-                console=console, transient=False)
+                console=console, transient=self.in_sweep)
             self._progress.__enter__()
             self._task = self._progress.add_task(self.label, total=self.total_steps, numbers="")
         return self
@@ -79,24 +82,23 @@ class TrainingReport:
         if self._progress is not None:
             self._progress.update(self._task, numbers=f"ep {epoch}/{self.epochs} {split} {acc:.1f}%")
             self._log(line)
+        elif self.in_sweep:
+            self._log(line)
         else:
             self._say(line)
 
     def _say(self, line: str) -> None:
-        if self._progress is not None:
+        if self.in_sweep:
+            pass
+        elif self._progress is not None:
             self._progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
         else:
-            print(line, flush=True)
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
         self._log(line)
 
     def _log(self, line: str) -> None:
-        if self.log_path is None:
-            return
-        try:
-            with open(self.log_path, "a") as log:
-                log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
-        except OSError:  # a log that cannot be written must not stop training
-            pass
+        if self.log_path is not None:
+            append_line(self.log_path, line)
 
 
 def loss_terms(record: dict) -> str:

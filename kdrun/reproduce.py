@@ -22,7 +22,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from kdrun.console import console
+from kdrun.console import console, results
 from kdrun.errors import KdrunError
 from kdrun.io import atomic_write_text
 from kdrun.report.published import cifar100_pairs, csv_text, markdown, read_published, table_rows
@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             title += " (SMOKE RUN: a few steps on a tiny subset; the numbers mean nothing)"
         atomic_write_text(out / "reproduction.md", markdown(rows, warnings, title))
         atomic_write_text(out / "reproduction.csv", csv_text(rows))
-        console.print(markdown(rows, warnings, title), markup=False, highlight=False, soft_wrap=True)
-        console.print(f"tables: {out / 'reproduction.md'}, {out / 'reproduction.csv'}", markup=False, soft_wrap=True)
+        results.print(markdown(rows, warnings, title), markup=False, highlight=False, soft_wrap=True)
+        results.print(f"tables: {out / 'reproduction.md'}, {out / 'reproduction.csv'}", markup=False, soft_wrap=True)
         if failed:
             console.print(f"failed: {'; '.join(failed)}", markup=False, soft_wrap=True)
             return 1

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from kdrun.console import console
+from kdrun.console import note
 from kdrun.data import BatchAugment, load_dataset
 from kdrun.distributed import current_world
 from kdrun.data.run_details import folder_details
@@ -111,7 +111,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] = (), la
         check_same_config(cfg, run_dir)
         if is_completed(run_dir):
             check_completed_intact(run_dir)  # a truncated last.pt is no completed run
-            console.print(f"[green]already completed:[/] {run_dir} (its metrics.json); skipping it", soft_wrap=True)
+            note(f"[green]already completed:[/] {run_dir} (its metrics.json); skipping it")
             return read_summary(run_dir)
     world.barrier()  # every rank has looked at run_dir before rank 0 writes into it
     if world.is_main:

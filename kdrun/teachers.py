@@ -28,8 +28,8 @@ from typing import Iterator
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from kdrun.checkpoint import check_fits, load_checkpoint, save_checkpoint, stored_normalisation
-from kdrun.console import console
+from kdrun.checkpoint import PlainStateDict, check_fits, load_checkpoint, save_checkpoint, stored_normalisation
+from kdrun.console import console, note
 from kdrun.data import BatchAugment, DatasetSplits
 from kdrun.data.image_folder import folder_identity
 from kdrun.data.mix import MIX_KEYS
@@ -129,7 +129,11 @@ def teacher_cache_dir(cfg) -> Path:
 
 def load_model(path: Path, data: DatasetSplits, runtime: Runtime, *, role: str, expect_arch: str | None = None):
     """Build the checkpoint's architecture and load its weights; returns (model, payload)."""
-    payload = load_checkpoint(path)
+    try:
+        payload = load_checkpoint(path)
+    except PlainStateDict as exc:  # weights without the model they belong to: the weights= key takes those
+        raise CheckpointError(f"{role}.checkpoint: {exc}; pass a state_dict as {role}.weights={path} "
+                              f"(with {role}= its architecture), which loads it weights-only") from exc
     meta = payload["model"]
     check_fits(meta, role=role, dataset=data.name, num_classes=data.num_classes, in_channels=data.in_channels,
                image_size=data.image_size, path=path)
@@ -193,10 +197,10 @@ def resolve_teacher(cfg, data: DatasetSplits, augment: BatchAugment, runtime: Ru
     with cache_lock(cache_dir):
         cached = load_cached(cache_dir, teacher_recipe(cfg), data, runtime)
         if cached is not None:
-            console.print(f"[green]teacher[/] {cfg.teacher.arch} from cache {cache_dir}", soft_wrap=True)
+            note(f"[green]teacher[/] {cfg.teacher.arch} from cache {cache_dir}")
             return cached
-        console.print(f"[yellow]no cached {cfg.teacher.arch} teacher for {cfg.dataset.name}[/] "
-                      f"(looked in {cache_dir}); training it first", soft_wrap=True)
+        note(f"[yellow]no cached {cfg.teacher.arch} teacher for {cfg.dataset.name}[/] "
+             f"(looked in {cache_dir}); training it first")
         train_teacher(cfg, data, augment, runtime, cache_dir)
         teacher = load_cached(cache_dir, teacher_recipe(cfg), data, runtime)
     if teacher is None:
@@ -313,8 +317,8 @@ def train_teacher(cfg, data: DatasetSplits, augment: BatchAugment, runtime: Runt
     shutil.rmtree(work_dir / "checkpoints")  # the training state is not needed once the teacher is done
     atomic_write_json(work_dir / "entry.json", {"sha256": file_sha256(weights), "bytes": weights.stat().st_size})
     os.rename(work_dir, cache_dir)
-    console.print(f"[green]teacher[/] {cfg.teacher.arch} cached in {cache_dir} "
-                  f"(test acc {summary['final_test_acc']:.2f}%)", soft_wrap=True)
+    note(f"[green]teacher[/] {cfg.teacher.arch} cached in {cache_dir} "
+         f"(test acc {summary['final_test_acc']:.2f}%)")
 
 
 def diverged_teacher_message(cfg, exc: NonFiniteLoss) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from kdrun.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint, unwrap
-from kdrun.console import console
+from kdrun.console import note
 from kdrun.distributed import SOLO, World
 from kdrun.errors import CheckpointError
 from kdrun.runtime import Runtime
@@ -132,8 +132,7 @@ def restore(path: Path, training: Training, runtime: Runtime, label: str, world:
     saved_world = train.get("world_size", 1)
     across = f"; written by {saved_world} process(es), now {world.size}" if saved_world != world.size else ""
     if world.is_main:
-        console.print(f"[green]resuming[/] {label} from {path} ({position(state, training.steps_per_epoch)}{across})",
-                      soft_wrap=True)
+        note(f"[green]resuming[/] {label} from {path} ({position(state, training.steps_per_epoch)}{across})")
     return state
 
 

@@ -33,9 +33,11 @@ from kdrun.io import atomic_write_jsonl
 from kdrun.models import count_parameters, model_size_mb
 from kdrun.nonfinite import NonFinitePolicy
 from kdrun.optim import build_optimizer, build_scheduler
+from kdrun.plausibility import check_first_step, zero_weight_terms
 from kdrun.progress import TrainingReport
 from kdrun.runtime import Runtime
 from kdrun.schema import TrainerKeys
+from kdrun.methods.terms.compose import term_configs
 from kdrun.step import Batch
 from kdrun.contract import Strategy
 from kdrun.train_state import EpochTotals, Training, TrainState, position, restore, save_last
@@ -51,6 +53,8 @@ class TrainerConfig(TrainerKeys):
     data_seed: int = 0
     label: str = "train"  # names the run in the bar and the log: "teacher", "kd", ...
     every_steps: int | None = None  # also write last.pt every N steps; None: at the end of each epoch only
+    zero_weight_terms: frozenset[str] = frozenset()  # terms weighed zero on purpose: not "vanishing"
+    term_settings: str = ""  # what scales the terms (their temperatures), for the message when one vanishes
 
 
 def trainer_config(cfg: DictConfig, *, label: str, epochs: int | None = None, data_seed: int | None = None,
@@ -58,8 +62,11 @@ def trainer_config(cfg: DictConfig, *, label: str, epochs: int | None = None, da
     """The trainer's settings from a run's config; a teacher passes its own epochs, seed and batch size."""
     keys = OmegaConf.to_container(cfg.trainer, resolve=True)
     keys.update({k: v for k, v in (("epochs", epochs), ("batch_size", batch_size)) if v is not None})
+    temperatures = ", ".join(f"loss.terms.{name}.T={config.T:g}" for name, _, config in term_configs(cfg)
+                             if hasattr(config, "T"))
     return TrainerConfig(**keys, data_seed=cfg.data_seed if data_seed is None else data_seed, label=label,
-                         every_steps=cfg.checkpoint.every_steps)
+                         every_steps=cfg.checkpoint.every_steps, zero_weight_terms=zero_weight_terms(cfg.loss),
+                         term_settings=f" ({temperatures})" if temperatures else "")
 
 
 @torch.no_grad()
@@ -128,6 +135,8 @@ class Trainer:
                     run.note_lr()
                     training.optimizer.zero_grad(set_to_none=True)
                     names, values, correct = self._forward_backward(strategy, batch, training.scaler)
+                    if st.epoch == 1 and st.step == 0:
+                        self._check_first_step(names, values)
                     values, stop = run.agree(values, interrupt)
                     if policy.admits(st.epoch, st.step + 1, training.steps_per_epoch, names, values,
                                      st.totals.skipped):
@@ -142,6 +151,19 @@ class Trainer:
                 run.stop_if_signalled(interrupt)
         self.world.barrier()  # best.pt is on disk before any rank reads it back
         return run.summary()
+
+    def _check_first_step(self, names: list[str], values: torch.Tensor) -> None:
+        """Every term the config weighs is alive (plausibility.check_first_step); every rank takes rank 0's
+        verdict, so that all stop or none."""
+        try:
+            check_first_step(names, values.tolist(), self.cfg.zero_weight_terms, label=self.cfg.label,
+                             settings=self.cfg.term_settings)
+            refusal = None
+        except ConfigError as exc:
+            refusal = str(exc)
+        refusal = self.world.from_main(refusal)
+        if refusal is not None:
+            raise ConfigError(refusal)
 
     def _forward_backward(self, strategy: Strategy, batch: Batch, scaler) -> tuple[list[str], torch.Tensor, torch.Tensor]:
         """The step's loss terms (their mean over trainer.accumulate micro-batches), gradients accumulated,

@@ -230,7 +230,7 @@ def test_the_cli_refuses_a_missing_resume_directory_cleanly(tmp_path, monkeypatc
     with pytest.raises(SystemExit) as exit_info:
         kdrun.cli.main()
     assert exit_info.value.code == 2
-    assert "resume=outputs/runs/typo: no such directory" in " ".join(capsys.readouterr().out.split())
+    assert "resume=outputs/runs/typo: no such directory" in " ".join(capsys.readouterr().err.split())
     assert not (tmp_path / "outputs").exists()
 
 

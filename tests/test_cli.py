@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import csv
 import json
+import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import TINY, only_run_dir, read_jsonl
+from conftest import KDRUN, TINY, only_run_dir, read_jsonl
 from kdrun.checkpoint import load_checkpoint, save_checkpoint
 from kdrun.models import build_model
 
@@ -81,9 +84,9 @@ def test_a_failed_job_is_a_row_not_a_lost_sweep(kdrun, tmp_path):
 
 def test_a_teacher_is_trained_once_and_reused(kdrun, tmp_path):
     first = kdrun(*TINY)
-    assert "training it first" in first.stdout
+    assert "training it first" in first.stderr
     second = kdrun(*TINY, "seed=1", "T=2")  # another student seed and T: same teacher
-    assert "from cache" in second.stdout and "training it first" not in second.stdout
+    assert "from cache" in second.stderr and "training it first" not in second.stderr
     runs = sorted((tmp_path / "outputs" / "runs").glob("*/*"))
     summaries = [json.loads((r / "metrics.json").read_text()) for r in runs]
     assert [s["teacher_source"] for s in summaries] == ["trained", "cache"]
@@ -91,7 +94,7 @@ def test_a_teacher_is_trained_once_and_reused(kdrun, tmp_path):
     assert summaries[0]["teacher_test_acc"] == summaries[1]["teacher_test_acc"]
     assert len(list((tmp_path / "outputs" / "teachers").glob("digits/mlp/*/teacher.pt"))) == 1
     third = kdrun(*TINY, "teacher.epochs=2")  # another recipe: another teacher
-    assert "training it first" in third.stdout
+    assert "training it first" in third.stderr
 
 
 def test_a_teacher_checkpoint_is_loaded_from_a_path(kdrun, tmp_path):
@@ -118,9 +121,14 @@ def assert_clean_error(proc, *fragments: str) -> None:
 @pytest.mark.parametrize(
     "args,fragments",
     [
-        (["teacher=resnet21"], ["Could not find 'teacher/resnet21'", "resnet20", "cnn_teacher"]),
-        (["student=tiny"], ["Could not find 'student/tiny'", "resnet8x4"]),
-        (["dataset=svhn"], ["Could not find 'dataset/svhn'", "digits"]),
+        (["teacher=resnet21"], ["teacher=resnet21: no such teacher option; did you mean teacher=resnet",
+                                "cnn_teacher"]),
+        (["student=tiny"], ["student=tiny: no such student option", "resnet8x4"]),
+        (["dataset=svhn"], ["dataset=svhn: no such dataset option", "digits"]),
+        (["-m", "strategy=kd,kdd"], ["strategy=kdd: no such strategy option; did you mean strategy=kd?",
+                                      "(options: born_again, kd, multi_teacher, online, scratch, self)"]),
+        (["teacher=resnet999"], ["teacher=resnet999: no such teacher option; did you mean teacher=resnet"]),
+        (["experiment=null"], ["experiment=null: a group takes one of its options", "quickstart"]),
         (["T=0"], ["T must be > 0, got 0"]),
         (["loss.terms.ce.weight=-1"], ["loss.terms.ce.weight must be >= 0, got -1"]),
         (["batch_size=0"], ["batch_size must be >= 1, got 0"]),
@@ -128,7 +136,11 @@ def assert_clean_error(proc, *fragments: str) -> None:
     ],
 )
 def test_bad_command_lines_are_named(kdrun, args, fragments):
-    assert_clean_error(kdrun(*TINY, *args, check=False), *fragments)
+    proc = kdrun(*TINY, *args, check=False)
+    assert_clean_error(proc, *fragments)
+    # One line, on stderr: `kdrun T=-1 2>/dev/null` shows nothing (issue 23 item 13).
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and proc.stdout == "", proc.stderr
 
 
 def test_a_missing_dataset_offline_says_where_it_looked_and_what_works(kdrun, tmp_path):
@@ -159,6 +171,42 @@ def test_a_file_that_is_not_a_kdrun_checkpoint_is_refused(kdrun, tmp_path):
                        "is not a kdrun checkpoint: kdrun checkpoints are the zip archives")
 
 
+@pytest.mark.parametrize("dataset", ["fashion_mnist", "cifar10"])
+def test_a_dataset_root_that_is_a_file_is_named_in_one_line(kdrun, tmp_path, dataset):
+    """Issue 23 item 15: it said "download failed" and printed NotADirectoryError twice."""
+    (tmp_path / "afile").write_text("not a folder")
+    proc = kdrun(*TINY, f"dataset={dataset}", "dataset.root=afile", check=False)
+    assert_clean_error(proc, f"dataset.root=afile is a file, not a folder; give the folder that holds (or will "
+                             f"hold) the {dataset} files")
+    assert proc.returncode == 2 and "download" not in proc.stderr and "NotADirectoryError" not in proc.stderr
+
+
+def test_a_plain_state_dict_as_teacher_checkpoint_points_to_teacher_weights(kdrun, tmp_path):
+    """Issue 23 item 10: the refusal named no way to use the file."""
+    weights = tmp_path / "state_dict.pt"
+    torch.save(build_model("mlp", 1, 8, 10).state_dict(), weights)
+    proc = kdrun(*TINY, f"teacher.checkpoint={weights}", check=False)
+    assert_clean_error(proc, "is not a kdrun checkpoint but a plain state_dict",
+                       f"pass a state_dict as teacher.weights={weights}")
+    assert proc.returncode == 2
+    kdrun(*TINY, f"teacher.weights={weights}")  # where the message points, the file is taken
+
+
+@pytest.mark.parametrize("role", ["student", "teacher"])
+def test_a_weights_file_that_is_not_a_state_dict_is_refused_without_advice_to_load_it_unsafely(kdrun, tmp_path,
+                                                                                                 role):
+    """Issue 23 item 11: torch's advice to retry with weights_only=False, and its UserWarning, reached the user."""
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")  # pickles a torch class
+    (tmp_path / "plain.pkl").write_bytes(pickle.dumps(collections.Counter(a=1), protocol=4))
+    for name in ("module.pt", "plain.pkl"):
+        proc = kdrun(*TINY, f"{role}.weights={tmp_path / name}", check=False)
+        assert_clean_error(proc, "was refused", "kdrun never runs code from a weights file")
+        text = proc.stdout + proc.stderr
+        for unsafe in ("weights_only", "safe_globals", "trusted source", "Warning"):
+            assert unsafe not in text, text
+        assert proc.returncode == 2
+
+
 @pytest.mark.slow
 def test_a_plain_pip_install_runs_from_any_directory(tmp_path):
     """conf/ is packaged: a non-editable install composes its configs from elsewhere."""
@@ -180,3 +228,19 @@ def test_each_epoch_logs_the_learning_rate_it_trained_with(kdrun, tmp_path):
     kdrun(*TINY, "optim.lr=0.03")
     (record,) = read_jsonl(only_run_dir(tmp_path) / "metrics.jsonl")
     assert record["lr"] == pytest.approx(0.03)
+
+
+def test_the_readmes_tab_completion_command_installs_a_working_completion_in_bash(tmp_path):
+    """Issue 23 item 18: `eval "$(kdrun -sc install=bash)"` was refused as an unknown key 'install'."""
+    readme = (ROOT / "README.md").read_text()
+    assert 'eval "$(kdrun -sc install=bash)"' in readme
+    script = ('eval "$(kdrun -sc install=bash)" || exit 9\n'
+              'COMP_LINE="kdrun teacher=resn"; COMP_POINT=${#COMP_LINE}; COMP_CWORD=1\n'
+              'hydra_bash_completion\n'
+              'echo "${COMPREPLY[@]}"\n'
+              'complete -p kdrun\n')
+    env = {**os.environ, "PATH": f"{KDRUN.parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "teacher=resnet20" in proc.stdout.split() and "-F hydra_bash_completion kdrun" in proc.stdout, proc.stdout
+    assert not (tmp_path / "outputs").exists()

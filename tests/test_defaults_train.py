@@ -100,7 +100,7 @@ def test_cnn_pair_on_fashion_mnist_trains_with_its_recipe(kdrun, tmp_path):
     # SGD lr 0.05 went NaN at step ~10 here; 30 steps with the model's recipe must not.
     proc = kdrun("dataset=fashion_mnist", f"dataset.root={FASHION_ROOT}", "teacher=cnn_teacher", "student=cnn_student",
                  "epochs=1", "dataset.limit_train=1920", "dataset.limit_test=256", "trainer.progress=false")
-    assert "optim from student=cnn_student's recipe" in proc.stdout
+    assert "optim from student=cnn_student's recipe" in proc.stderr
     rows = read_jsonl(only_run_dir(tmp_path) / "metrics.jsonl")
     assert all(math.isfinite(rows[-1][k]) for k in ("loss_ce", "loss_kd"))
 
@@ -122,9 +122,9 @@ def test_teacher_no_better_than_student_is_said_with_both_numbers(kdrun, tmp_pat
     common = ["dataset=digits", "student=mlp", "teacher=mlp", f"teacher.checkpoint={untrained}", "epochs=3",
               "trainer.progress=false"]
     run = kdrun(*common)
-    assert "warning:" in run.stdout and "is not clearly better than the student it distilled" in run.stdout
+    assert "warning:" in run.stderr and "is not clearly better than the student it distilled" in run.stderr
     sweep = kdrun("-m", *common, "strategy=scratch,kd", "hydra.sweep.dir=sweep")
-    text = " ".join(sweep.stdout.split())
+    text = " ".join(sweep.stderr.split())
     assert "is no better than the student mlp trained from scratch" in text
     comparison = (tmp_path / "sweep" / "comparison.md").read_text()
     assert "no better than the student mlp trained from scratch" in " ".join(comparison.split())

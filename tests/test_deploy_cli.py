@@ -160,14 +160,14 @@ def test_kdrun_export_bad_inputs_give_a_message_and_status_2(run_dir, tmp_path, 
     paths = {"missing": tmp_path / "nope", "empty": tmp_path / "empty", "run": run_dir}
     proc = run_tool("kdrun-export", *(a.format(**paths) for a in args))
     assert proc.returncode == 2
-    assert message in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stdout + proc.stderr
 
 
 def test_kdrun_eval_needs_an_evaluation_and_a_run(run_dir, tmp_path):
     proc = run_tool("kdrun-eval", run_dir)
-    assert proc.returncode == 2 and "--robustness" in proc.stdout
+    assert proc.returncode == 2 and "--robustness" in proc.stderr
     proc = run_tool("kdrun-eval", tmp_path, "--robustness")
-    assert proc.returncode == 2 and "no runs under" in proc.stdout
+    assert proc.returncode == 2 and "no runs under" in proc.stderr
 
 
 @pytest.mark.parametrize("override, message", [
@@ -177,5 +177,5 @@ def test_kdrun_eval_needs_an_evaluation_and_a_run(run_dir, tmp_path):
 def test_kdrun_refuses_bad_prune_settings_before_any_training(tmp_path, override, message):
     proc = run_kdrun(tmp_path, *TINY, "strategy=kd", "student.prune.kind=channel", override, check=False)
     assert proc.returncode == 2
-    assert message in proc.stdout
+    assert message in proc.stderr
     assert not (tmp_path / "outputs" / "teachers").exists()

@@ -210,6 +210,14 @@ def test_kdrun_layers_lists_names_shapes_and_stages(tmp_path):
     assert "student torchvision:resnet18" in proc.stdout and "teacher cnn_teacher" in proc.stdout
     assert any("layer2" in line and "128x1x1" in line and "stage 1" in line for line in proc.stdout.splitlines())
     assert list(tmp_path.iterdir()) == []  # it writes nothing
+    # Issue 23 item 17: stages and top-level layers by default (mobilenet_v3_small's tree was 413 lines)
+    assert "layer2.0.conv1" not in proc.stdout and len(proc.stdout.splitlines()) < 40
+    assert any("(stage 1)" in line and "512x2x2" in line for line in proc.stdout.splitlines())  # a zoo model's
+    full = subprocess.run([str(layers), "dataset=digits", "student=torchvision", "student.arch=resnet18",
+                           "teacher=cnn_teacher", "--all"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "COLUMNS": "120"})
+    assert full.returncode == 0 and "layer2.0.conv1" in full.stdout, full.stderr
+    assert len(full.stdout.splitlines()) > len(proc.stdout.splitlines()) + 40
 
 
 def test_an_unknown_external_model_is_refused_before_any_teacher_trains(tmp_path):
@@ -218,5 +226,5 @@ def test_an_unknown_external_model_is_refused_before_any_teacher_trains(tmp_path
                            (["teacher=custom", "teacher._target_=nope.Net"], "_target_='nope.Net' cannot be imported")):
         proc = run_kdrun(tmp_path, "dataset=digits", "teacher=mlp", "epochs=1", "trainer.progress=false", *args,
                          check=False)
-        assert proc.returncode == 2 and expected in " ".join(proc.stdout.split()), proc.stdout + proc.stderr
+        assert proc.returncode == 2 and expected in " ".join(proc.stderr.split()), proc.stdout + proc.stderr
     assert not (tmp_path / "outputs" / "teachers").exists()

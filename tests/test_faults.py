@@ -382,7 +382,7 @@ def test_the_cli_on_a_full_disk_names_the_file_and_how_to_go_on(tmp_path, monkey
             kdrun.cli.main()
     finally:
         GlobalHydra.instance().clear()
-    out = " ".join(capsys.readouterr().out.split())
+    out = " ".join(capsys.readouterr().err.split())
     assert exit_info.value.code == 2, out
     assert "could not write" in out and "last.pt: No space left on device (the disk is full" in out
     assert "could not record the failure in metrics.json" in out  # the disk is still full
@@ -515,7 +515,7 @@ def test_a_corrupt_cache_entry_is_reported_moved_aside_and_retrained(tmp_path, d
     capsys.readouterr()
 
     second = resolve(cfg, digits)
-    out = " ".join(capsys.readouterr().out.split())
+    out = " ".join(capsys.readouterr().err.split())
     assert second.source == "trained", out
     assert f"cached teacher {entry} is not trusted" in out
     reason = {"flip a byte": "sha256", "truncate": "bytes", "no entry.json": "no entry.json",
@@ -553,7 +553,7 @@ def test_an_interrupted_teacher_training_resumes_from_its_partial_directory(tmp_
     assert not teacher_cache_dir(cfg).exists()
     capsys.readouterr()
     teacher = resolve(cfg, digits)
-    assert "resuming teacher mlp from" in capsys.readouterr().out
+    assert "resuming teacher mlp from" in capsys.readouterr().err
     assert not partial.exists() and teacher.source == "trained"
     for a, b in zip(reference.model.state_dict().values(), teacher.model.state_dict().values()):
         assert torch.equal(a, b)

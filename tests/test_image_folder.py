@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 from pathlib import Path
 
@@ -149,6 +150,27 @@ def test_a_corrupt_image_is_named_or_skipped_and_counted(tmp_path):
         load_dataset(folder_cfg(root, cache_dir=None))
     data = load_dataset(folder_cfg(root, on_bad_image="skip", val_fraction=0.0, cache_dir=None))
     assert data.skipped_images == 1 and len(data.train_y) == 35
+
+
+@pytest.mark.parametrize("in_memory", [True, False], ids=["in_memory", "streamed"])
+@pytest.mark.parametrize("name", ["0000.jpg", "0003.png"], ids=["first", "later"])
+def test_an_empty_image_is_named_or_skipped_even_when_it_is_the_first(tmp_path, in_memory, name):
+    """Issue 23 items 7 and 8: a 0-byte file gave torch.frombuffer's error, naming no file, and
+    on_bad_image=skip did not skip a bad first image (the channel count was read from it)."""
+    root = make_folder(tmp_path / "d")
+    bad = root / "train" / "cat" / name
+    bad.write_bytes(b"")
+    settings = {"val_fraction": 0.0, "cache_dir": None, "in_memory": in_memory}
+
+    def every_training_image(data) -> int:
+        if isinstance(data, StreamingFolder):
+            return sum(len(y) for _, y, _ in data.batches(torch.arange(36), 12, 1))
+        return len(data.train_y)
+
+    with pytest.raises(BadImageError, match=re.escape(f"{bad}: cannot read this image (an empty file, 0 bytes)")):
+        every_training_image(load_dataset(folder_cfg(root, **settings)))
+    data = load_dataset(folder_cfg(root, on_bad_image="skip", **settings))
+    assert every_training_image(data) == 35 and data.skipped_images == 1 and data.in_channels == 3
 
 
 # ---- streaming ------------------------------------------------------------------------------------------

@@ -62,8 +62,8 @@ def test_the_users_method_gets_the_same_key_checks_as_kdruns_own(tmp_path, monke
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # where a user's own modules are importable
     args = user_project(tmp_path)
     wrong_type = run_kdrun(tmp_path, *TINY, *args, "strategy.smoothing=lots", check=False)
-    assert wrong_type.returncode == 2 and "strategy.smoothing must be a number, got 'lots'" in wrong_type.stdout
+    assert wrong_type.returncode == 2 and "strategy.smoothing must be a number, got 'lots'" in wrong_type.stderr
     typo = run_kdrun(tmp_path, *TINY, *args, "strategy.smothing=0.3", check=False)
-    assert typo.returncode == 2 and "did you mean strategy.smoothing?" in typo.stdout
+    assert typo.returncode == 2 and "did you mean strategy.smoothing?" in typo.stderr
     missing = run_kdrun(tmp_path, *TINY, "plugins=[no_such_module]", check=False)
-    assert missing.returncode == 2 and "plugins: cannot import 'no_such_module'" in missing.stdout
+    assert missing.returncode == 2 and "plugins: cannot import 'no_such_module'" in missing.stderr

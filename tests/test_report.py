@@ -209,7 +209,7 @@ def test_a_sweep_with_failed_jobs_still_reports_and_names_them(tmp_path, capsys)
     report = (sweep / "report.md").read_text()
     assert "failed jobs" in report and "9_T=8,seed=0" in report and "RuntimeError: boom" in report
     assert "No from-scratch cnn_student" in report
-    out = " ".join(capsys.readouterr().out.split())
+    out = " ".join(capsys.readouterr().err.split())
     assert "2 of 11 job(s) failed" in out and "9_T=8,seed=0: RuntimeError: boom" in out
 
 
@@ -287,7 +287,7 @@ def test_the_report_command_refuses_what_is_not_a_run(tmp_path, capsys):
     assert kdrun_report([str(tmp_path / "missing")]) == 2
     (tmp_path / "empty").mkdir()
     assert kdrun_report([str(tmp_path / "empty"), "-o", str(tmp_path / "r")]) == 2
-    out = " ".join(capsys.readouterr().out.split())
+    out = " ".join(capsys.readouterr().err.split())
     assert "is not a directory" in out and "no runs under" in out
     assert not (tmp_path / "r").exists()
 

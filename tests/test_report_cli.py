@@ -61,9 +61,28 @@ def test_a_sweep_with_scratch_and_kd_ends_with_grouped_tables_plots_and_paths(ru
 
     stdout = runs["sweep"].stdout
     out = " ".join(stdout.split())
-    assert "2 job(s) repeat another job's setting and seed" in out  # scratch at T=4 repeats scratch at T=1
+    assert "2 job(s) repeat another job's setting and seed" in " ".join(runs["sweep"].stderr.split())  # a note
     assert "T sweep" in out and "files:" in out
     assert stdout.rstrip().endswith("report.md")
+
+
+def test_a_sweep_prints_one_line_per_job_and_keeps_the_epochs_in_each_jobs_log(runs):
+    """Issue 23 item 17: no per-epoch wall on the console; item 13: results alone on stdout."""
+    sweep, sweep_dir = runs["sweep"], runs["sweep_dir"]
+    job_lines = [line for line in sweep.stderr.splitlines() if line.startswith("job ")]
+    assert [line.split(" (")[0] for line in job_lines] == [f"job {n}" for n in range(8)], sweep.stderr
+    assert all("test " in line and "% (best " in line for line in job_lines)
+    assert "epoch 1/1" not in sweep.stdout + sweep.stderr and "[HYDRA]" not in sweep.stdout
+    assert "recipe:" not in sweep.stdout + sweep.stderr  # a job's notes are in its log
+    for n in range(8):
+        log = (sweep_dir / str(n) / "train.log").read_text()
+        assert f"job {n} " in log and "epoch 1/1" in log and "recipe:" in log
+    assert "job 0 (" not in sweep.stdout and "T sweep" in sweep.stdout
+
+
+def test_a_single_run_redirected_prints_plain_epoch_lines_on_stderr(runs):
+    single = runs["single"]
+    assert "scratch epoch 1/1" in single.stderr and "epoch 1/1" not in single.stdout
 
 
 def test_a_run_ends_with_its_table_and_the_paths_of_its_files(runs):

@@ -146,6 +146,6 @@ def test_a_key_the_chosen_option_lacks_gets_kdruns_message_not_hydras(kdrun, tmp
     args = ["-m", "seed=0,1"] if sweep else []
     proc = kdrun("experiment=quickstart", "optim.momentum=0.5", *args, check=False)
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "unknown config key 'optim.momentum'" in proc.stdout and "with optim=adamw" in proc.stdout
+    assert "unknown config key 'optim.momentum'" in proc.stderr and "with optim=adamw" in proc.stderr
     assert "+optim.momentum" not in proc.stdout + proc.stderr
     assert not list(tmp_path.iterdir())

@@ -160,7 +160,7 @@ def test_a_damaged_epoch_file_is_reported_and_recomputed(tmp_path, capsys):
     again = build_teacher_outputs(cfg, data, runtime, teacher, cfg.loss.terms.kd.T)
     capsys.readouterr()
     got = [again(batch) for batch in batches]
-    out = " ".join(capsys.readouterr().out.split())
+    out = " ".join(capsys.readouterr().err.split())
     assert "epoch_0001.bin is damaged (its CRC32 does not match its contents)" in out
     assert "epoch_0002.bin is damaged" in out and "recomputing that epoch" in out
     assert all(torch.equal(a, b) for a, b in zip(got, expected))
@@ -195,7 +195,7 @@ def test_a_cache_that_would_not_fit_the_disk_is_refused_with_its_size(tmp_path, 
     with pytest.raises(TeacherCacheError, match=r"needs .* more .* only 104.9 MB is free .*teacher.cache=false"):
         build_teacher_outputs(cfg, data, runtime, teacher, cfg.loss.terms.kd.T)
     # 240 epochs x 50 samples x (10 fp16 logits + a 16-bit view checksum) + a 64-byte header per epoch
-    assert f"= {240 * (64 + 50 * 22) / 1000:.1f} KB on disk" in " ".join(capsys.readouterr().out.split())
+    assert f"= {240 * (64 + 50 * 22) / 1000:.1f} KB on disk" in " ".join(capsys.readouterr().err.split())
 
 
 def test_the_live_path_is_lean_and_shares_the_students_batch(tmp_path):

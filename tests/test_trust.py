@@ -15,13 +15,15 @@ import pytest
 import torch
 import yaml
 from hydra import initialize_config_module
+from omegaconf import OmegaConf
 from rich.console import Console
 
 from conftest import TINY, run_kdrun
 from kdrun.checkpoint import load_checkpoint
 from kdrun.errors import CheckpointError, ConfigError, WriteError
 from kdrun.io import atomic_torch_save, atomic_write_text
-from kdrun.plausibility import problems, warnings
+from kdrun.plausibility import problems, vanishing_terms, warnings, zero_weight_terms
+from kdrun.run import run_experiment
 from kdrun.preflight import check_output_locations, compose_job
 from kdrun.report.aggregate import group_by_seed, study
 from kdrun.report.build import write_report
@@ -52,9 +54,9 @@ def test_a_refused_sweep_touches_no_sweep_file_and_rows_come_from_each_jobs_conf
     assert {"summary.md", "summary.csv", "multirun.yaml"} <= set(before)
     swapped = run_kdrun(tmp_path, "-m", *TINY, "T=16,1", "hydra.sweep.dir=D", "resume=D", check=False)
     assert swapped.returncode == 2
-    assert "sweep refused before any job ran: job 0" in swapped.stdout and "T: 1 in the run, 16 now" in swapped.stdout
+    assert "sweep refused before any job ran: job 0" in swapped.stderr and "T: 1 in the run, 16 now" in swapped.stderr
     again = run_kdrun(tmp_path, "-m", *TINY, "T=4", "hydra.sweep.dir=D", check=False)
-    assert again.returncode == 2 and "already holds a run" in again.stdout
+    assert again.returncode == 2 and "already holds a run" in again.stderr
     assert digests(tmp_path / "D") == before
     # Even if a job's .hydra/overrides.yaml says otherwise, its row shows what it ran (config.yaml).
     (tmp_path / "D" / "0" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["T=16", "epochs=1"]))
@@ -95,6 +97,19 @@ def test_the_comparison_table_fits_80_columns_without_breaking_words(tmp_path):
     assert "size MB" not in text and "size MB" in table.markdown()  # left to the files
 
 
+def test_a_narrow_tables_title_and_footer_are_wrapped_at_80_columns_not_at_its_width(tmp_path):
+    """Issue 23 item 17: the temperature-sweep table (four narrow columns) wrapped its own title and footer."""
+    for T in (1.0, 4.0):
+        make_job(tmp_path / f"T{T}", T=T, overrides=[f"T={T}"])
+    table = sweep_table(study(find_jobs([tmp_path])), "loss.T")
+    out = Console(width=80, record=True, file=io.StringIO())
+    out.print(table.rich(files="temperature_sweep.md, temperature_sweep.csv"))
+    lines = [line.strip() for line in out.export_text().splitlines()]
+    assert max(len(line) for line in lines) <= 80
+    assert len(table.title) <= 80 and table.title in lines, lines
+    assert "all columns: temperature_sweep.md, temperature_sweep.csv" in lines, lines
+
+
 # --- item 8: messages, not tracebacks ---------------------------------------------------------------------
 
 
@@ -126,7 +141,7 @@ def test_an_output_folder_that_cannot_be_written_is_a_message(tmp_path, monkeypa
     (tmp_path / "afile").write_text("")
     for arg in ("paths.outputs=afile", "hydra.run.dir=afile/x"):
         proc = run_kdrun(tmp_path, *TINY, arg, check=False)
-        assert proc.returncode == 2 and "is a file, not a folder" in proc.stdout
+        assert proc.returncode == 2 and "is a file, not a folder" in proc.stderr
         assert "Traceback" not in proc.stdout + proc.stderr and "Hydra's exception" not in proc.stdout + proc.stderr
     (tmp_path / "ro").mkdir()
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path / "ro")
@@ -147,7 +162,7 @@ def test_resume_into_a_folder_without_a_run_is_refused(tmp_path):
             output_dir(str(tmp_path / folder), "", sweep=False)
     assert output_dir(str(tmp_path / "date" / "10-00-00_kd"), "", sweep=False)  # a run: accepted
     proc = run_kdrun(tmp_path, *TINY, f"resume={tmp_path / 'empty'}", check=False)
-    assert proc.returncode == 2 and "holds no kdrun run or sweep" in proc.stdout
+    assert proc.returncode == 2 and "holds no kdrun run or sweep" in proc.stderr
     assert list((tmp_path / "empty").iterdir()) == []
 
 
@@ -157,7 +172,7 @@ def test_a_resume_with_another_config_is_refused_and_leaves_every_file_of_the_ru
     before = tree_digests(tmp_path / "run")
     for resume in (["resume=run"], ["hydra.run.dir=run", "resume=auto"]):
         proc = run_kdrun(tmp_path, *TINY, "strategy=scratch", "epochs=2", *resume, check=False)
-        assert proc.returncode == 2 and "trainer.epochs: 1 in the run, 2 now" in proc.stdout, proc.stdout
+        assert proc.returncode == 2 and "trainer.epochs: 1 in the run, 2 now" in proc.stderr, proc.stderr
         assert tree_digests(tmp_path / "run") == before  # Hydra's .hydra/ files included: the refusal comes before Hydra writes them
 
 
@@ -233,9 +248,46 @@ def test_ordinary_values_pass_and_a_large_crop_is_warned_about():
     assert "pads more than a quarter" in warnings(composed("dataset.augment.crop_padding=3"), FakeData(1437, 8))[0]
 
 
+def test_a_vanishing_term_is_found_whatever_its_name_and_a_term_weighed_zero_is_not():
+    """Issue 23 item 14, term-agnostic: the check reads the step's named terms, not a list of losses."""
+    off = zero_weight_terms(OmegaConf.create({"terms": {"crd": {"weight": 1.0}, "kd": {"weight": 0.0}}}))
+    assert off == {"kd"}
+    assert vanishing_terms(["ce", "crd", "kd"], [2.3, 1e-9, 0.0], off) == ["crd"]
+    assert vanishing_terms(["ce", "peer0_kd", "peer1_kd"], [2.3, 0.0, 0.4], frozenset()) == ["peer0_kd"]
+    assert vanishing_terms(["kd"], [3e-9], frozenset()) == ["kd"]  # alone: below 1e-8 outright
+    assert vanishing_terms(["ce", "kd"], [0.23, 2.5e-7], frozenset()) == []  # an untrained teacher: weak, not gone
+    assert vanishing_terms(["ce", "kd"], [2.3, 0.01], frozenset()) == []
+    assert zero_weight_terms(composed("loss=at").loss) >= {"kd"}  # loss=at weighs kd 0 on purpose
+
+
+FAST_KD = ("teacher=mlp", "teacher.epochs=1", "epochs=1", "dataset.limit_train=256", "dataset.limit_test=64",
+           "trainer.progress=false")
+
+
+@pytest.mark.parametrize("overrides, terms", [
+    (("T=1e9",), "kd"), (("T=1e-9",), "kd"), (("loss=dkd", "T=1e9", "loss.warmup_epochs=0"), "tckd, nckd"),
+])
+def test_a_term_that_is_numerically_zero_at_the_first_step_is_refused_with_the_numbers(tmp_path, overrides, terms):
+    """T=1e9 trained to chance with loss_kd = 0.0; T=1e-9 made the term ~1e-10. Any loss: DKD's terms too."""
+    cfg = composed(*FAST_KD, f"paths.outputs={tmp_path}", *overrides)
+    with pytest.raises(ConfigError) as refused:
+        run_experiment(cfg, tmp_path / "run")
+    message = " ".join(str(refused.value).split())
+    assert f"at the first step the loss term{'s' if ',' in terms else ''} {terms} " in message, message
+    T = next(float(o.split("=")[1]) for o in overrides if o.startswith("T="))
+    assert "numerically zero (ce = " in message and f"(loss.T={T:g})" in message
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
+def test_a_term_weighed_zero_on_purpose_is_no_vanishing_term(tmp_path):
+    """loss.alpha=0: the ce term is 0 at every step, as asked (pure distillation)."""
+    cfg = composed(*FAST_KD, f"paths.outputs={tmp_path}", "loss.alpha=0")
+    assert run_experiment(cfg, tmp_path / "run")["status"] == "completed"
+
+
 def test_a_batch_larger_than_the_data_is_refused_by_the_cli_and_leaves_no_run_folder(tmp_path):
     proc = run_kdrun(tmp_path, *TINY, "batch_size=100000", check=False)
-    assert proc.returncode == 2 and "batch_size=100000 is larger than the training split" in proc.stdout
+    assert proc.returncode == 2 and "batch_size=100000 is larger than the training split" in proc.stderr
     assert not (tmp_path / "outputs").exists()  # item 14: nothing ran, no folder (nor Hydra's outputs/runs/<date>)
 
 
@@ -244,7 +296,7 @@ def test_a_batch_larger_than_the_data_is_refused_by_the_cli_and_leaves_no_run_fo
 
 def test_a_bad_value_in_the_last_job_stops_the_sweep_before_the_first_job(tmp_path):
     proc = run_kdrun(tmp_path, "-m", *TINY, "loss.terms.ce.weight=0.5,0.25,0", "loss.terms.kd.weight=0", check=False)
-    assert proc.returncode == 2 and "job 2" in proc.stdout and "the loss is zero" in proc.stdout
+    assert proc.returncode == 2 and "job 2" in proc.stderr and "the loss is zero" in proc.stderr
     assert not (tmp_path / "outputs" / "sweeps").exists() or not list((tmp_path / "outputs" / "sweeps").rglob("*.json"))
     assert "Launching" not in proc.stdout + proc.stderr
 
@@ -253,8 +305,8 @@ def test_an_offline_dataset_error_is_printed_once_per_sweep(tmp_path):
     proc = run_kdrun(tmp_path, "-m", "dataset=mnist", "dataset.download=false", f"dataset.root={tmp_path}",
                      "teacher=mlp", "student=mlp", "epochs=1", "seed=0,1,2", "hydra.sweep.dir=S", check=False)
     assert proc.returncode == 1
-    assert proc.stdout.count("Looked in:") == 2  # the first job's error, and its first line in the summary
-    assert proc.stdout.count("not found, as for job 0") >= 2
+    assert proc.stderr.count("Looked in:") == 2  # the first job's error, and its first line in the summary
+    assert proc.stderr.count("not found, as for job 0") >= 2
 
 
 # --- item 13: the umask --------------------------------------------------------------------------------------
@@ -297,7 +349,7 @@ def test_an_interrupted_run_is_listed_with_its_resume_command(tmp_path, capsys):
         {"status": "interrupted", "error": "Interrupted: Ctrl-C", "resume": "kdrun seed=1 resume=X"}))
     s = write_report(find_jobs([tmp_path]), tmp_path / "r", title="t", measure_latency=False)
     assert s.failed == [] and len(s.interrupted) == 1
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "interrupted — resume with kdrun seed=1 resume=X" in out and "failed" not in out
 
 
@@ -324,7 +376,7 @@ def test_summary_md_shows_only_the_overrides_that_vary(tmp_path):
 def test_an_empty_dataset_root_is_refused_and_makes_no_folder(tmp_path):
     proc = run_kdrun(tmp_path, "dataset=fashion_mnist", "dataset.root=", "student=mlp", "teacher=mlp", "epochs=1",
                      check=False)
-    assert proc.returncode == 2 and "dataset.root" in proc.stdout and "is empty" in proc.stdout
+    assert proc.returncode == 2 and "dataset.root" in proc.stderr and "is empty" in proc.stderr
     assert not (tmp_path / "FashionMNIST").exists() and not (tmp_path / "outputs").exists()
 
 

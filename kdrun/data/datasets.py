@@ -181,7 +181,11 @@ def _root(cfg: Mapping[str, Any]) -> Path:
     if root is None or not str(root).strip():
         raise ConfigError(f"dataset.root={root!r} is empty; give the folder that holds (or will hold) the "
                           f"dataset files, e.g. dataset.root=data")
-    return Path(os.path.expanduser(str(_option(cfg, "root", "data")))).absolute()
+    path = Path(os.path.expanduser(str(root))).absolute()
+    if path.exists() and not path.is_dir():  # else a download attempt ends in NotADirectoryError
+        raise ConfigError(f"dataset.root={root} is a file, not a folder; give the folder that holds (or will hold) "
+                          f"the {cfg.get('name', 'dataset')} files, e.g. dataset.root=data")
+    return path
 
 
 def _find_or_download(

@@ -12,12 +12,12 @@ from typing import Any, Mapping
 
 import torch
 
-from kdrun.errors import ConfigError
+from kdrun.errors import ConfigError, DataError
 
 from .datasets import FOLDER_DATASETS, DatasetSplits, channel_stats
 from .folder_cache import cache_key, decoded_split
 from .folder_index import FolderLayout, FolderSplit, scan_layout, stratified_split
-from .images import BadImageError, fit, image_channels, read_image
+from .images import BadImageError, first_image_channels, fit, read_image
 from .streaming import StreamAugment, StreamingFolder
 
 VAL_SEED = 0  # the validation split is drawn with a fixed seed: every run holds out the same images
@@ -41,11 +41,11 @@ def open_image_folder(cfg: Mapping[str, Any], device: torch.device | str = "cpu"
     if resize < size:
         raise ConfigError(f"dataset.eval_resize={resize} is smaller than dataset.image_size={size}; it is the "
                           f"shorter side before the centre {size}x{size} crop, so it must be >= {size} (or null)")
-    channels = cfg.get("channels") or image_channels(train.paths[0])
+    skip_bad = _choice(cfg, "on_bad_image", ("error", "skip"), "error") == "skip"
+    channels = cfg.get("channels") or first_image_channels(train.paths, skip_bad)
     if channels not in (1, 3):
         raise ConfigError(f"dataset.channels={channels} is not allowed; allowed: 1 (grayscale), 3 (RGB), "
-                          f"null (from the first training image)")
-    skip_bad = _choice(cfg, "on_bad_image", ("error", "skip"), "error") == "skip"
+                          f"null (from the first readable training image)")
     split_sizes = [len(train), len(test), len(val) if val is not None else 0]
     if _in_memory(cfg, sum(split_sizes) * channels * size * size):
         return _decoded(cfg, layout, train, val, size=size, resize=resize, channels=channels, skip_bad=skip_bad,
@@ -134,6 +134,10 @@ def _sampled_stats(train: FolderSplit, size: int, resize: int, channels: int):
             images.append(fit(read_image(path, channels), size, resize))
         except BadImageError:  # named when the training batch that holds it is loaded
             continue
+    if not images:
+        raise DataError(f"none of the {len(train.paths[::step][:STATS_SAMPLES])} training images sampled for the "
+                        f"normalisation statistics can be read (the first is {train.paths[0]}); set dataset.mean "
+                        f"and dataset.std, or replace the files")
     return channel_stats(torch.stack(images))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import os
 
 import torch
 from torch import Tensor
@@ -34,6 +35,7 @@ def _functional():
 
 
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+EMPTY = "an empty file, 0 bytes"
 
 
 class BadImageError(DataError):
@@ -45,13 +47,30 @@ class BadImageError(DataError):
         self.path = path
 
 
+def first_image_channels(paths, skip_bad: bool) -> int:
+    """The channel count of the first readable image: with dataset.on_bad_image=skip, unreadable files
+    before it are passed over (they are counted where the split is decoded); else the first must be readable."""
+    for path in paths:
+        try:
+            return image_channels(path)
+        except BadImageError:
+            if not skip_bad:
+                raise
+    raise DataError(f"none of the {len(paths)} training images can be read (dataset.on_bad_image=skip skipped "
+                    f"them all); the first is {paths[0]}")
+
+
 def image_channels(path: str) -> int:
     """1 for a grayscale file, 3 otherwise (read from the header only)."""
     from PIL import Image
 
     try:
+        if os.path.getsize(path) == 0:
+            raise BadImageError(path, EMPTY)
         with Image.open(path) as image:
             return 1 if image.mode in GRAY_MODES else 3
+    except BadImageError:
+        raise
     except Exception as exc:  # PIL raises many kinds for a damaged header
         raise BadImageError(path, f"{type(exc).__name__}: {exc}") from exc
 
@@ -61,10 +80,13 @@ def read_image(path: str, channels: int) -> Tensor:
     mode = _io().ImageReadMode.GRAY if channels == 1 else _io().ImageReadMode.RGB
     try:
         with open(path, "rb") as f:
-            data = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
-        return _io().decode_image(data, mode=mode)
+            content = f.read()
     except OSError as exc:
         raise BadImageError(path, f"{type(exc).__name__}: {exc}") from exc
+    if not content:  # torch.frombuffer's own error for it names neither the file nor the problem
+        raise BadImageError(path, EMPTY)
+    try:
+        return _io().decode_image(torch.frombuffer(bytearray(content), dtype=torch.uint8), mode=mode)
     except RuntimeError:
         return _read_with_pil(path, channels)
 

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from kdrun.console import console
+from kdrun.console import console, results
 from kdrun.errors import KdrunError
 
 
@@ -44,10 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     except KdrunError as exc:
         console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         return 2
-    console.print(table.rich())
+    results.print(table.rich())
     for note in table.notes:
-        console.print(note, markup=False, highlight=False)
-    console.print(f"{out / 'robustness.md'}\n{png}", markup=False, highlight=False, soft_wrap=True)
+        results.print(note, markup=False, highlight=False)
+    results.print(f"{out / 'robustness.md'}\n{png}", markup=False, highlight=False, soft_wrap=True)
     return 0
 
 

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from kdrun.console import console
+from kdrun.console import console, results
 from kdrun.deploy.export import FORMATS
 from kdrun.errors import KdrunError
 
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             out = out_dir_for(run_dir, args.out, len(runs) > 1, args.run_dir)
             card = ship_run(run_dir, out, args.format, args.int8, args.speed)
             disagree += sum(not a["check"]["passed"] for k, a in card["artefacts"].items() if k != "int8")
-            console.print(f"{run_dir} -> {out}", markup=False, highlight=False, soft_wrap=True)
+            results.print(f"{run_dir} -> {out}", markup=False, highlight=False, soft_wrap=True)
             report_line(card)
     except KdrunError as exc:
         console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)

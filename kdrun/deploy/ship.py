@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kdrun.console import console
+from kdrun.console import results
 from kdrun.deploy import export as ex
 from kdrun.deploy.card import card_path, model_card
 from kdrun.deploy.flops import count_flops
@@ -85,4 +85,4 @@ def summary_line(card: dict) -> str:
 
 
 def report_line(card: dict) -> None:
-    console.print(summary_line(card), markup=False, highlight=False, soft_wrap=True)
+    results.print(summary_line(card), markup=False, highlight=False, soft_wrap=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from kdrun.console import console
+from kdrun.console import console, results
 from kdrun.deploy.report_columns import add_deploy_columns
 from kdrun.deploy.robustness import plot_robustness, robustness_table
 from kdrun.deploy.robustness_report import robustness_results
@@ -115,7 +115,7 @@ class ReportWriter:
         self.text(f"{stem}.csv", table.csv())
         self.text(f"{stem}.md", table.markdown(image))
         self.sections.append(table.markdown(image))
-        console.print(table.rich(files=f"{stem}.md, {stem}.csv"))
+        results.print(table.rich(files=f"{stem}.md, {stem}.csv"))
 
     def plot(self, path: Path) -> None:
         self.files += [path, path.with_suffix(".svg")]

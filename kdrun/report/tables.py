@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.markup import escape
+from rich.console import Group as Lines
 from rich.table import Table as RichTable
+from rich.text import Text
 
-from kdrun.console import console
+from kdrun.console import console, results
 from kdrun.report.console_table import console_table
 from kdrun.report.aggregate import (Group, Stat, Study, TeacherRef, display_name, format_value, is_temperature,
                                     swept_keys)
@@ -56,7 +58,7 @@ class Table:
     def csv(self) -> str:
         return to_csv(self.csv_columns, self.csv_rows)
 
-    def rich(self, files: str | None = None) -> RichTable:
+    def rich(self, files: str | None = None) -> Lines:
         """The console view (80 columns): see console_table; `files` names where every column is."""
         return console_table(self.title, self.columns, self.rows, _numeric_column,
                              f"all columns: {files}" if files else None)
@@ -293,8 +295,9 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.json", "learning_curves.pn
 def print_run_summary(summary: dict, run_dir: Path) -> None:
     """The run's table (one seed: n=1, and said so), then the paths of what it wrote."""
     seed = summary.get("seed", "?")
-    table = RichTable(title=f"{summary.get('strategy', 'run')}: {summary['arch']} on {summary.get('dataset', '?')}"
-                            f" (one run, seed {seed}: n=1)")
+    title = Text(f"{summary.get('strategy', 'run')}: {summary['arch']} on {summary.get('dataset', '?')} "
+                 f"(one run, seed {seed}: n=1)", style="bold")  # wrapped at the console's width, not the table's
+    table = RichTable()
     for column in ("model", "params", "size MB", ACC, BEST):
         table.add_column(column, justify="left" if column == "model" else "right")
     if "teacher_arch" in summary:
@@ -302,7 +305,7 @@ def print_run_summary(summary: dict, run_dir: Path) -> None:
                       f"{summary['teacher_size_mb']:.3f}", f"{summary['teacher_test_acc']:.2f}", "")
     table.add_row(f"student {summary['arch']}", f"{summary['params']:,}", f"{summary['size_mb']:.3f}",
                   f"{summary['final_test_acc']:.2f}", f"{summary['best_test_acc']:.2f}")
-    console.print(table)
+    results.print(Lines(title, table))
     for warning in (run_warning(summary), underfit_warning(summary, read_history(Path(run_dir)))):
         if warning:
             console.print(f"[bold yellow]warning:[/] {escape(warning)}", soft_wrap=True)
@@ -316,6 +319,6 @@ def read_history(run_dir: Path) -> list[dict]:
 
 
 def print_paths(paths: list[Path]) -> None:
-    console.print("[bold]files:[/]")
+    results.print("[bold]files:[/]")
     for path in paths:
-        console.print(f"  {path}", markup=False, highlight=False, soft_wrap=True)
+        results.print(f"  {path}", markup=False, highlight=False, soft_wrap=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from kdrun.console import console
+from kdrun.console import results
 from kdrun.model_sources import arch_of
 from kdrun.keys import key
 from kdrun.strategies.base import Fit, Setup, register
@@ -75,7 +75,7 @@ class BornAgain(KD):
             if k < count:
                 model, _ = load_model(weights, setup.data, setup.runtime, role=f"generation {k}")
                 teacher = Teacher(model, summary["final_test_acc"], f"generation {k}", weights)
-        console.print(generations_table(table))
+        results.print(generations_table(table))
         return {**summary, "generations_table": table}
 
 

@@ -8,7 +8,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from kdrun.console import console
+from kdrun.console import note
 from kdrun.errors import ConfigError
 from kdrun.losses import confidence_weights, mixture_logits
 from kdrun.models import MODEL_NAMES
@@ -101,9 +101,9 @@ class MultiTeacher(Strategy):
         ensemble = runtime.prepare(TeacherEnsemble([t.model for t in teachers], cfg.strategy.combine, weights))
         ensemble_acc = evaluate_split(ensemble, data, augment, runtime, cfg.trainer.eval_batch_size)
         each = [{k.removeprefix("teacher_"): v for k, v in t.summary().items()} for t in teachers]
-        console.print(f"[green]teachers[/] {cfg.strategy.combine} of "
-                      + ", ".join(f"{t['arch']} {t['test_acc']:.2f}%" for t in each)
-                      + f": ensemble test acc {ensemble_acc:.2f}%")
+        note(f"[green]teachers[/] {cfg.strategy.combine} of "
+             + ", ".join(f"{t['arch']} {t['test_acc']:.2f}%" for t in each)
+             + f": ensemble test acc {ensemble_acc:.2f}%")
         summary = {
             # The student learns from the ensemble: it is "the teacher" in tables.
             "teacher_arch": "+".join(archs),

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from kdrun.console import console
+from kdrun.console import console, note
 from kdrun.data import DatasetSplits, drops_last, num_batches
 from kdrun.distributed import SOLO, World, current_world
 from kdrun.data.folder_cache import cache_key as folder_cache_key
@@ -256,9 +256,9 @@ def build_teacher_outputs(cfg, data: DatasetSplits, runtime: Runtime, teacher: n
     cache = OutputCache(Path(cfg.paths.teacher_outputs) / cache_key(recipe), recipe, n, fmt)
     missing = sum(not cache.path(epoch).is_file() for epoch in range(1, epochs + 1))
     need, free = missing * cache.epoch_bytes, _free_bytes(cache.dir)
-    console.print(f"[green]teacher outputs[/] cached in {cache.dir}: {epochs} epochs x {n} samples x {fmt.describe()} "
-                  f"= {_size(epochs * cache.epoch_bytes)} on disk; {epochs - missing} epochs there, "
-                  f"{_size(need)} to record ({_size(free)} free)", soft_wrap=True)
+    note(f"[green]teacher outputs[/] cached in {cache.dir}: {epochs} epochs x {n} samples x {fmt.describe()} "
+         f"= {_size(epochs * cache.epoch_bytes)} on disk; {epochs - missing} epochs there, "
+         f"{_size(need)} to record ({_size(free)} free)")
     if missing and need + DISK_MARGIN > free:
         raise TeacherCacheError(
             f"the teacher-output cache needs {_size(need)} more in {cache.dir}, but only {_size(free)} is free there "
