@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import TINY, only_run_dir, run_kdrun
+from conftest import TINY, run_kdrun
 from test_image_folder import CLASSES, make_folder
 from kdrun.sweep_claim import LOCK_NAME, claimed_sweep_dir
 
