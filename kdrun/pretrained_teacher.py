@@ -9,19 +9,17 @@ fine-tunes a new head and the body on the training split first, and the recipe t
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 from kdrun.checkpoint import save_checkpoint
 from kdrun.console import note
-from kdrun.io import atomic_write_json, file_sha256
-from kdrun.model_sources import arch_of, build_configured, path_safe
+from kdrun.io import atomic_write_json
+from kdrun.model_sources import arch_of, build_configured
 from kdrun.pretrained import weights_identity
 from kdrun.runtime import seed_everything
 from kdrun.strategies.scratch import Scratch
-from kdrun.teachers import (Teacher, cache_lock, fingerprint, load_cached, teacher_batch_size, teacher_optim,
-                            teacher_recipe)
+from kdrun.teacher_recipe import teacher_batch_size, teacher_optim, teacher_recipe
 from kdrun.trainer import Trainer, evaluate_split, trainer_config
 
 
@@ -37,28 +35,12 @@ def pretrained_recipe(cfg) -> dict:
     return json.loads(json.dumps(recipe))
 
 
-def resolve_pretrained_teacher(cfg, data, augment, runtime) -> Teacher:
-    recipe = pretrained_recipe(cfg)
-    arch = arch_of(cfg.teacher)
-    cache_dir = Path(cfg.paths.teachers) / cfg.dataset.name / path_safe(arch) / fingerprint(recipe)
-    with cache_lock(cache_dir):
-        cached = load_cached(cache_dir, recipe, data, runtime)
-        if cached is not None:
-            note(f"[green]teacher[/] pretrained {arch} from cache {cache_dir} "
-                 f"(test acc {cached.test_acc:.2f}%)")
-            return cached
-        source = prepare_teacher(cfg, data, augment, runtime, cache_dir, recipe)
-        teacher = load_cached(cache_dir, recipe, data, runtime)
-    teacher.source = source
-    return teacher
-
-
-def prepare_teacher(cfg, data, augment, runtime, cache_dir: Path, recipe: dict) -> str:
-    """Load the weights, fine-tune if asked, evaluate on the test split, cache; returns the teacher's source."""
+def prepare_pretrained(cfg, data, augment, runtime, work_dir: Path, recipe: dict) -> str:
+    """Load the weights, fine-tune if asked, evaluate on the test split and leave teacher.pt in work_dir for
+    the cache (kdrun.teachers.cached_teacher seals it); returns the teacher's source."""
     finetune = cfg.teacher.get("finetune_epochs", 0)
     seed_everything(cfg.teacher.seed)  # a fine-tuned head starts from the teacher's seed
     model = runtime.prepare(build_configured(cfg.teacher, data, "teacher", new_head_ok=bool(finetune)))
-    work_dir = cache_dir.with_name(f"{cache_dir.name}.partial")
     shutil.rmtree(work_dir, ignore_errors=True)
     atomic_write_json(work_dir / "recipe.json", recipe)
     if finetune:
@@ -73,8 +55,4 @@ def prepare_teacher(cfg, data, augment, runtime, cache_dir: Path, recipe: dict) 
     weights = work_dir / "teacher.pt"
     model.normalisation = (data.mean, data.std)  # what its input_norm was set from: applied when it is reused
     save_checkpoint(weights, model, epoch=finetune, test_acc=test_acc)
-    atomic_write_json(work_dir / "entry.json", {"sha256": file_sha256(weights), "bytes": weights.stat().st_size})
-    os.rename(work_dir, cache_dir)
-    note(f"[green]teacher[/] pretrained {arch_of(cfg.teacher)}{' fine-tuned' if finetune else ''}: "
-         f"test acc {test_acc:.2f}%, cached in {cache_dir}")
     return "finetuned" if finetune else "pretrained"

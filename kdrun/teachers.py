@@ -23,17 +23,14 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from kdrun.checkpoint import PlainStateDict, check_fits, load_checkpoint, save_checkpoint, stored_normalisation
 from kdrun.console import console, note
 from kdrun.data import BatchAugment, DatasetSplits
-from kdrun.data.image_folder import folder_identity
-from kdrun.data.mix import MIX_KEYS
-from kdrun.data.transfer import TRANSFER_KEYS
 from kdrun.errors import CheckpointError, NonFiniteLoss
 from kdrun.io import atomic_write_json, file_sha256
 from kdrun.model_sources import arch_of, is_pretrained, path_safe
@@ -41,17 +38,14 @@ from kdrun.models import MODEL_OPTIONS, build_model, count_parameters, model_opt
 from kdrun.models.external import InputNorm
 from kdrun.runtime import Runtime, seed_everything
 from kdrun.strategies.scratch import Scratch
-from kdrun.schema import keys_with_role
+from kdrun.pretrained_teacher import prepare_pretrained, pretrained_recipe
+from kdrun.teacher_recipe import fingerprint, teacher_batch_size, teacher_optim, teacher_recipe
 from kdrun.trainer import Trainer, evaluate_split, trainer_config
 
 try:
     import fcntl
 except ImportError:  # not POSIX: no lock; the atomic rename still keeps the cache whole
     fcntl = None
-
-# Dataset keys that say where files live, not what the data is.
-_LOCATION_KEYS = tuple(k.removeprefix("dataset.") for k in keys_with_role("location") if k.startswith("dataset."))
-
 
 @dataclass
 class Teacher:
@@ -90,41 +84,34 @@ def with_teacher(cfg: DictConfig, arch: str, checkpoint: str | None = None) -> D
     return cfg
 
 
-def teacher_recipe(cfg) -> dict:
-    """Everything that decides a trained teacher's weights, as plain JSON values (as recipe.json holds it)."""
-    # A teacher trains on the whole labelled split: the keys that shape the student's transfer set are not its.
-    dataset = {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items()
-               if k not in _LOCATION_KEYS and k not in TRANSFER_KEYS}
-    dataset["augment"] = {k: v for k, v in dataset.get("augment", {}).items() if k not in MIX_KEYS}  # student only
-    dataset.update(folder_identity(cfg.dataset))  # an image folder's files, since its root is only a location
-    return json.loads(json.dumps({
-        "dataset": dataset,
-        "arch": arch_of(cfg.teacher),
-        **({"options": opts} if (opts := model_options(cfg.teacher, "teacher")) else {}),
-        "epochs": cfg.teacher.epochs,
-        "seed": cfg.teacher.seed,
-        "batch_size": teacher_batch_size(cfg),
-        "optim": OmegaConf.to_container(teacher_optim(cfg), resolve=True),
-    }))
-
-
-def teacher_optim(cfg) -> DictConfig:
-    """The teacher's optimiser: teacher.optim (kdrun/recipes.py resolves it), else the run's (a config that
-    bypassed the recipes, as some tests build)."""
-    return cfg.teacher.get("optim") or cfg.optim
-
-
-def teacher_batch_size(cfg) -> int:
-    return cfg.teacher.get("batch_size") or cfg.trainer.batch_size
-
-
-def fingerprint(recipe: dict) -> str:
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def teacher_cache_dir(cfg) -> Path:
-    recipe = teacher_recipe(cfg)
+def teacher_cache_dir(cfg, recipe: dict | None = None) -> Path:
+    """Where the teacher `recipe` (default: the config's trained teacher's) is cached."""
+    recipe = teacher_recipe(cfg) if recipe is None else recipe
     return Path(cfg.paths.teachers) / cfg.dataset.name / path_safe(arch_of(cfg.teacher)) / fingerprint(recipe)
+
+
+def cached_teacher(cfg, recipe: dict, data: DatasetSplits, runtime: Runtime, build: Callable[[Path], str],
+                   what: str) -> Teacher:
+    """The one cache of teachers, trained, fine-tuned or pretrained alike: under the entry's lock, the entry
+    `recipe` keys; else `build(work_dir)` leaves teacher.pt in <fingerprint>.partial/ (returning the
+    teacher's source), which is sealed (entry.json) and renamed into place."""
+    cache_dir = teacher_cache_dir(cfg, recipe)
+    with cache_lock(cache_dir):
+        cached = load_cached(cache_dir, recipe, data, runtime)
+        if cached is not None:
+            note(f"[green]teacher[/] {what} from cache {cache_dir} (test acc {cached.test_acc:.2f}%)")
+            return cached
+        work_dir = cache_dir.with_name(f"{cache_dir.name}.partial")
+        source = build(work_dir)
+        weights = work_dir / "teacher.pt"
+        atomic_write_json(work_dir / "entry.json", {"sha256": file_sha256(weights), "bytes": weights.stat().st_size})
+        os.rename(work_dir, cache_dir)
+        teacher = load_cached(cache_dir, recipe, data, runtime)
+    if teacher is None:
+        raise CheckpointError(f"the teacher just made in {cache_dir} does not pass its own checks")
+    note(f"[green]teacher[/] {what} cached in {cache_dir} (test acc {teacher.test_acc:.2f}%)")
+    teacher.source = source
+    return teacher
 
 
 def load_model(path: Path, data: DatasetSplits, runtime: Runtime, *, role: str, expect_arch: str | None = None):
@@ -189,24 +176,14 @@ def resolve_teacher(cfg, data: DatasetSplits, augment: BatchAugment, runtime: Ru
         acc = checkpoint_accuracy(model, path, data, augment, runtime, cfg.trainer.eval_batch_size)
         return Teacher(model, acc, "checkpoint", path)
     if is_pretrained(cfg.teacher):  # evaluated (or fine-tuned) once, never trained from scratch
-        from kdrun.pretrained_teacher import resolve_pretrained_teacher
-
-        return resolve_pretrained_teacher(cfg, data, augment, runtime)
-
-    cache_dir = teacher_cache_dir(cfg)
-    with cache_lock(cache_dir):
-        cached = load_cached(cache_dir, teacher_recipe(cfg), data, runtime)
-        if cached is not None:
-            note(f"[green]teacher[/] {cfg.teacher.arch} from cache {cache_dir}")
-            return cached
-        note(f"[yellow]no cached {cfg.teacher.arch} teacher for {cfg.dataset.name}[/] "
-             f"(looked in {cache_dir}); training it first")
-        train_teacher(cfg, data, augment, runtime, cache_dir)
-        teacher = load_cached(cache_dir, teacher_recipe(cfg), data, runtime)
-    if teacher is None:
-        raise CheckpointError(f"the teacher just trained into {cache_dir} does not pass its own checks")
-    teacher.source = "trained"
-    return teacher
+        recipe = pretrained_recipe(cfg)
+        return cached_teacher(cfg, recipe, data, runtime,
+                              lambda work_dir: prepare_pretrained(cfg, data, augment, runtime, work_dir, recipe),
+                              f"pretrained {arch_of(cfg.teacher)}")
+    recipe = teacher_recipe(cfg)
+    return cached_teacher(cfg, recipe, data, runtime,
+                          lambda work_dir: train_teacher(cfg, data, augment, runtime, work_dir, recipe),
+                          cfg.teacher.arch)
 
 
 @contextlib.contextmanager
@@ -279,11 +256,11 @@ def load_cached(cache_dir: Path, recipe: dict, data: DatasetSplits, runtime: Run
     return None
 
 
-def train_teacher(cfg, data: DatasetSplits, augment: BatchAugment, runtime: Runtime, cache_dir: Path) -> None:
-    """Train a teacher in <fingerprint>.partial/ (resuming an interrupted one there), then move it into
-    the cache in one rename. The caller holds the cache lock."""
-    work_dir = cache_dir.with_name(f"{cache_dir.name}.partial")
-    recipe = teacher_recipe(cfg)
+def train_teacher(cfg, data: DatasetSplits, augment: BatchAugment, runtime: Runtime, work_dir: Path,
+                  recipe: dict) -> str:
+    """Train a teacher in work_dir (resuming an interrupted one there), leaving its teacher.pt; the caller
+    (cached_teacher) holds the cache lock and seals the entry."""
+    note(f"[yellow]no cached {cfg.teacher.arch} teacher for {cfg.dataset.name}[/]; training it first")
     resume = (work_dir / "checkpoints" / "last.pt").is_file() and _read_json(work_dir / "recipe.json") == recipe
     if not resume:
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -315,10 +292,7 @@ def train_teacher(cfg, data: DatasetSplits, augment: BatchAugment, runtime: Runt
     model.normalisation = (data.mean, data.std)  # kept in teacher.pt, applied wherever it is used later
     save_checkpoint(weights, model, epoch=cfg.teacher.epochs, test_acc=summary["final_test_acc"])
     shutil.rmtree(work_dir / "checkpoints")  # the training state is not needed once the teacher is done
-    atomic_write_json(work_dir / "entry.json", {"sha256": file_sha256(weights), "bytes": weights.stat().st_size})
-    os.rename(work_dir, cache_dir)
-    note(f"[green]teacher[/] {cfg.teacher.arch} cached in {cache_dir} "
-         f"(test acc {summary['final_test_acc']:.2f}%)")
+    return "trained"
 
 
 def diverged_teacher_message(cfg, exc: NonFiniteLoss) -> str:

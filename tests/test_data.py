@@ -519,7 +519,7 @@ def test_computed_statistics_are_exact_whatever_the_thread_count():
     import math
     from fractions import Fraction
 
-    from kdrun.data.datasets import channel_stats
+    from kdrun.data.splits import channel_stats
 
     x = torch.randint(0, 256, (997, 3, 9, 9), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     threads = torch.get_num_threads()

@@ -23,7 +23,7 @@ import torch
 from conftest import KDRUN
 from kdrun.data import BatchAugment
 from kdrun.data.feed import InMemoryFeed
-from kdrun.data.datasets import DatasetSplits
+from kdrun.data.splits import DatasetSplits
 from kdrun.distributed import World, check_divisible, relaunch_command
 from kdrun.errors import ConfigError
 from kdrun.runtime import Runtime

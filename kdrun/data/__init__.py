@@ -3,7 +3,8 @@ augmented a whole batch at a time (docs/design.md, "Data: two paths, one meaning
 
 from .augment import BatchAugment
 from .batches import batch_indices, drops_last, iterate_batches, num_batches
-from .datasets import DATASET_NAMES, DatasetNotFoundError, DatasetSplits, load_dataset
+from .datasets import DATASET_NAMES, DatasetNotFoundError, load_dataset
+from .splits import DatasetSplits
 from .readers import read_idx
 
 __all__ = [

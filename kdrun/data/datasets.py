@@ -3,10 +3,8 @@ int64 labels, and moved to the device; batching and augmentation happen there.""
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
@@ -17,11 +15,12 @@ from torch import Tensor
 
 from kdrun.errors import ConfigError
 
-from .mix import Mix
+from .folder_index import stratified_split
+from .image_folder import open_image_folder
 from .readers import read_cifar_batch, read_idx
+from .splits import FOLDER_DATASETS, DatasetSplits, channel_stats
 
 DATASET_NAMES = ("cifar10", "cifar100", "mnist", "fashion_mnist", "digits", "synthetic", "image_folder", "imagenet")
-FOLDER_DATASETS = ("image_folder", "imagenet")  # kdrun/data/image_folder.py
 
 # Standard per-channel statistics (in [0, 1] units); digits and synthetic are computed from the train split.
 _STATS = {
@@ -39,47 +38,6 @@ class DatasetNotFoundError(FileNotFoundError):
     """A dataset's files are not on disk and could not be downloaded."""
 
 
-@dataclass
-class DatasetSplits:
-    """The splits of a dataset, as tensors on one device.
-
-    Images are uint8 (N, C, H, W) and labels int64 (N,). `mean` and `std` are
-    per channel in [0, 1] units, for normalisation (see BatchAugment). `val_x`,
-    `val_y` are the validation split (None without one: dataset.val_fraction=0).
-    `class_names` come from an image folder (None for the built-in datasets);
-    `skipped_images` counts unreadable files left out (dataset.on_bad_image=skip).
-    `train_labelled` marks the training images that keep a label in a transfer set.
-    """
-
-    name: str
-    train_x: Tensor
-    train_y: Tensor
-    test_x: Tensor
-    test_y: Tensor
-    num_classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    val_x: Tensor | None = None  # a validation split, held out of train, when there is one
-    val_y: Tensor | None = None
-    class_names: list[str] | None = None  # an image folder's classes, in label order
-    skipped_images: int = 0  # unreadable files left out (dataset.on_bad_image=skip)
-    # Which training images keep their label (kdrun/data/transfer.py); None: all. The others have label -1.
-    train_labelled: Tensor | None = None
-    # Samples per training epoch when more than the split holds: scratch on the labelled part of a transfer set
-    # takes as many steps per epoch as the whole split gives (kdrun/data/transfer.py); None: one pass.
-    epoch_samples: int | None = None
-    mix: Mix | None = None  # mixup / cutmix of the student's training batches (kdrun/data/mix.py)
-
-    @property
-    def in_channels(self) -> int:
-        return self.train_x.shape[1]
-
-    @property
-    def image_size(self) -> int:
-        """Side length in pixels (every dataset here has square images)."""
-        return self.train_x.shape[2]
-
-
 def load_dataset(cfg: Mapping[str, Any], device: torch.device | str = "cpu", data_seed: int = 0):
     """Load the dataset `cfg` names (a `dataset` config group) onto `device`: a DatasetSplits, or for an
     image folder too large for memory a StreamingFolder (kdrun/data/streaming.py)."""
@@ -87,8 +45,6 @@ def load_dataset(cfg: Mapping[str, Any], device: torch.device | str = "cpu", dat
     if name not in DATASET_NAMES:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASET_NAMES)}")
     if name in FOLDER_DATASETS:
-        from .image_folder import open_image_folder
-
         return open_image_folder(cfg, device, data_seed)
     train, test, num_classes = _LOADERS[name](name, cfg)
     for split_name, split in (("train", train), ("test", test)):
@@ -119,8 +75,6 @@ def load_dataset(cfg: Mapping[str, Any], device: torch.device | str = "cpu", dat
 
 def _hold_out(train: Split, fraction: float) -> tuple[Split, Split | None]:
     """(train, validation): a stratified `fraction` of train drawn with a fixed seed, or no validation split."""
-    from .folder_index import stratified_split
-
     if not 0 <= fraction < 1:
         raise ValueError(f"dataset.val_fraction must be in [0, 1), got {fraction!r}")
     if fraction == 0:
@@ -155,22 +109,6 @@ def _check_split(name: str, split_name: str, split: Split, num_classes: int) -> 
     low, high = int(y.min()), int(y.max())
     if low < 0 or high >= num_classes:
         raise ValueError(f"{where} has labels in [{low}, {high}] but the dataset has {num_classes} classes")
-
-
-def channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and (population) std in [0, 1] units, computed exactly from integer pixel counts.
-
-    A float reduction's result depends on the thread count and the order of its partial sums; these
-    values feed the teacher-output cache key, so they must not move in the last bits between runs."""
-    means, stds = [], []
-    for channel in x.transpose(0, 1).reshape(x.shape[1], -1):
-        counts = torch.bincount(channel.cpu(), minlength=256).tolist()
-        n = sum(counts)
-        total = sum(value * count for value, count in enumerate(counts))
-        squares = sum(value * value * count for value, count in enumerate(counts))
-        means.append(float(Fraction(total, 255 * n)))
-        stds.append(math.sqrt(Fraction(n * squares - total * total, (255 * n) ** 2)))
-    return tuple(means), tuple(stds)
 
 
 # ---- files on disk, or torchvision's download ---------------------------------------------------

@@ -22,7 +22,7 @@ import torch
 from kdrun.data.augment import BatchAugment
 from kdrun.data.batches import batch_indices, drops_last, num_batches
 from kdrun.data.batches import iterate_batches
-from kdrun.data.datasets import DatasetSplits
+from kdrun.data.splits import DatasetSplits
 from kdrun.distributed import SOLO, World
 from kdrun.errors import ConfigError
 from kdrun.data.streaming import StreamingFeed, StreamingFolder

@@ -14,7 +14,7 @@ import torch
 
 from kdrun.errors import ConfigError, DataError
 
-from .datasets import FOLDER_DATASETS, DatasetSplits, channel_stats
+from .splits import FOLDER_DATASETS, DatasetSplits, channel_stats
 from .folder_cache import cache_key, decoded_split
 from .folder_index import FolderLayout, FolderSplit, scan_layout, stratified_split
 from .images import BadImageError, first_image_channels, fit, read_image

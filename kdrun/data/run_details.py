@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .datasets import DatasetSplits
+from .splits import DatasetSplits
 from .streaming import StreamingFolder
 
 

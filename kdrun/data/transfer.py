@@ -30,7 +30,7 @@ from torch import Tensor
 
 from kdrun.errors import ConfigError
 
-from .datasets import DatasetSplits
+from .splits import DatasetSplits
 from .folder_cache import decoded_split
 from .folder_index import IMAGE_EXTENSIONS, FolderSplit, images_under
 
