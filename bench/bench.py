@@ -39,7 +39,7 @@ from hydra import compose, initialize_config_module
 from rich.table import Table
 
 from int8_bench import int8_vs_fp32, print_int8  # bench/int8_bench.py: part (f)
-from kdrun.console import console
+from kdrun.console import console, results
 from kdrun.data import BatchAugment, load_dataset, num_batches
 from kdrun.models import build_model
 from kdrun.run import run_experiment
@@ -372,7 +372,7 @@ def print_tables(result: dict) -> None:
     row("(c) kdrun KD epoch, live (s)", "c_kdrun_live_epoch_s", ".2f")
     row("(c) speed-up over plain, live", "c_speedup_live", ".2f", f">= {TARGETS['c_gpu' if gpu else 'c_cpu']:.1f}")
     row("(c) speed-up over plain, warm cache", "c_speedup_warm_cache", ".2f")
-    console.print(table)
+    results.print(table)
 
     aug = result["augmentation"]
     other = Table(title="augmentation, memory, device options")
@@ -396,7 +396,7 @@ def print_tables(result: dict) -> None:
     other.add_row("bench wall time (s)", f"{result['wall_s']:.0f}", "< 600")
     other.add_row("load average at start / end", f"{result['machine']['load_avg_start'][0]:.2f} / "
                   f"{result['machine']['load_avg_end'][0]:.2f}", "")
-    console.print(other)
+    results.print(other)
 
 
 def main(argv: list[str] | None = None) -> dict:

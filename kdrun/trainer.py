@@ -53,6 +53,7 @@ class TrainerConfig(TrainerKeys):
     data_seed: int = 0
     label: str = "train"  # names the run in the bar and the log: "teacher", "kd", ...
     every_steps: int | None = None  # also write last.pt every N steps; None: at the end of each epoch only
+    check_first_step: bool = False  # refuse a weighed term that is numerically zero at the first step
     zero_weight_terms: frozenset[str] = frozenset()  # terms weighed zero on purpose: not "vanishing"
     term_settings: str = ""  # what scales the terms (their temperatures), for the message when one vanishes
 
@@ -65,7 +66,8 @@ def trainer_config(cfg: DictConfig, *, label: str, epochs: int | None = None, da
     temperatures = ", ".join(f"loss.terms.{name}.T={config.T:g}" for name, _, config in term_configs(cfg)
                              if hasattr(config, "T"))
     return TrainerConfig(**keys, data_seed=cfg.data_seed if data_seed is None else data_seed, label=label,
-                         every_steps=cfg.checkpoint.every_steps, zero_weight_terms=zero_weight_terms(cfg.loss),
+                         every_steps=cfg.checkpoint.every_steps, check_first_step=True,
+                         zero_weight_terms=zero_weight_terms(cfg.loss),
                          term_settings=f" ({temperatures})" if temperatures else "")
 
 
@@ -135,7 +137,7 @@ class Trainer:
                     run.note_lr()
                     training.optimizer.zero_grad(set_to_none=True)
                     names, values, correct = self._forward_backward(strategy, batch, training.scaler)
-                    if st.epoch == 1 and st.step == 0:
+                    if self.cfg.check_first_step and st.epoch == 1 and st.step == 0:
                         self._check_first_step(names, values)
                     values, stop = run.agree(values, interrupt)
                     if policy.admits(st.epoch, st.step + 1, training.steps_per_epoch, names, values,

@@ -109,7 +109,7 @@ def test_a_mixed_run_trains_the_same_numbers_cached_or_live(tmp_path, mix):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["loss=dkd"], "loss=dkd splits the classes at one true label"),
+    (["loss=dkd"], "loss.terms.dkd splits the classes at one true label"),
     (["strategy=online"], "strategy=online does not train on mixed images"),
 ])
 def test_mixing_is_refused_where_a_term_or_strategy_cannot_use_it(tmp_path, overrides, message):

@@ -94,17 +94,17 @@ def test_a_users_logit_term_joins_the_loss_from_the_command_line(tmp_path, monke
 def test_a_users_term_gets_the_same_key_checks_as_kdruns_own(tmp_path, monkeypatch):
     args = user_terms(tmp_path, monkeypatch)
     typo = run_kdrun(tmp_path, *TINY, *args, "loss.terms.toy_l1.wieght=1", check=False)
-    assert typo.returncode == 2 and "did you mean loss.terms.toy_l1.weight?" in typo.stdout
+    assert typo.returncode == 2 and "did you mean loss.terms.toy_l1.weight?" in typo.stderr
     wrong_type = run_kdrun(tmp_path, *TINY, *args, "loss.terms.toy_l1.T=hot", check=False)
-    assert wrong_type.returncode == 2 and "loss.terms.toy_l1.T must be a number, got 'hot'" in wrong_type.stdout
+    assert wrong_type.returncode == 2 and "loss.terms.toy_l1.T must be a number, got 'hot'" in wrong_type.stderr
     bound = run_kdrun(tmp_path, *TINY, *args, "loss.terms.toy_projection.weight=-1", check=False)
-    assert bound.returncode == 2 and "loss.terms.toy_projection.weight must be >= 0, got -1" in bound.stdout
+    assert bound.returncode == 2 and "loss.terms.toy_projection.weight must be >= 0, got -1" in bound.stderr
     unknown = run_kdrun(tmp_path, *TINY, *args, "loss.terms.toy_l2.weight=1", check=False)
-    assert unknown.returncode == 2 and "unknown loss term 'toy_l2'; did you mean toy_l1?" in unknown.stdout
+    assert unknown.returncode == 2 and "unknown loss term 'toy_l2'; did you mean toy_l1?" in unknown.stderr
     wrong_kind = run_kdrun(tmp_path, *TINY, *args, "strategy=online", "loss.terms.toy_projection.weight=1",
                            check=False)
     assert wrong_kind.returncode == 2 and "loss.terms.toy_projection is a feature term, which strategy=online " \
-                                          "cannot train" in wrong_kind.stdout
+                                          "cannot train" in wrong_kind.stderr
     assert not (tmp_path / "outputs").exists()  # refused before anything was written
 
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from kdrun.data import BatchAugment, load_dataset
-from conftest import only_run_dir, read_jsonl
+from conftest import only_run_dir, read_jsonl, trainer_settings
 from kdrun.errors import ConfigError
 from kdrun.methods.terms.base import TermInputs
 from kdrun.methods.terms.compose import build_feature_terms, build_logit_terms
@@ -23,7 +23,7 @@ from kdrun.methods.terms.feature.stages import FeatureContext, StageOutputs
 from kdrun.models import build_model
 from kdrun.runtime import Runtime, seed_everything
 from kdrun.strategies.kd import KD
-from kdrun.trainer import Trainer, TrainerConfig
+from kdrun.trainer import Trainer
 
 CONTEXT = FeatureContext("cnn_student", "resnet8", (1, 8, 10), train_size=40)
 
@@ -383,7 +383,7 @@ def parts_strategy(data, crash=()):
 
 
 def fit(strategy, data, run_dir, every_steps=None, resume=False):
-    trainer = Trainer(TrainerConfig(epochs=2, batch_size=16, eval_batch_size=256, data_seed=3, progress=False,
+    trainer = Trainer(trainer_settings(epochs=2, batch_size=16, eval_batch_size=256, data_seed=3, progress=False,
                                     every_steps=every_steps), ADAMW, Runtime(torch.device("cpu"), "fp32"))
     return trainer.fit(strategy, data, BatchAugment(1, True, data.mean, data.std), run_dir, resume=resume)
 

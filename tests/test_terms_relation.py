@@ -13,7 +13,7 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from conftest import only_run_dir, read_jsonl, run_kdrun
+from conftest import only_run_dir, read_jsonl, run_kdrun, trainer_settings
 from kdrun.checkpoint import load_checkpoint
 from kdrun.data import BatchAugment, load_dataset
 from kdrun.errors import ConfigError
@@ -25,7 +25,7 @@ from kdrun.models import build_model
 from kdrun.run import check_run_config
 from kdrun.runtime import Runtime, seed_everything
 from kdrun.strategies.kd import KD
-from kdrun.trainer import Trainer, TrainerConfig
+from kdrun.trainer import Trainer
 
 TOL = 1e-5
 # cnn_student's stages on 8x8 digits: 16x4x4, 32x2x2; resnet8's: 16x8x8, 32x4x4, 64x2x2.
@@ -395,7 +395,7 @@ def kd_with_trained_terms(crash_at=None) -> CrashingKD:
 
 
 def fit(strategy, data, run_dir, resume=False):
-    trainer = Trainer(TrainerConfig(epochs=2, batch_size=16, eval_batch_size=256, data_seed=3, progress=False,
+    trainer = Trainer(trainer_settings(epochs=2, batch_size=16, eval_batch_size=256, data_seed=3, progress=False,
                                     every_steps=4), ADAMW, CPU)
     return trainer.fit(strategy, data, BatchAugment(1, True, data.mean, data.std), run_dir, resume=resume)
 

@@ -106,7 +106,7 @@ def test_a_dataset_without_a_validation_split_gets_one():
     (["objective=best_test_acc"], "objective=best_test_acc is measured on the test split"),
     (["T=interval(-1,4)"], "search space refused before any trial: at T=-1.0, loss.terms.ce.weight=0.0: T must be > 0"),
     (["T=interval(1"], "search space refused before any trial: 'T=interval(1' is not Hydra's override grammar"),
-    (["teacher=mlp,no_such_teacher"], "teacher=no_such_teacher: In 'config': Could not find 'teacher/no_such_teacher'"),
+    (["teacher=mlp,no_such_teacher"], "teacher=no_such_teacher: no such teacher option; did you mean"),
 ])
 def test_refused_before_any_trial(tmp_path, args, message):
     proc = run_kdrun(tmp_path, *STUDY, *args, check=False)

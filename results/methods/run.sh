@@ -19,9 +19,10 @@ DATA="dataset=fashion_mnist dataset.root=$ROOT trainer.progress=false optim=adam
 # The teacher: resnet20 on the whole training split, trained once.
 [ -f teacher/checkpoints/last.pt ] || quiet "$BIN/kdrun" $DATA strategy=scratch student=resnet20 epochs=3 seed=0 hydra.run.dir=teacher
 S="$DATA dataset.limit_train=3000 student=resnet8 teacher=resnet20 teacher.checkpoint=$OUT/teacher/checkpoints/last.pt epochs=4 seed=$SEEDS"
-[ -f scratch/multirun.yaml ] || quiet "$BIN/kdrun" -m $S strategy=scratch hydra.sweep.dir=scratch
-for preset in $(ls "$REPO/conf/loss" | sed 's/\.yaml$//' | grep -vx ce); do
-  [ -f "$preset/multirun.yaml" ] || quiet "$BIN/kdrun" -m $S loss=$preset hydra.sweep.dir=$preset
+[ -f scratch/summary.csv ] || quiet "$BIN/kdrun" -m $S strategy=scratch hydra.sweep.dir=scratch
+# kd first (the time column is relative to it), then every other preset; a finished sweep is kept
+for preset in kd $(ls "$REPO/conf/loss" | sed 's/\.yaml$//' | grep -vx ce | grep -vx kd); do
+  [ -f "$preset/summary.csv" ] || { rm -rf "$preset"; quiet "$BIN/kdrun" -m $S loss=$preset hydra.sweep.dir=$preset; }
 done
 "$BIN/python" "$HERE/collect.py" "$OUT" > "$HERE/table.md"
 cat "$HERE/table.md"
