@@ -22,7 +22,10 @@ S="$DATA dataset.limit_train=3000 student=resnet8 teacher=resnet20 teacher.check
 [ -f scratch/summary.csv ] || quiet "$BIN/kdrun" -m $S strategy=scratch hydra.sweep.dir=scratch
 # kd first (the time column is relative to it), then every other preset; a finished sweep is kept
 for preset in kd $(ls "$REPO/conf/loss" | sed 's/\.yaml$//' | grep -vx ce | grep -vx kd); do
-  [ -f "$preset/summary.csv" ] || { rm -rf "$preset"; quiet "$BIN/kdrun" -m $S loss=$preset hydra.sweep.dir=$preset; }
+  # A term with an initialisation stage (fsp, ab, ft: RepDistiller's 30 epochs) gets 1 of the 4 here.
+  stage=$(grep -q "init_epochs" "$REPO/conf/loss/$preset.yaml" && echo "loss.terms.$preset.init_epochs=1" || true)
+  [ -f "$preset/summary.csv" ] || { rm -rf "$preset"; "$BIN/kdrun" -m $S loss=$preset $stage hydra.sweep.dir=$preset \
+    > "$preset.log" 2>&1 || echo "failed: loss=$preset (see $OUT/$preset.log)"; }
 done
 "$BIN/python" "$HERE/collect.py" "$OUT" > "$HERE/table.md"
 cat "$HERE/table.md"
