@@ -65,8 +65,19 @@ def method_overrides(method: str) -> list[str]:
     return overrides
 
 
+def has_init_stage(method: str) -> bool:
+    """A preset whose term first trains alone for init_epochs (fsp, ab, ft: RepDistiller's 30 init epochs)."""
+    preset = resources.files("kdrun.conf").joinpath("loss", f"{method.partition('+')[0]}.yaml")
+    return "init_epochs" in preset.read_text()
+
+
+def smoke_stage(method: str) -> list[str]:
+    """A smoke run of a staged method: one init epoch, then one of the main training."""
+    return ["epochs=2", f"loss.terms.{method.partition('+')[0]}.init_epochs=1"] if has_init_stage(method) else []
+
+
 def target_commands(pair: str, teacher_arch: str, seeds: list[int], out: Path, extra: list[str],
-                    methods: list[str]) -> dict[str, list[str]]:
+                    methods: list[str], smoke: bool = False) -> dict[str, list[str]]:
     """target -> the `kdrun` arguments that run it."""
     seed_list = "seed=" + ",".join(map(str, seeds))
     teacher_ckpt = out / pair / "teacher" / "0" / "checkpoints" / "last.pt"
@@ -79,7 +90,9 @@ def target_commands(pair: str, teacher_arch: str, seeds: list[int], out: Path, e
     for target, args in specific.items():
         sweep_dir = out / pair / target
         resume = [f"resume={sweep_dir}"] if (sweep_dir / "multirun.yaml").is_file() else []
-        commands[target] = ["-m", f"experiment=cifar100_{pair}", *args, *extra, f"hydra.sweep.dir={sweep_dir}", *resume]
+        stage = smoke_stage(target) if smoke and target in methods else []  # after the smoke's epochs=1
+        commands[target] = ["-m", f"experiment=cifar100_{pair}", *args, *extra, *stage, f"hydra.sweep.dir={sweep_dir}",
+                            *resume]
     return commands
 
 
@@ -121,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         kdrun = Path(sys.executable).with_name("kdrun")
         failed = []
         for pair in [] if args.report_only else pairs:
-            for target, command in target_commands(pair, preset_teacher(pair), seeds, out, extra, methods).items():
+            for target, command in target_commands(pair, preset_teacher(pair), seeds, out, extra, methods, args.smoke).items():
                 console.print(f"[bold]{pair} {target}[/]: kdrun {' '.join(command)}", soft_wrap=True, markup=True)
                 if subprocess.run([str(kdrun), *command]).returncode != 0:
                     failed.append(f"{pair} {target}")

@@ -43,7 +43,7 @@ from kdrun.trainer import Trainer
 RUN = ["dataset=digits", "student=cnn_student", "strategy=scratch", "optim=adamw", "epochs=2", "batch_size=16",
        "checkpoint.every_steps=5", "trainer.progress=false"]
 ENV = {**os.environ, "COLUMNS": "250", "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
-TIMING_KEYS = {"seconds", "images_per_s", "wall_time_s", "overrides"}
+TIMING_KEYS = {"seconds", "images_per_s", "wall_time_s", "overrides", "checkpoints"}  # checkpoints: file digests; a file holds its wall time
 
 
 # ---- helpers ------------------------------------------------------------------------------------
@@ -194,7 +194,9 @@ def test_a_killed_multirun_resumes_skipping_finished_jobs(tmp_path):
 
     rc, out = run(tmp_path, "-m", *sweep, f"resume={sweep_dir}")
     assert rc == 0, out
-    assert "already completed" in out and "resuming job 1 scratch from" in out
+    # A sweep prints one line per job; what each job did goes to its train.log (issue 23, item 17).
+    logs = out + "".join(p.read_text() for p in sweep_dir.glob("*/train.log"))
+    assert "already completed" in logs and "resuming job 1 scratch from" in logs
     assert {p: p.stat().st_mtime_ns for p in job0_files} == job0_files  # the finished job was not touched
     rows = list(csv.DictReader(open(sweep_dir / "summary.csv")))
     assert [(r["seed"], r["status"]) for r in rows] == [("0", "completed"), ("1", "completed")]

@@ -81,7 +81,7 @@ def test_a_completed_run_whose_last_pt_was_damaged_is_not_called_complete(tmp_pa
         assert tree(run) == before
     last.write_bytes(intact)
     proc = run_kdrun(tmp_path, *TINY, "resume=R")
-    assert "already completed" in proc.stdout
+    assert "already completed" in proc.stderr
 
 
 # --- item 12: a refused resume does not advise the resume that would fail again -------------------------------

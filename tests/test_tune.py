@@ -122,7 +122,7 @@ def test_refused_before_any_trial(tmp_path, args, message):
 def test_study_optimises_validation_accuracy_and_leaves_its_files(tmp_path):
     proc = run_kdrun(tmp_path, *STUDY, "hydra.sweeper.n_trials=3", "hydra.sweeper.confirm_seeds=2")
     sweep = tmp_path / "study"
-    assert "no validation split" in proc.stdout  # digits has none: one is held out, and the sweep says so
+    assert "no validation split" in proc.stderr  # digits has none: one is held out, and the sweep says so
     done = trials(sweep)
     assert [t.state for t in done] == [optuna.trial.TrialState.COMPLETE] * 3
     for trial in done:  # the value Optuna holds is the job's last-epoch validation accuracy
@@ -175,7 +175,7 @@ def test_a_killed_study_goes_on_without_rerunning_a_finished_trial(tmp_path):
 
     before = sorted((p.relative_to(sweep), p.stat().st_mtime_ns) for p in sweep.rglob("*"))
     refused = run_kdrun(tmp_path, *args, check=False)  # without resume=: refused, nothing touched
-    assert refused.returncode == 2 and "already holds a study's trials; add resume=auto" in refused.stdout
+    assert refused.returncode == 2 and "already holds a study's trials; add resume=auto" in refused.stderr
     assert sorted((p.relative_to(sweep), p.stat().st_mtime_ns) for p in sweep.rglob("*")) == before
 
     proc = run_kdrun(tmp_path, *args, "resume=study")

@@ -226,7 +226,7 @@ def output_recipe(cfg, data: DatasetSplits, runtime: Runtime, teacher: nn.Module
         "augment": {"crop_padding": int(cfg.dataset.augment.crop_padding), "hflip": bool(cfg.dataset.augment.hflip),
                     "mean": list(data.mean), "std": list(data.std),
                     # only when on, so that the keys of caches recorded before mixing existed stay the same
-                    **({"mixup": data.mix.mixup, "cutmix": data.mix.cutmix} if data.mix is not None else {})},
+                    **({"mixup": mix.mixup, "cutmix": mix.cutmix} if (mix := getattr(data, "mix", None)) else {})},
         "order": {"data_seed": int(cfg.data_seed), "batch_size": batch_size, "drop_last": drops_last(n, batch_size)},
         # The device type fixes the generator's draws; the rest the teacher's numerics.
         "runtime": {"device": runtime.device.type, "precision": runtime.precision,
