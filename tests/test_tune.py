@@ -194,7 +194,7 @@ def test_a_killed_study_goes_on_without_rerunning_a_finished_trial(tmp_path):
         (stale,) = interrupted
         retry = next(t for t in complete if t.user_attrs["job"] == stale.user_attrs["job"])
         assert retry.params == stale.params and retry.number > stale.number
-        assert "interrupted one(s) retried" in proc.stdout
+        assert "interrupted one(s) retried" in proc.stderr
 
 
 # the presets, made tiny: digits, one epoch, a 1-epoch teacher
