@@ -76,7 +76,7 @@ PAIRS ?=
 METHODS ?= kd dkd
 REPRO_OUT ?= outputs/reproduce/cifar100$(if $(REPRO_SMOKE),-smoke)
 reproduce-cifar100:
-	$(PY) -m kdrun.reproduce --pairs "$(PAIRS)" --methods "$(METHODS)" --out $(REPRO_OUT) $(if $(REPRO_SMOKE),--smoke)
+	$(PY) -m kdrun.cli.reproduce --pairs "$(PAIRS)" --methods "$(METHODS)" --out $(REPRO_OUT) $(if $(REPRO_SMOKE),--smoke)
 
 # Reproductions that run on a CPU (results/README.md). MNIST by default (downloaded into data/); on a
 # machine without MNIST: REPRO_DATA="dataset=fashion_mnist dataset.root=/usr/share/datasets/fashion-mnist".

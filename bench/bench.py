@@ -40,8 +40,8 @@ from rich.table import Table
 
 from int8_bench import int8_vs_fp32, print_int8  # bench/int8_bench.py: part (f)
 from kdrun.console import console, results
-from kdrun.data import BatchAugment, load_dataset, num_batches
-from kdrun.models import build_model
+from kdrun.sources.data import BatchAugment, load_dataset, num_batches
+from kdrun.sources.models import build_model
 from kdrun.run import run_experiment
 from kdrun.runtime import Runtime, resolve_runtime
 
@@ -120,7 +120,7 @@ class Bench:
     def train_teacher(self, *overrides: str) -> None:
         """Put the teacher in kdrun's teacher cache (teacher.epochs=1: what it knows does not change what
         it costs), as a sweep finds it after its first run; not timed."""
-        from kdrun.teachers import resolve_teacher
+        from kdrun.teachers.resolve import resolve_teacher
 
         cfg = self.compose(*overrides)
         data = load_dataset(cfg.dataset, self.runtime.device)

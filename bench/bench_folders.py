@@ -31,7 +31,7 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from kdrun.console import console
-from kdrun.data import BatchAugment, batch_indices, drops_last, load_dataset
+from kdrun.sources.data import BatchAugment, batch_indices, drops_last, load_dataset
 
 TARGETS = {"streaming_vs_plain": 1.0, "in_memory_vs_plain": 5.0}
 

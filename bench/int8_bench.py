@@ -20,7 +20,7 @@ from kdrun.deploy.int8 import quantize_onnx
 from kdrun.deploy.ship import ship
 from kdrun.deploy.speed import time_onnx, time_torch
 from kdrun.deploy.student import RawImageModel, load_run
-from kdrun.models import build_model
+from kdrun.sources.models import build_model
 from kdrun.run import run_experiment
 
 ARCHS = ("resnet20", "cnn_student")

@@ -6,8 +6,8 @@
     display   how a run is shown or logged
     speed     how fast it runs, never what it computes
 
-Groups (kdrun.schema), strategies and loss terms all declare their keys with `key`; the checks that read
-the declarations live in kdrun.schema.
+Groups (kdrun.config.schema), strategies and loss terms all declare their keys with `key`; the checks that read
+the declarations live in kdrun.config.schema.
 """
 
 from __future__ import annotations

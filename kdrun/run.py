@@ -12,30 +12,30 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from kdrun.console import note
-from kdrun.data import BatchAugment, load_dataset
+from kdrun.sources.data import BatchAugment, load_dataset
 from kdrun.distributed import current_world
-from kdrun.data.run_details import folder_details
-from kdrun.deploy.prune import check_prune_config
-from kdrun.data.mix import Mix
-from kdrun.data.streaming import StreamingFolder
-from kdrun.data.transfer import load_transfer_images, transfer_details, transfer_split, uses_transfer_set
+from kdrun.sources.data.run_details import folder_details
+from kdrun.compress.prune import check_prune_config
+from kdrun.sources.data.mix import Mix
+from kdrun.sources.data.streaming import StreamingFolder
+from kdrun.sources.data.transfer import load_transfer_images, transfer_details, transfer_split, uses_transfer_set
 from kdrun.errors import ConfigError, DataError
-from kdrun.plausibility import check_plausible
+from kdrun.config.plausibility import check_plausible
 from kdrun.io import atomic_write_json, atomic_write_text
-from kdrun.report.loggers import build_logger
+from kdrun.track.loggers import build_logger
 from kdrun.report.plots import plot_learning_curves, run_title
-from kdrun.resume import (check_can_start, check_completed_intact, check_same_config, checkpoint_digests,
+from kdrun.config.resume import (check_can_start, check_completed_intact, check_same_config, checkpoint_digests,
                           is_completed, read_summary)
 from kdrun.runtime import resolve_runtime
-from kdrun.schema import check_config, check_value
+from kdrun.config.schema import check_config, check_value
 from kdrun.methods.terms.compose import check_terms, complete_terms, term_configs
 from kdrun.strategies.base import Setup, Strategy
 from kdrun.strategies.catalog import STRATEGIES, import_plugins, strategy_class
-from kdrun.trainer import Trainer, trainer_config
+from kdrun.engine.trainer import Trainer, trainer_config
 
 
 def check_run_config(cfg: DictConfig) -> type[Strategy]:
-    """Types, ranges and known keys (kdrun.schema), then how the chosen strategy's keys combine; returns
+    """Types, ranges and known keys (kdrun.config.schema), then how the chosen strategy's keys combine; returns
     the strategy's class."""
     check_value("plugins", cfg.get("plugins"), list[str], {})
     import_plugins(cfg.get("plugins"))
@@ -77,8 +77,8 @@ def check_data_regime(cfg: DictConfig, method: type[Strategy]) -> None:
 
 
 def student_split(cfg: DictConfig, data, method: type[Strategy]):
-    """What the student trains on: `data`, or its transfer set (kdrun/data/transfer.py), mixed or not
-    (kdrun/data/mix.py)."""
+    """What the student trains on: `data`, or its transfer set (kdrun/sources/data/transfer.py), mixed or not
+    (kdrun/sources/data/mix.py)."""
     mix = Mix.from_config(cfg.dataset)
     if mix.active and isinstance(data, StreamingFolder):
         raise ConfigError(f"dataset {data.name!r} streams from its folder; mixup and cutmix (dataset.augment.mixup="

@@ -66,7 +66,7 @@ def trainer_settings(**keys):
     """A TrainerConfig with the `trainer` group's shipped defaults (conf/config.yaml), changed by `keys`."""
     from omegaconf import OmegaConf
 
-    from kdrun.trainer import TrainerConfig
+    from kdrun.engine.trainer import TrainerConfig
 
     shipped = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "config.yaml")
     return TrainerConfig(**{**OmegaConf.to_container(shipped.trainer, resolve=True), **keys})

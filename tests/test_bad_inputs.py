@@ -18,11 +18,11 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf, open_dict
 
 from conftest import TINY, run_kdrun
-from kdrun.checkpoint import save_checkpoint
+from kdrun.sources.checkpoint import save_checkpoint
 from kdrun.run import check_run_config
 from kdrun.errors import CheckpointError, ConfigError, DataError
-from kdrun.models import build_model
-from kdrun.resume import check_resume_argument, claim_new_dir, output_dir
+from kdrun.sources.models import build_model
+from kdrun.config.resume import check_resume_argument, claim_new_dir, output_dir
 from kdrun.run import record_failure, run_experiment
 
 
@@ -223,7 +223,7 @@ def test_resume_of_a_missing_or_wrong_kind_of_directory_is_refused_before_any_di
 
 
 def test_the_cli_refuses_a_missing_resume_directory_cleanly(tmp_path, monkeypatch, capsys):
-    import kdrun.cli
+    import kdrun.cli.main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["kdrun", *BASE, "resume=outputs/runs/typo"])
@@ -235,11 +235,11 @@ def test_the_cli_refuses_a_missing_resume_directory_cleanly(tmp_path, monkeypatc
 
 
 def test_two_runs_in_the_same_second_get_different_directories(tmp_path):
-    import kdrun.resume
+    import kdrun.config.resume
 
     base = str(tmp_path / "runs" / "12-00-00_kd_resnet20")
     first = claim_new_dir(base)
-    kdrun.resume._claimed.clear()  # as another process would start
+    kdrun.config.resume._claimed.clear()  # as another process would start
     second = claim_new_dir(base)
     assert first == base and second == base + "-1"
     assert claim_new_dir(base) == second  # stable within a process

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdrun.data import load_dataset
+from kdrun.sources.data import load_dataset
 
 PEER = Path(__file__).resolve().parents[1] / "bench" / "peer"
 PEER_VENV = PEER.parent / ".peer-venv"
@@ -125,9 +125,9 @@ def test_bench_peer_both_tools_run_the_job_in_tiny_mode(fashion, tmp_path):
 
 
 def test_a_kdrun_process_does_not_import_torchvision():
-    # kdrun.cli and the sweep callback Hydra instantiates for every run: importing torchvision cost each run
+    # kdrun.cli.main and the sweep callback Hydra instantiates for every run: importing torchvision cost each run
     # about a second of start-up; only an image folder or torchvision's pretrained weights need it.
-    code = "import sys, kdrun.cli, kdrun.run, kdrun.report.sweep; print('torchvision' in sys.modules)"
+    code = "import sys, kdrun.cli.main, kdrun.run, kdrun.report.sweep; print('torchvision' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"

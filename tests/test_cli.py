@@ -16,8 +16,8 @@ import torch
 import yaml
 
 from conftest import KDRUN, TINY, only_run_dir, read_jsonl
-from kdrun.checkpoint import load_checkpoint, save_checkpoint
-from kdrun.models import build_model
+from kdrun.sources.checkpoint import load_checkpoint, save_checkpoint
+from kdrun.sources.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from kdrun.run import check_run_config as validate
 from kdrun.errors import ConfigError
-from kdrun.models import MODEL_NAMES
+from kdrun.sources.models import MODEL_NAMES
 
 CONF = resources.files("kdrun.conf")
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and not p.name.startswith("_"))

@@ -1,4 +1,4 @@
-"""kdrun.data: loading (offline, from small generated files), batching, augmentation."""
+"""kdrun.sources.data: loading (offline, from small generated files), batching, augmentation."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from kdrun.data import (
+from kdrun.sources.data import (
     DATASET_NAMES,
     BatchAugment,
     DatasetNotFoundError,
@@ -519,7 +519,7 @@ def test_computed_statistics_are_exact_whatever_the_thread_count():
     import math
     from fractions import Fraction
 
-    from kdrun.data.splits import channel_stats
+    from kdrun.sources.data.splits import channel_stats
 
     x = torch.randint(0, 256, (997, 3, 9, 9), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     threads = torch.get_num_threads()

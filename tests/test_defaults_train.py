@@ -12,10 +12,10 @@ from hydra import compose, initialize_config_module
 from omegaconf import open_dict
 
 from conftest import only_run_dir, read_jsonl
-from kdrun.checkpoint import save_checkpoint
-from kdrun.feature_scale import area_ratio, scaled_at_weight
-from kdrun.models import MODEL_NAMES, build_model
-from kdrun.recipes import apply_recipes
+from kdrun.sources.checkpoint import save_checkpoint
+from kdrun.methods.terms.feature.scale import area_ratio, scaled_at_weight
+from kdrun.sources.models import MODEL_NAMES, build_model
+from kdrun.config.recipes import apply_recipes
 from kdrun.run import run_experiment
 
 FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist

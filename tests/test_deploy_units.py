@@ -11,10 +11,10 @@ from torchvision.transforms.v2.functional import gaussian_blur as torchvision_bl
 
 from kdrun.deploy.corruptions import CORRUPTIONS, PARAMS, SEVERITIES, corrupt, fgsm, gaussian_blur
 from kdrun.deploy.flops import count_flops, count_macs
-from kdrun.deploy.prune import prune_channels, prune_student, prune_unstructured, shrink_to, sparsity
+from kdrun.compress.prune import prune_channels, prune_student, prune_unstructured, shrink_to, sparsity
 from kdrun.deploy.student import RawImageModel
 from kdrun.errors import ConfigError
-from kdrun.models import build_model, count_parameters
+from kdrun.sources.models import build_model, count_parameters
 
 
 def test_resnet20_at_32x32_has_the_published_41_million_multiply_adds():

@@ -21,13 +21,13 @@ import pytest
 import torch
 
 from conftest import KDRUN
-from kdrun.data import BatchAugment
-from kdrun.data.feed import InMemoryFeed
-from kdrun.data.splits import DatasetSplits
+from kdrun.sources.data import BatchAugment
+from kdrun.sources.data.feed import InMemoryFeed
+from kdrun.sources.data.splits import DatasetSplits
 from kdrun.distributed import World, check_divisible, relaunch_command
 from kdrun.errors import ConfigError
 from kdrun.runtime import Runtime
-from kdrun.teacher_outputs.files import OutputCache, TargetFormat
+from kdrun.teachers.outputs.files import OutputCache, TargetFormat
 
 TOLERANCE = 1e-5
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200", "HYDRA_FULL_ERROR": "0"}
@@ -225,7 +225,7 @@ def test_sigterm_on_one_rank_saves_once_and_resume_matches(tmp_path):
 
 def test_sync_batchnorm_on_cpus_is_refused_with_the_reason():
     from kdrun.strategies.scratch import Scratch
-    from kdrun.data_parallel import use_sync_batchnorm
+    from kdrun.engine.data_parallel import use_sync_batchnorm
 
     strategy = Scratch(torch.nn.Sequential(torch.nn.BatchNorm1d(3)))
     with pytest.raises(ConfigError, match="trainer.sync_bn=true needs GPUs.*on cpu"):

@@ -1,6 +1,6 @@
 """Every name of code the docs mention exists (issue 23 item 19: docs/scale.md described a
 `check_in_memory` refusal that no longer existed). A backticked span is checked when it looks like code:
-a file of the repository (`kdrun/data/feed.py`, `models/base.py`), a module path (`kdrun.schema.key`),
+a file of the repository (`kdrun/sources/data/feed.py`, `sources/models/base.py`), a module path (`kdrun.config.schema.key`),
 a class or `Class.method`, or a snake_case name (`check_config`). Config keys (`loss.alpha`), commands and
 assignments are left alone; a snake_case name passes if kdrun's code or config uses it."""
 
@@ -76,8 +76,8 @@ def test_every_name_of_code_in_the_docs_exists(doc):
 
 
 def test_the_check_finds_a_name_that_does_not_exist():
-    assert code_names("refused by `check_in_memory` (`kdrun/data/feed.py`), see `kdrun.schema.nope`") == \
-        ["check_in_memory", "kdrun/data/feed.py", "kdrun.schema.nope"]
-    assert not exists("kdrun/trainer.py:average_gradients") and exists("kdrun/data_parallel.py:average_gradients")
-    assert not exists("check_in_memory") and exists("kdrun/data/feed.py") and not exists("kdrun.schema.nope")
-    assert exists("check_config") and exists("kdrun.schema.key") and exists("models/base.py")
+    assert code_names("refused by `check_in_memory` (`kdrun/sources/data/feed.py`), see `kdrun.config.schema.nope`") == \
+        ["check_in_memory", "kdrun/sources/data/feed.py", "kdrun.config.schema.nope"]
+    assert not exists("kdrun/engine/trainer.py:average_gradients") and exists("kdrun/engine/data_parallel.py:average_gradients")
+    assert not exists("check_in_memory") and exists("kdrun/sources/data/feed.py") and not exists("kdrun.config.schema.nope")
+    assert exists("check_config") and exists("kdrun.config.schema.key") and exists("sources/models/base.py")

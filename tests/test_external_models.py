@@ -16,12 +16,12 @@ from omegaconf import OmegaConf
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from conftest import KDRUN, only_run_dir, read_jsonl, run_kdrun
-from kdrun.checkpoint import load_checkpoint
-from kdrun.data import DatasetSplits
+from kdrun.sources.checkpoint import load_checkpoint
+from kdrun.sources.data import DatasetSplits
 from kdrun.errors import ConfigError
-from kdrun.model_sources import build_configured
-from kdrun.models import build_model
-from kdrun.models.external import InputNorm
+from kdrun.sources.model_sources import build_configured
+from kdrun.sources.models import build_model
+from kdrun.sources.models.external import InputNorm
 from kdrun.methods.terms.base import TermInputs
 from kdrun.methods.terms.compose import build_feature_terms
 from kdrun.methods.terms.feature.hint import hint_loss

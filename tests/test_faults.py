@@ -28,14 +28,14 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from conftest import KDRUN, read_jsonl, trainer_settings
-from kdrun.checkpoint import load_checkpoint, save_checkpoint
-from kdrun.data import BatchAugment, load_dataset
+from kdrun.sources.checkpoint import load_checkpoint, save_checkpoint
+from kdrun.sources.data import BatchAugment, load_dataset
 from kdrun.errors import CheckpointError, NonFiniteLoss, WriteError
 from kdrun.io import atomic_write_text
-from kdrun.models import build_model
+from kdrun.sources.models import build_model
 from kdrun.runtime import Runtime, seed_everything
 from kdrun.strategies.scratch import Scratch
-from kdrun.trainer import Trainer
+from kdrun.engine.trainer import Trainer
 
 
 # A scratch run of ~90 steps per epoch that saves last.pt every 5 steps: long enough to be
@@ -163,7 +163,7 @@ def test_ctrl_c_then_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(
 def test_a_second_ctrl_c_exits_at_once(tmp_path):
     script = textwrap.dedent("""
         import os, signal, sys, time
-        from kdrun.interrupts import InterruptGuard
+        from kdrun.engine.interrupts import InterruptGuard
         with InterruptGuard() as guard:
             os.kill(os.getpid(), signal.SIGINT)
             assert guard.requested, "the first Ctrl-C only asks"
@@ -361,7 +361,7 @@ def test_a_disk_that_fills_during_training_keeps_the_last_checkpoint_and_resumes
 
 def test_the_cli_on_a_full_disk_names_the_file_and_how_to_go_on(tmp_path, monkeypatch, capsys):
     """`kdrun` (in this process, for the patch) on a disk that fills when epoch 2's last.pt is written."""
-    import kdrun.cli
+    import kdrun.cli.main
     import kdrun.io
     from hydra.core.global_hydra import GlobalHydra
 
@@ -492,7 +492,7 @@ def teacher_cfg(tmp_path: Path, **overrides):
 
 
 def resolve(cfg, digits):
-    from kdrun.teachers import resolve_teacher
+    from kdrun.teachers.resolve import resolve_teacher
 
     return resolve_teacher(cfg, digits, BatchAugment(1, False, digits.mean, digits.std), CPU)
 
@@ -533,7 +533,7 @@ def test_a_corrupt_cache_entry_is_reported_moved_aside_and_retrained(tmp_path, d
 def test_an_interrupted_teacher_training_resumes_from_its_partial_directory(tmp_path, digits, capsys):
     cfg = teacher_cfg(tmp_path, **{"teacher.epochs": 2, "checkpoint.every_steps": 3})
     reference = resolve(teacher_cfg(tmp_path / "ref", **{"teacher.epochs": 2}), digits)
-    from kdrun.teachers import teacher_cache_dir
+    from kdrun.teachers.resolve import teacher_cache_dir
 
     partial = teacher_cache_dir(cfg).with_name(teacher_cache_dir(cfg).name + ".partial")
     real_step = Scratch.step

@@ -19,7 +19,7 @@ RUNS = {
     "scratch": ["strategy=scratch"],
     "kd": ["strategy=kd"],
     "dkd": ["strategy=kd", "loss=dkd"],
-    # The AT weight is now scaled by the maps' area relative to 32x32 ((8/32)^2 on digits: kdrun/feature_scale.py),
+    # The AT weight is now scaled by the maps' area relative to 32x32 ((8/32)^2 on digits: kdrun/methods/terms/feature/scale.py),
     # so 160 is the 10 the reference ran with.
     "kd_hint_at": ["strategy=kd", "loss.terms.hint.weight=1", "loss.terms.at.weight=160"],
     "multi_teacher": ["strategy=multi_teacher", "strategy.teachers=[cnn_teacher,cnn_student]"],

@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 
 from conftest import only_run_dir
-from kdrun.data import load_dataset
-from kdrun.data.folder_cache import cache_key
-from kdrun.data.folder_index import scan_layout, stratified_split
-from kdrun.data.images import BadImageError, fit, sample_generator
-from kdrun.data.streaming import StreamingFolder
+from kdrun.sources.data import load_dataset
+from kdrun.sources.data.folder_cache import cache_key
+from kdrun.sources.data.folder_index import scan_layout, stratified_split
+from kdrun.sources.data.images import BadImageError, fit, sample_generator
+from kdrun.sources.data.streaming import StreamingFolder
 from kdrun.errors import ConfigError, DataError
 
 CLASSES = ("cat", "dog", "eel")
@@ -319,11 +319,11 @@ def test_imagenet_preset_composes_and_runs_one_step(tmp_path, kdrun):
 def test_kdrun_trains_from_a_stream_and_its_numbers_mean_what_memorys_mean(tmp_path, kdrun):
     """dataset.in_memory=false: the trainer's streaming feed, a validation split held out of train/, best.pt on
     it, and a final test accuracy that the in-memory path gives the same weights on the same images."""
-    from kdrun.checkpoint import load_checkpoint
-    from kdrun.data import BatchAugment
-    from kdrun.models import build_model
+    from kdrun.sources.checkpoint import load_checkpoint
+    from kdrun.sources.data import BatchAugment
+    from kdrun.sources.models import build_model
     from kdrun.runtime import Runtime
-    from kdrun.trainer import evaluate_split
+    from kdrun.engine.trainer import evaluate_split
 
     root = make_folder(tmp_path / "photos", per_class=(10, 4))
     kdrun("dataset=image_folder", f"dataset.root={root}", "dataset.in_memory=false", "dataset.image_size=16",
@@ -367,7 +367,7 @@ def test_a_failed_download_leaves_no_empty_folders(tmp_path, monkeypatch, name, 
 
 
 def test_streaming_feed_keeps_the_feed_contract_and_resumes_mid_epoch(tmp_path):
-    from kdrun.data.streaming import StreamingFeed
+    from kdrun.sources.data.streaming import StreamingFeed
 
     root = make_folder(tmp_path / "d")
     data = streaming(root, val_fraction=0.0, augment={"crop_padding": 2, "hflip": True, "random_resized_crop": False})
@@ -387,7 +387,7 @@ def test_streaming_feed_keeps_the_feed_contract_and_resumes_mid_epoch(tmp_path):
 def test_a_cached_teacher_is_never_shared_between_two_folders(tmp_path):
     from omegaconf import OmegaConf
 
-    from kdrun.teachers import teacher_cache_dir
+    from kdrun.teachers.resolve import teacher_cache_dir
 
     def cache_dir(root):
         cfg = OmegaConf.create({"dataset": folder_cfg(root), "paths": {"teachers": "t"},

@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "kdrun"
 # Entry points import their work inside main(), so that `--help` answers before torch is imported.
-FAST_HELP = {"kdrun.deploy.export_command", "kdrun.deploy.eval_command", "kdrun.layers_command"}
+FAST_HELP = {"kdrun.cli.export", "kdrun.cli.eval", "kdrun.cli.layers"}
 
 
 def module_name(path: Path) -> str:
@@ -101,6 +101,6 @@ def test_every_module_sits_in_a_layer_and_no_import_climbs():
     assert not climbing, "imports that climb:\n" + "\n".join(sorted(climbing))
 
 
-@pytest.mark.parametrize("module", ["kdrun.models.layers", "kdrun.run"])
+@pytest.mark.parametrize("module", ["kdrun.sources.models.layers", "kdrun.run"])
 def test_the_graph_is_read(module):
     assert GRAPH[module], module  # a parser that found nothing would pass every test above

@@ -9,7 +9,7 @@ import torch
 
 from conftest import kd_terms
 from kdrun.methods.terms.logit.kd import kd_loss
-from kdrun.models import build_model
+from kdrun.sources.models import build_model
 from kdrun.strategies.kd import KD
 from kdrun.strategies.base import Batch
 

@@ -15,7 +15,7 @@ from kdrun.methods.terms.feature.hint import hint_loss
 from kdrun.methods.terms.feature.stages import FeatureContext
 from kdrun.methods.terms.logit.dkd import dkd_loss
 from kdrun.methods.terms.logit.kd import kd_loss
-from kdrun.models import build_model
+from kdrun.sources.models import build_model
 from kdrun.strategies.base import Batch
 from kdrun.strategies.kd import KD
 
@@ -163,6 +163,6 @@ def test_kd_hint_and_at_together_are_the_sum_of_the_separate_terms():
     regressed = features.terms[0].regressor(s_feats[1])
     assert together["hint"].item() == pytest.approx(
         100 * ((regressed - F.avg_pool2d(t_feats[1], 2)) ** 2).mean().item(), rel=1e-5)
-    # on 8x8 inputs the AT weight keeps its CIFAR meaning: 1000 * (8/32)^2 (kdrun/feature_scale.py)
+    # on 8x8 inputs the AT weight keeps its CIFAR meaning: 1000 * (8/32)^2 (kdrun/methods/terms/feature/scale.py)
     assert together["at"].item() == pytest.approx(
         1000 * (8 / 32) ** 2 * at_loss([s_feats[0], s_feats[1]], [t_feats[1], t_feats[2]]).item(), rel=1e-5)

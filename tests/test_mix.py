@@ -1,4 +1,4 @@
-"""mixup and cutmix (kdrun/data/mix.py): each mix a pure function of (data_seed, epoch, index), the label
+"""mixup and cutmix (kdrun/sources/data/mix.py): each mix a pure function of (data_seed, epoch, index), the label
 follows the pixels, the teacher sees the student's mixed view, and a cached run equals a live one."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 
-from kdrun.data import BatchAugment, load_dataset
-from kdrun.data.feed import InMemoryFeed
-from kdrun.data.mix import Mix
+from kdrun.sources.data import BatchAugment, load_dataset
+from kdrun.sources.data.feed import InMemoryFeed
+from kdrun.sources.data.mix import Mix
 from kdrun.errors import ConfigError
 from kdrun.losses import cross_entropy
 from kdrun.run import run_experiment

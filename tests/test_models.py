@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from kdrun.models import MODEL_NAMES, KDModel, build_model, count_parameters, model_size_mb
+from kdrun.sources.models import MODEL_NAMES, KDModel, build_model, count_parameters, model_size_mb
 
 # One representative per family for the slower compile / channels_last checks.
 FAMILY_REPRESENTATIVES = ["resnet8", "resnet18", "resnet50", "cnn_student", "mlp"]

@@ -10,8 +10,8 @@ import torch
 import yaml
 
 from conftest import TINY, only_run_dir, read_jsonl, run_kdrun
-from kdrun.checkpoint import load_checkpoint
-from kdrun.models import build_model
+from kdrun.sources.checkpoint import load_checkpoint
+from kdrun.sources.models import build_model
 import test_faults
 from test_faults import finish, mid_epoch, start, wait_for
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from kdrun.schema import key
+from kdrun.config.schema import key
 from kdrun.strategies.base import Batch, Setup, StepOutput, Strategy, register
-from kdrun.students import build_student
+from kdrun.sources.students import build_student
 
 
 @register

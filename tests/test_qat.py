@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from conftest import TINY, only_run_dir, run_kdrun
-from kdrun.checkpoint import load_checkpoint
+from kdrun.sources.checkpoint import load_checkpoint
 from kdrun.deploy.export import export, runner
 from kdrun.deploy.int8 import quantize_onnx
-from kdrun.deploy.qat import Range, enable_qat, fake_quantize_weight, quantized_layers
+from kdrun.compress.qat import Range, enable_qat, fake_quantize_weight, quantized_layers
 from kdrun.deploy.student import RawImageModel
-from kdrun.models import build_model
+from kdrun.sources.models import build_model
 
 pytest.importorskip("onnxruntime")
 
@@ -106,7 +106,7 @@ def test_kdrun_distils_into_a_qat_student_that_exports_to_int8(tmp_path):
         build_model("cnn_student", 1, 8, 10).state_dict().keys()
     proc = run_kdrun(tmp_path, "--help")  # the student group documents the key
     assert "qat" in proc.stdout
-    from kdrun.deploy.export_command import main as kdrun_export
+    from kdrun.cli.export import main as kdrun_export
 
     assert kdrun_export([str(run), "--int8"]) == 0
     card = json.loads((run / "export" / "model_card.json").read_text())

@@ -16,14 +16,14 @@ import yaml
 from matplotlib.image import imread
 from omegaconf import OmegaConf
 
-from kdrun.checkpoint import save_checkpoint
+from kdrun.sources.checkpoint import save_checkpoint
 from kdrun.errors import ConfigError
-from kdrun.models import build_model
+from kdrun.sources.models import build_model
 from kdrun.report.aggregate import group_by_seed, stat, study, swept_keys
 from kdrun.report.build import write_report
-from kdrun.report.command import main as kdrun_report
+from kdrun.cli.report import main as kdrun_report
 from kdrun.report.jobs import find_jobs, read_sweep
-from kdrun.report.loggers import EpochLogger, TensorBoardLogger, build_logger, scalar_tag
+from kdrun.track.loggers import EpochLogger, TensorBoardLogger, build_logger, scalar_tag
 from kdrun.report.plots import plot_learning_curves
 
 TEACHER_ACC = 97.5
@@ -303,7 +303,7 @@ def test_a_teacher_checkpoint_that_is_gone_leaves_latency_blank_and_says_why(tmp
 
 
 def test_a_channel_pruned_student_is_timed_as_itself_not_as_its_full_width_architecture(tmp_path):
-    from kdrun.deploy.prune import prune_channels
+    from kdrun.compress.prune import prune_channels
     from kdrun.report.latency import LatencyMeter
 
     full, pruned = build_model("cnn_teacher", 1, 8, 10), build_model("cnn_teacher", 1, 8, 10)

@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_module
 from kdrun.errors import KdrunError
 from kdrun.report.aggregate import stat
 from kdrun.report.published import Cell, Published, cifar100_pairs, read_published, teacher_warning
-from kdrun.reproduce import loss_presets, method_overrides, preset_teacher
+from kdrun.cli.reproduce import loss_presets, method_overrides, preset_teacher
 from kdrun.run import check_run_config as validate
 from kdrun.run import run_experiment
 

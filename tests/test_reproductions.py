@@ -12,9 +12,9 @@ import torch
 import yaml
 
 from conftest import run_kdrun
-from kdrun.checkpoint import load_checkpoint
+from kdrun.sources.checkpoint import load_checkpoint
 from kdrun.errors import ConfigError
-from kdrun.models import build_model, count_parameters, model_options
+from kdrun.sources.models import build_model, count_parameters, model_options
 from kdrun.report.hinton import errors_from_accuracy, group_rows, read_runs
 from kdrun.report.significance import welch
 

@@ -15,7 +15,7 @@ import yaml
 
 from conftest import TINY, run_kdrun
 from test_image_folder import CLASSES, make_folder
-from kdrun.sweep_claim import LOCK_NAME, claimed_sweep_dir
+from kdrun.cli.sweep_claim import LOCK_NAME, claimed_sweep_dir
 
 
 def listing(folder: Path) -> dict[str, int]:
@@ -181,7 +181,7 @@ def test_export_and_eval_work_on_a_run_trained_from_a_stream(folder_runs, tmp_pa
 
 def test_a_failed_export_leaves_no_file_behind(folder_runs, tmp_path, monkeypatch):
     from kdrun.deploy import export as ex
-    from kdrun.deploy.export_command import main as kdrun_export
+    from kdrun.cli.export import main as kdrun_export
 
     def check_fails(*args, **kwargs):  # after model.onnx is written, as the streaming crash was
         raise RuntimeError("the check failed")
@@ -203,8 +203,8 @@ def test_a_model_scores_the_same_through_either_data_path(folder_runs):
     the accuracy it gave streamed."""
     import torch
 
-    from kdrun.checkpoint import load_checkpoint
-    from kdrun.data import load_dataset
+    from kdrun.sources.checkpoint import load_checkpoint
+    from kdrun.sources.data import load_dataset
     from kdrun.deploy.student import model_from_checkpoint, raw_image_model
 
     run = folder_runs["stream"]
@@ -227,12 +227,12 @@ def test_a_model_scores_the_same_through_either_data_path(folder_runs):
 def test_a_teacher_trained_with_other_statistics_is_fed_inputs_normalised_as_it_was_trained(tmp_path):
     import torch
 
-    from kdrun.checkpoint import save_checkpoint
-    from kdrun.data import DatasetSplits
-    from kdrun.data.augment import normalisation
-    from kdrun.models import build_model
+    from kdrun.sources.checkpoint import save_checkpoint
+    from kdrun.sources.data import DatasetSplits
+    from kdrun.sources.data.augment import normalisation
+    from kdrun.sources.models import build_model
     from kdrun.runtime import Runtime
-    from kdrun.teachers import load_model
+    from kdrun.teachers.resolve import load_model
 
     torch.manual_seed(0)
     trained_stats, data_stats = ((0.2, 0.3, 0.4), (0.2, 0.25, 0.3)), ((0.5, 0.5, 0.5), (0.1, 0.2, 0.3))
@@ -284,9 +284,9 @@ def test_a_diverging_teacher_is_named_as_the_teacher_and_leaves_no_partial_folde
 
 
 def test_a_run_from_before_the_teachers_own_recipe_still_resumes(tmp_path):
-    from kdrun.preflight import compose_job
+    from kdrun.cli.preflight import compose_job
     from kdrun.errors import ConfigError
-    from kdrun.resume import check_same_config
+    from kdrun.config.resume import check_same_config
     from hydra import initialize_config_module
     from omegaconf import OmegaConf
 
@@ -314,7 +314,7 @@ def test_a_run_from_before_the_teachers_own_recipe_still_resumes(tmp_path):
 def test_the_teachers_optimiser_is_the_files_recipe_with_its_own_keys_over_it():
     from hydra import initialize_config_module
 
-    from kdrun.preflight import compose_job
+    from kdrun.cli.preflight import compose_job
 
     with initialize_config_module("kdrun.conf", version_base="1.3"):
         def teacher_optim(*overrides):

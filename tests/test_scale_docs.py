@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kdrun.teacher_outputs.files import OutputCache, TargetFormat
+from kdrun.teachers.outputs.files import OutputCache, TargetFormat
 
 IMAGENET_TRAIN, IMAGENET_CLASSES = 1_281_167, 1000
 DOC = (Path(__file__).parents[1] / "docs" / "scale.md").read_text()

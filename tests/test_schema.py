@@ -1,4 +1,4 @@
-"""Config keys are declared once (kdrun.schema): every key of every shipped group option is typed, a value
+"""Config keys are declared once (kdrun.config.schema): every key of every shipped group option is typed, a value
 of the wrong type is refused with the key in the message, and the lists that resume, the report and the
 teacher fingerprint use are derived from the keys' roles."""
 
@@ -12,9 +12,9 @@ from omegaconf import OmegaConf
 
 from kdrun.errors import ConfigError
 from kdrun.report.aggregate import NOT_SETTINGS, SEED_KEYS
-from kdrun.resume import RESUME_MAY_CHANGE
+from kdrun.config.resume import RESUME_MAY_CHANGE
 from kdrun.run import check_run_config
-from kdrun.schema import check_override_keys, declared_keys, keys_with_role
+from kdrun.config.schema import check_override_keys, declared_keys, keys_with_role
 from kdrun.strategies.catalog import STRATEGIES, any_strategy_config
 
 CONF = resources.files("kdrun.conf")
@@ -80,7 +80,7 @@ CASES = key_cases()
 def test_every_key_of_every_shipped_option_is_declared():
     declared = {key for name in STRATEGIES for key, _ in declared_keys(STRATEGIES[name].Config)}
     missing = [key for _, key, _ in CASES if key not in declared]
-    assert not missing, f"keys in conf/ that kdrun.schema does not declare: {missing}"
+    assert not missing, f"keys in conf/ that kdrun.config.schema does not declare: {missing}"
 
 
 @pytest.mark.parametrize("choose,key,bad", CASES, ids=[key for _, key, _ in CASES])

@@ -11,11 +11,11 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from conftest import only_run_dir, read_jsonl, run_kdrun
-from kdrun.checkpoint import load_checkpoint, save_checkpoint
+from kdrun.sources.checkpoint import load_checkpoint, save_checkpoint
 from kdrun.run import check_run_config as validate
-from kdrun.data import BatchAugment, load_dataset
+from kdrun.sources.data import BatchAugment, load_dataset
 from kdrun.errors import ConfigError
-from kdrun.models import build_model
+from kdrun.sources.models import build_model
 from kdrun.runtime import resolve_runtime
 from kdrun.strategies.base import Setup
 from conftest import kd_terms

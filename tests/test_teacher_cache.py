@@ -9,17 +9,17 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
-from kdrun import teachers
-from kdrun.checkpoint import save_checkpoint
-from kdrun.data import BatchAugment, batch_indices, drops_last, load_dataset
-from kdrun.models import build_model
+from kdrun.teachers import resolve as teachers
+from kdrun.sources.checkpoint import save_checkpoint
+from kdrun.sources.data import BatchAugment, batch_indices, drops_last, load_dataset
+from kdrun.sources.models import build_model
 from kdrun.run import run_experiment
 from kdrun.runtime import Runtime, data_generator, resolve_runtime
 from kdrun.strategies.base import Batch, Setup
 from kdrun.strategies.catalog import strategy_class
-from kdrun.teacher_outputs import (TargetFormat, TeacherCacheError, build_teacher_outputs, cache_key,
+from kdrun.teachers.outputs import (TargetFormat, TeacherCacheError, build_teacher_outputs, cache_key,
                                    output_recipe)
-from kdrun.trainer import evaluate_split
+from kdrun.engine.trainer import evaluate_split
 
 # Small enough for a second per run: 48 synthetic 8x8 images, batches of 16 (the last one dropped: 3 per epoch).
 SMALL = ["dataset=synthetic", "dataset.train_size=50", "dataset.test_size=20", "dataset.image_size=8",
@@ -191,7 +191,7 @@ def test_a_cache_that_would_not_fit_the_disk_is_refused_with_its_size(tmp_path, 
     cfg = compose_cfg(tmp_path, "epochs=240")
     data, _, runtime, teacher = setup(cfg)
     usage = type("usage", (), {"free": 100 * 2**20})
-    monkeypatch.setattr("kdrun.teacher_outputs.serve.shutil.disk_usage", lambda path: usage)
+    monkeypatch.setattr("kdrun.teachers.outputs.serve.shutil.disk_usage", lambda path: usage)
     with pytest.raises(TeacherCacheError, match=r"needs .* more .* only 104.9 MB is free .*teacher.cache=false"):
         build_teacher_outputs(cfg, data, runtime, teacher, cfg.loss.terms.kd.T)
     # 240 epochs x 50 samples x (10 fp16 logits + a 16-bit view checksum) + a 64-byte header per epoch

@@ -11,14 +11,14 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import read_jsonl, trainer_settings
-from kdrun.checkpoint import load_checkpoint
-from kdrun.data import BatchAugment, load_dataset
+from kdrun.sources.checkpoint import load_checkpoint
+from kdrun.sources.data import BatchAugment, load_dataset
 from kdrun.methods.terms.compose import build_logit_terms
-from kdrun.models import build_model
+from kdrun.sources.models import build_model
 from kdrun.runtime import Runtime, seed_everything
 from kdrun.strategies.base import Batch
 from kdrun.strategies.kd import KD
-from kdrun.trainer import Trainer
+from kdrun.engine.trainer import Trainer
 
 B, C = 7, 6
 TOL = 1e-5  # relative, on float64 tensors

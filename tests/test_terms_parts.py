@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from kdrun.data import BatchAugment, load_dataset
+from kdrun.sources.data import BatchAugment, load_dataset
 from conftest import only_run_dir, read_jsonl, trainer_settings
 from kdrun.errors import ConfigError
 from kdrun.methods.terms.base import TermInputs
@@ -20,10 +20,10 @@ from kdrun.methods.terms.feature import crd as crd_module
 from kdrun.methods.terms.feature.crd import crd_loss
 from kdrun.methods.terms.feature.ofd import margin_from_bn
 from kdrun.methods.terms.feature.stages import FeatureContext, StageOutputs
-from kdrun.models import build_model
+from kdrun.sources.models import build_model
 from kdrun.runtime import Runtime, seed_everything
 from kdrun.strategies.kd import KD
-from kdrun.trainer import Trainer
+from kdrun.engine.trainer import Trainer
 
 CONTEXT = FeatureContext("cnn_student", "resnet8", (1, 8, 10), train_size=40)
 

@@ -14,18 +14,18 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from conftest import only_run_dir, read_jsonl, run_kdrun, trainer_settings
-from kdrun.checkpoint import load_checkpoint
-from kdrun.data import BatchAugment, load_dataset
+from kdrun.sources.checkpoint import load_checkpoint
+from kdrun.sources.data import BatchAugment, load_dataset
 from kdrun.errors import ConfigError
 from kdrun.methods.terms.base import TermInputs
 from kdrun.methods.terms.compose import build_feature_terms, build_logit_terms
 from kdrun.methods.terms.feature.picks import embedding, embedding_size
 from kdrun.methods.terms.feature.stages import FeatureContext, StageOutputs
-from kdrun.models import build_model
+from kdrun.sources.models import build_model
 from kdrun.run import check_run_config
 from kdrun.runtime import Runtime, seed_everything
 from kdrun.strategies.kd import KD
-from kdrun.trainer import Trainer
+from kdrun.engine.trainer import Trainer
 
 TOL = 1e-5
 # cnn_student's stages on 8x8 digits: 16x4x4, 32x2x2; resnet8's: 16x8x8, 32x4x4, 64x2x2.

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from conftest import TINY, only_run_dir, read_jsonl, run_kdrun
-from kdrun.report.trackers import flatten
+from kdrun.track.trackers import flatten
 
 RUN = [*TINY, "epochs=2", "device=cpu"]
 

@@ -1,4 +1,4 @@
-"""Transfer sets (kdrun/data/transfer.py): few labels plus unlabelled images, omitted classes, an extra folder
+"""Transfer sets (kdrun/sources/data/transfer.py): few labels plus unlabelled images, omitted classes, an extra folder
 of unlabelled images; label-using terms see labelled rows only; per-class test accuracy; the refusals."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import run_kdrun
-from kdrun.data import BatchAugment, load_dataset
-from kdrun.data.feed import InMemoryFeed
-from kdrun.data.transfer import labelled_mask, transfer_split
+from kdrun.sources.data import BatchAugment, load_dataset
+from kdrun.sources.data.feed import InMemoryFeed
+from kdrun.sources.data.transfer import labelled_mask, transfer_split
 from kdrun.errors import ConfigError
 from kdrun.losses import cross_entropy
 from kdrun.methods.terms.logit.dkd import dkd_loss

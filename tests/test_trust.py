@@ -19,19 +19,19 @@ from omegaconf import OmegaConf
 from rich.console import Console
 
 from conftest import TINY, run_kdrun
-from kdrun.checkpoint import load_checkpoint
+from kdrun.sources.checkpoint import load_checkpoint
 from kdrun.errors import CheckpointError, ConfigError, WriteError
 from kdrun.io import atomic_torch_save, atomic_write_text
-from kdrun.plausibility import problems, vanishing_terms, warnings, zero_weight_terms
+from kdrun.config.plausibility import problems, vanishing_terms, warnings, zero_weight_terms
 from kdrun.run import run_experiment
-from kdrun.preflight import check_output_locations, compose_job
+from kdrun.cli.preflight import check_output_locations, compose_job
 from kdrun.report.aggregate import group_by_seed, study
 from kdrun.report.build import write_report
-from kdrun.report.command import main as kdrun_report
+from kdrun.cli.report import main as kdrun_report
 from kdrun.report.jobs import find_jobs, read_sweep
 from kdrun.report.plots import plot_learning_curves, run_title
 from kdrun.report.tables import comparison_table, sweep_table
-from kdrun.resume import output_dir
+from kdrun.config.resume import output_dir
 from kdrun.run import check_run_config
 from test_report import make_job
 
@@ -383,7 +383,7 @@ def test_an_empty_dataset_root_is_refused_and_makes_no_folder(tmp_path):
 def test_a_failed_download_leaves_no_empty_folders(tmp_path, monkeypatch):
     import torchvision.datasets
 
-    from kdrun.data import DatasetNotFoundError, load_dataset
+    from kdrun.sources.data import DatasetNotFoundError, load_dataset
 
     def offline(root, download):
         Path(root).mkdir(parents=True)  # what torchvision does before it fetches

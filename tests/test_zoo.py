@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kdrun.models import build_model, count_parameters
+from kdrun.sources.models import build_model, count_parameters
 
 # Exact parameter counts at 100 classes, 3x32x32, of the architectures in RepDistiller's
 # models/ (github.com/HobbitLong/RepDistiller, commit eedab9d: wrn.py, vgg.py `*_bn`,
@@ -57,7 +57,7 @@ def test_forward_features_gives_the_stages(name):
 
 
 def test_channel_shuffle_interleaves_the_groups():
-    from kdrun.models.shufflenet import channel_shuffle
+    from kdrun.sources.models.shufflenet import channel_shuffle
 
     x = torch.arange(6.0).view(1, 6, 1, 1)
     assert channel_shuffle(x, 3).flatten().tolist() == [0, 2, 4, 1, 3, 5]

@@ -33,10 +33,10 @@ import torch
 from rich.table import Table
 
 from fashion_cifar import write_dataset  # bench/peer/fashion_cifar.py
-from kdrun.checkpoint import load_checkpoint
+from kdrun.sources.checkpoint import load_checkpoint
 from kdrun.console import console
 from kdrun.io import atomic_write_json
-from kdrun.models import build_model
+from kdrun.sources.models import build_model
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

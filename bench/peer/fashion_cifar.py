@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdrun.data.readers import read_idx
+from kdrun.sources.data.readers import read_idx
 from kdrun.io import atomic_open, atomic_write_json
 
 FOLDER = "cifar-10-batches-py"

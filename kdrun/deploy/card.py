@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kdrun.data import DatasetSplits
-from kdrun.deploy.prune import sparsity
+from kdrun.sources.data import DatasetSplits
+from kdrun.compress.prune import sparsity
 from kdrun.deploy.student import RunModel
-from kdrun.models import count_parameters
+from kdrun.sources.models import count_parameters
 
 # Class names where the dataset has words for them; otherwise the class index is the name.
 CLASS_NAMES = {

@@ -69,7 +69,7 @@ def trained_range_overrides(exported_path: str, prepared_path: str, ranges: dict
 
 def quantize_onnx(fp32_path: Path, int8_path: Path, calibration: np.ndarray,
                   ranges: dict[str, list[float]] | None = None) -> None:
-    """`ranges`: a QAT student's trained ranges (kdrun.deploy.qat.ranges_of), used where they apply."""
+    """`ranges`: a QAT student's trained ranges (kdrun.compress.qat.ranges_of), used where they apply."""
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process

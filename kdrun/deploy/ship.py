@@ -10,7 +10,7 @@ from kdrun.deploy.card import card_path, model_card
 from kdrun.deploy.flops import count_flops
 from kdrun.deploy.int8 import calibration_images, quantize_onnx
 from kdrun.deploy.speed import measure_all
-from kdrun.data import DatasetSplits
+from kdrun.sources.data import DatasetSplits
 from kdrun.deploy.student import RunModel, load_run
 from kdrun.io import atomic_dir, atomic_write_json
 

@@ -15,14 +15,14 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from kdrun.checkpoint import load_checkpoint, stored_normalisation
-from kdrun.data import DatasetSplits, load_dataset
-from kdrun.data.augment import normalisation
-from kdrun.data.streaming import StreamingFolder
+from kdrun.sources.checkpoint import load_checkpoint, stored_normalisation
+from kdrun.sources.data import DatasetSplits, load_dataset
+from kdrun.sources.data.augment import normalisation
+from kdrun.sources.data.streaming import StreamingFolder
 from kdrun.deploy.int8 import CALIBRATION_IMAGES
-from kdrun.deploy.prune import shrink_to
+from kdrun.compress.prune import shrink_to
 from kdrun.errors import CheckpointError, KdrunError
-from kdrun.models import KDModel, build_model
+from kdrun.sources.models import KDModel, build_model
 
 
 class RawImageModel(nn.Module):

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 
 from kdrun.keys import SHORT_KEYS
 from kdrun.report.jobs import JobRecord
-from kdrun.schema import keys_with_role
+from kdrun.config.schema import keys_with_role
 
 SEED_KEYS = keys_with_role("seed")
 # Keys that say where files go, how a run is shown or how fast it runs, not what is trained
-# (kdrun.schema roles; teacher.cache is speed: the cache serves the live teacher's rounded targets).
+# (kdrun.config.schema roles; teacher.cache is speed: the cache serves the live teacher's rounded targets).
 NOT_SETTINGS = keys_with_role("location", "display", "speed")
 # What a job that distills nothing does not use.
 UNUSED_BY_SCRATCH = ("loss.", "teacher.")

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from kdrun.checkpoint import load_checkpoint
-from kdrun.deploy.prune import shrink_to
+from kdrun.sources.checkpoint import load_checkpoint
+from kdrun.compress.prune import shrink_to
 from kdrun.errors import CheckpointError
-from kdrun.models import build_model
+from kdrun.sources.models import build_model
 from kdrun.runtime import Runtime
 
 WARMUP = 5

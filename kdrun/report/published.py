@@ -32,7 +32,7 @@ class Published:
     experiment: str  # the preset: experiment=<experiment>
     teacher: str
     student: str
-    method: str  # teacher, scratch, or a method as `kdrun.reproduce --methods` names it
+    method: str  # teacher, scratch, or a method as `kdrun.cli.reproduce --methods` names it
     acc: float
     epoch: str  # last | best: which epoch the paper reports
     source: str  # the paper and table

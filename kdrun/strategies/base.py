@@ -3,13 +3,13 @@
 A strategy is one class in one file: it declares its own config keys (`Config`, a dataclass of
 kdrun.keys keys), checks how they combine with the rest of the config (`validate`), builds
 itself from the config (`from_config`) and registers under its `strategy=` name with `@register`.
-Its `step` turns a batch into the student's logits and named loss terms (kdrun/contract.py);
+Its `step` turns a batch into the student's logits and named loss terms (kdrun/engine/contract.py);
 the trainer minimises their sum. A method that needs several fits (born-again) overrides `run`.
 """
 
 from __future__ import annotations
 
-from kdrun.contract import Batch, Fit, Setup, StepOutput, Strategy
+from kdrun.engine.contract import Batch, Fit, Setup, StepOutput, Strategy
 from kdrun.errors import ConfigError
 
 __all__ = ["Batch", "Fit", "STRATEGIES", "Setup", "StepOutput", "Strategy", "register", "strategy_class"]

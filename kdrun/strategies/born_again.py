@@ -18,13 +18,13 @@ from pathlib import Path
 from rich.table import Table
 
 from kdrun.console import results
-from kdrun.model_sources import arch_of
+from kdrun.sources.model_sources import arch_of
 from kdrun.keys import key
 from kdrun.strategies.base import Fit, Setup, register
 from kdrun.methods.terms.compose import build_feature_terms
 from kdrun.methods.terms.feature.stages import FeatureContext
 from kdrun.strategies.kd import KD, feature_context
-from kdrun.teachers import Teacher, load_model, resolve_teacher, with_teacher
+from kdrun.teachers.resolve import Teacher, load_model, resolve_teacher, with_teacher
 
 
 @register

@@ -13,11 +13,11 @@ from torch import Tensor, nn
 from kdrun.methods.terms.base import TermInputs
 from kdrun.methods.terms.compose import FeatureTerms, LogitTerms, build_feature_terms, build_logit_terms
 from kdrun.methods.terms.feature.stages import FeatureContext
-from kdrun.model_sources import arch_of
+from kdrun.sources.model_sources import arch_of
 from kdrun.strategies.base import Batch, Setup, StepOutput, Strategy, register
-from kdrun.students import build_student
-from kdrun.teacher_outputs import TeacherOutputs, build_teacher_outputs
-from kdrun.teachers import Teacher, freeze, resolve_teacher
+from kdrun.sources.students import build_student
+from kdrun.teachers.outputs import TeacherOutputs, build_teacher_outputs
+from kdrun.teachers.resolve import Teacher, freeze, resolve_teacher
 
 
 def feature_context(cfg: DictConfig, data, teacher_arch: str | None = None) -> FeatureContext:
@@ -38,7 +38,7 @@ class KD(Strategy):
     def __init__(self, student: nn.Module, teacher: nn.Module, terms: LogitTerms, *,
                  features: FeatureTerms | None = None, teacher_summary: dict | None = None,
                  teacher_outputs: TeacherOutputs | None = None):
-        """`teacher_outputs` serves the teacher's logits (cached or lean live, kdrun.teacher_outputs)."""
+        """`teacher_outputs` serves the teacher's logits (cached or lean live, kdrun.teachers.outputs)."""
         super().__init__(student)
         self.teacher = freeze(teacher)
         self.teacher_outputs = teacher_outputs

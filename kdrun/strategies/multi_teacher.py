@@ -11,13 +11,13 @@ from torch import Tensor, nn
 from kdrun.console import note
 from kdrun.errors import ConfigError
 from kdrun.losses import confidence_weights, mixture_logits
-from kdrun.models import MODEL_NAMES
+from kdrun.sources.models import MODEL_NAMES
 from kdrun.keys import key
 from kdrun.strategies.base import Batch, Setup, StepOutput, Strategy, register
 from kdrun.methods.terms.compose import LogitTerms, build_logit_terms
-from kdrun.students import build_student
-from kdrun.teachers import freeze, resolve_teacher, with_teacher
-from kdrun.trainer import evaluate_split
+from kdrun.sources.students import build_student
+from kdrun.teachers.resolve import freeze, resolve_teacher, with_teacher
+from kdrun.engine.trainer import evaluate_split
 
 COMBINES = ("mean", "weighted", "confidence")
 

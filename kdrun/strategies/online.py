@@ -9,9 +9,9 @@ from typing import Callable, Iterator
 from omegaconf import DictConfig
 from torch import nn
 
-from kdrun.checkpoint import unwrap
+from kdrun.sources.checkpoint import unwrap
 from kdrun.errors import ConfigError
-from kdrun.models import MODEL_NAMES, build_model
+from kdrun.sources.models import MODEL_NAMES, build_model
 from kdrun.runtime import seed_everything
 from kdrun.keys import key
 from kdrun.strategies.base import Batch, Setup, StepOutput, Strategy, register

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kdrun.losses import cross_entropy
 from kdrun.strategies.base import Batch, Setup, StepOutput, Strategy, register
-from kdrun.students import build_student
+from kdrun.sources.students import build_student
 
 
 @register

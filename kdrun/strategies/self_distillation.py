@@ -21,12 +21,12 @@ from torch import Tensor, nn
 from kdrun.errors import ConfigError
 from kdrun.losses import cross_entropy
 from kdrun.keys import key
-from kdrun.model_sources import arch_of
+from kdrun.sources.model_sources import arch_of
 from kdrun.strategies.base import Batch, Setup, StepOutput, Strategy, register
 from kdrun.methods.terms.feature.hint import hint_loss
 from kdrun.methods.terms.feature.stages import Shape, describe, stage_shapes
 from kdrun.methods.terms.compose import LogitTerms, build_logit_terms
-from kdrun.students import build_student
+from kdrun.sources.students import build_student
 
 
 class AuxiliaryHead(nn.Module):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from kdrun.errors import ConfigError
-from kdrun.schema import OBJECTIVES
+from kdrun.config.schema import OBJECTIVES
 
 # objective name -> (the summary key that holds it, the direction Optuna optimises it in)
 METRICS = {

@@ -1,4 +1,4 @@
-"""An Optuna sweep checked before its first trial, as kdrun/preflight.py checks a plain sweep's jobs.
+"""An Optuna sweep checked before its first trial, as kdrun/cli/preflight.py checks a plain sweep's jobs.
 
 Its jobs are not known in advance, so the search space's ends are: every choice and both ends of
 every range, each composed and validated as a job (the other keys at their first end). A bad bound
@@ -12,7 +12,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
 from kdrun.errors import ConfigError, KdrunError
-from kdrun.plausibility import check_plausible
+from kdrun.config.plausibility import check_plausible
 from kdrun.run import check_run_config
 from kdrun.tune.objective import objective_names
 from kdrun.tune.space import SearchSpace, parse_space

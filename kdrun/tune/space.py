@@ -34,7 +34,7 @@ class Param:
 
     @property
     def prefix(self) -> str:
-        """`++` before a loss term's key: add the term or set its key, as the CLI does (kdrun/cli.py)."""
+        """`++` before a loss term's key: add the term or set its key, as the CLI does (kdrun/cli/main.py)."""
         return "++" if self.key.startswith("loss.terms.") else ""
 
     def ends(self) -> list:

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from kdrun.deploy.prune import prune_channels
-from kdrun.models import build_model
+from kdrun.compress.prune import prune_channels
+from kdrun.sources.models import build_model
 
 torch.set_num_threads(1)
 ALPHA, BETA, T, LR, BATCH = 0.1, 0.9, 4.0, 3e-3, 64

@@ -1,6 +1,6 @@
 """What every loss term shares, and the registry that `loss.terms.<name>` picks from.
 
-A term is one class in one file, as a strategy is: its own typed `Config` (kdrun.schema keys with their
+A term is one class in one file, as a strategy is: its own typed `Config` (kdrun.config.schema keys with their
 defaults beside them; every term has a `weight`), a `validate` for how its keys combine with the rest
 of the run's config, and a registration by name (`@register_term`). There are two kinds:
 

@@ -22,7 +22,7 @@ from kdrun.errors import ConfigError
 from kdrun.methods.terms.base import FEATURE, LOGIT, FeatureTerm, LogitTerm, Term, TermInputs
 from kdrun.methods.terms.catalog import term_class, term_fields
 from kdrun.methods.terms.feature.stages import FeatureContext, StageOutputs
-from kdrun.models.layers import LayerTap, feature_root
+from kdrun.sources.models.layers import LayerTap, feature_root
 
 
 def complete_terms(cfg: DictConfig) -> None:

@@ -2,7 +2,7 @@
 
 RepDistiller's AT row (-b 1000) and mdistiller's AT (FEAT_WEIGHT 1000, p=2): the map is the channel
 mean of the squared activations, flattened and L2-normalised; the term is the mean squared difference,
-summed over stage pairs. The weight keeps its CIFAR meaning on smaller images (kdrun/feature_scale.py).
+summed over stage pairs. The weight keeps its CIFAR meaning on smaller images (kdrun/methods/terms/feature/scale.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from torch import Tensor
 import torch.nn.functional as F
 
-from kdrun.feature_scale import scaled_at_weight
+from kdrun.methods.terms.feature.scale import scaled_at_weight
 from kdrun.keys import key
 from kdrun.methods.terms.base import FeatureTerm, TermInputs, register_term
 from kdrun.methods.terms.feature.picks import layers_of, pick_pairs

@@ -35,7 +35,7 @@ from kdrun.errors import ConfigError
 from kdrun.keys import key
 from kdrun.methods.terms.base import FeatureTerm, TermInputs, register_term
 from kdrun.methods.terms.feature.stages import FeatureContext, Ref, pair_layer_names, pick_pairs, stage_module
-from kdrun.models import build_model
+from kdrun.sources.models import build_model
 
 
 def margin_from_bn(weight: Tensor, bias: Tensor) -> Tensor:

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdrun.errors import ConfigError
-from kdrun.models import build_model
-from kdrun.models.layers import feature_root, find_layer, layer_shapes
+from kdrun.sources.models import build_model
+from kdrun.sources.models.layers import feature_root, find_layer, layer_shapes
 
 Shape = tuple[int, ...]  # one sample's output: (C, H, W) or (C,)
 Ref = int | str  # a stage index (from 0) or a layer's module path

@@ -1,0 +1,1 @@
+"""Training-time compression the checkpoint format knows about: pruning and QAT."""

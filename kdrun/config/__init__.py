@@ -1,0 +1,1 @@
+"""The configuration: every key declared once, recipes, resume, plausibility checks."""

@@ -1,0 +1,1 @@
+"""The training engine: the contract strategies implement, one loop, its state and guards."""

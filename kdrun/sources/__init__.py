@@ -1,0 +1,1 @@
+"""Where data, models, checkpoints, pretrained weights and students come from."""

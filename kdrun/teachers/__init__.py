@@ -1,0 +1,1 @@
+"""Teachers: trained, fine-tuned or pretrained, cached once; and their cached outputs."""

@@ -1,0 +1,1 @@
+"""Live loggers and experiment trackers (CSV, TensorBoard, W&B, MLflow)."""
