@@ -228,7 +228,7 @@ def test_the_cli_refuses_a_missing_resume_directory_cleanly(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["kdrun", *BASE, "resume=outputs/runs/typo"])
     with pytest.raises(SystemExit) as exit_info:
-        kdrun.cli.main()
+        kdrun.cli.main.main()
     assert exit_info.value.code == 2
     assert "resume=outputs/runs/typo: no such directory" in " ".join(capsys.readouterr().err.split())
     assert not (tmp_path / "outputs").exists()

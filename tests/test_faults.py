@@ -381,7 +381,7 @@ def test_the_cli_on_a_full_disk_names_the_file_and_how_to_go_on(tmp_path, monkey
     monkeypatch.setattr(sys, "argv", ["kdrun", *args])
     try:
         with pytest.raises(SystemExit) as exit_info:
-            kdrun.cli.main()
+            kdrun.cli.main.main()
     finally:
         GlobalHydra.instance().clear()
     out = " ".join(capsys.readouterr().err.split())
