@@ -82,6 +82,10 @@ class Strategy(ABC):
     def parameters(self) -> Iterator[nn.Parameter]:
         return self.student.parameters()
 
+    def param_groups(self) -> list[dict]:
+        """The optimiser's parameter groups: all at optim.lr, unless a part trains at its own lr."""
+        return [{"params": list(self.parameters())}]
+
     def train(self) -> None:
         self.student.train()
 

@@ -199,7 +199,7 @@ class FitRun:
         self.params = [p for p in strategy.parameters() if p.requires_grad]
         same_start(strategy, world)
         feed = make_feed(data, augment, cfg.batch_size, cfg.data_seed, runtime, world)
-        optimizer = build_optimizer(strategy.parameters(), trainer.optim_cfg)
+        optimizer = build_optimizer(strategy.param_groups(), trainer.optim_cfg)
         self.training = Training(strategy, optimizer,
                                  build_scheduler(optimizer, trainer.optim_cfg, steps_per_epoch=feed.steps_per_epoch,
                                                  epochs=cfg.epochs),

@@ -125,6 +125,10 @@ class FeatureTerm(Term):
         """The initialisation stage's losses (unweighted, as the reference's init loop), by name."""
         raise NotImplementedError
 
+    def lr_groups(self) -> list[tuple[list[nn.Parameter], float]]:
+        """Parts that train at their own learning rate instead of optim.lr (the schedule still applies)."""
+        return []
+
     def bind(self, student: nn.Module, teacher: nn.Module) -> None:
         """Read what the term needs from the models themselves once they exist (OFD's margins come from the
         trained teacher's BatchNorm)."""

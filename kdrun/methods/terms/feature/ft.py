@@ -9,9 +9,13 @@ normalize(mean over channels of f^p1) per sample, and the term is the mean |diff
 difference^p2, the larger map average-pooled to the smaller first. The paraphraser stays frozen after its
 stage (the teacher's factor is computed without gradient).
 
-RepDistiller's row: -r 1 -a 0 -b 200, rate 0.5, p1 2, p2 1, on the last stage (feat[-2]). Differences: the
-init epochs are the run's first `init_epochs` of `epochs` with the run's optimiser (RepDistiller: SGD at
-lr 0.05 for 30 epochs, then 240 main epochs; set epochs=270 for its length).
+RepDistiller's row: -r 1 -a 0 -b 200, rate 0.5, p1 2, p2 1, on the last stage (feat[-2]). Its init stage
+(helper/pretrain.py) trains the paraphraser by SGD at lr 0.01 for the CIFAR ResNet/WRN students (the run's
+lr for the others): `init_lr`, 0.01 in conf/loss/ft.yaml, is that lr, as the paraphraser's own optimiser
+group (it has no gradient after its stage). At the run's lr 0.05 the unnormalised MSE diverges within ten
+steps even on a trained teacher's scale of features, which is why the reference lowers it. Differences: the
+init epochs are the run's first `init_epochs` of `epochs` with the run's optimiser and schedule (RepDistiller:
+30 epochs of their own, then 240 main epochs; set epochs=270 for its length).
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class FactorTransfer(FeatureTerm):
     class Config:
         weight: float = key(default=200.0, low=0)
         init_epochs: int = key(default=30, low=0, doc="the first epochs train the paraphraser alone")
+        init_lr: float | None = key(low=0, strict=True, doc="the paraphraser's lr in its stage (null: optim.lr)")
         rate: float = key(default=0.5, low=0, strict=True, doc="the factor's channels per teacher channel")
         p1: float = key(default=2.0, low=0, strict=True, doc="the power of the factor map")
         p2: float = key(default=1.0, low=0, strict=True, doc="1: mean |difference|; else mean difference^p2")
@@ -84,6 +89,12 @@ class FactorTransfer(FeatureTerm):
 
     def layer_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return pair_layer_names((((self.refs[0], None), (self.refs[1], None)),))
+
+    def lr_groups(self) -> list[tuple[list[nn.Parameter], float]]:
+        if self.config.init_lr is None:
+            return []
+        return [([*self.paraphraser_encoder.parameters(), *self.paraphraser_decoder.parameters()],
+                 float(self.config.init_lr))]
 
     def init_loss(self, inputs: TermInputs) -> dict[str, Tensor]:
         t = inputs.teacher_features[self.refs[1]]
