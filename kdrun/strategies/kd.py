@@ -76,6 +76,9 @@ class KD(Strategy):
     def parameters(self) -> Iterator[nn.Parameter]:
         return chain(self.student.parameters(), *(part.parameters() for part in self.parts().values()))
 
+    def task_losses(self) -> frozenset[str]:
+        return frozenset(term.name for term in self.terms.terms if not term.distils)
+
     def param_groups(self) -> list[dict]:
         """One group at optim.lr, then one per feature-term part that trains at its own lr (FT's paraphraser)."""
         own = [] if self.features is None else [group for term in self.features.terms for group in term.lr_groups()]
