@@ -27,6 +27,7 @@ from kdrun.report.plots import plot_learning_curves, run_title
 from kdrun.config.resume import (check_can_start, check_completed_intact, check_same_config, checkpoint_digests,
                           is_completed, read_summary)
 from kdrun.runtime import resolve_runtime
+from kdrun.config.dot import check_dot
 from kdrun.config.schema import check_config, check_value
 from kdrun.methods.terms.compose import check_terms, complete_terms, term_configs
 from kdrun.strategies.base import Setup, Strategy
@@ -46,6 +47,7 @@ def check_run_config(cfg: DictConfig) -> type[Strategy]:
         check_terms(cfg, method.name, method.term_kinds)
     check_data_regime(cfg, method)
     method.validate(cfg)
+    check_dot(cfg, method.name)
     check_prune_config(cfg.student.get("prune") or {})  # before any teacher trains
     return method
 

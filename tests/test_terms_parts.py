@@ -21,6 +21,7 @@ from kdrun.methods.terms.feature.crd import crd_loss
 from kdrun.methods.terms.feature.ofd import margin_from_bn
 from kdrun.methods.terms.feature.stages import FeatureContext, StageOutputs
 from kdrun.sources.models import build_model
+from kdrun.engine.optim import build_optimizer
 from kdrun.runtime import Runtime, seed_everything
 from kdrun.strategies.kd import KD
 from kdrun.engine.trainer import Trainer
@@ -330,6 +331,30 @@ def test_init_stage_trains_only_the_initialising_terms_losses():
         assert set(features(TermInputs(**{**inputs.__dict__, "epoch": epoch}))) == names
 
 
+def test_ft_paraphraser_trains_at_its_init_lr_in_its_own_optimiser_group():
+    """RepDistiller trains FT's paraphraser at lr 0.01 (helper/pretrain.py); the run's lr 0.05 diverges."""
+    seed_everything(0)
+    teacher, student = build_model("resnet8", 1, 8, 10), build_model("cnn_student", 1, 8, 10)
+    cfg = loss_of(ft={"init_epochs": 1, "init_lr": 0.01}, ce={"weight": 1.0})
+    features = build_feature_terms(cfg, CONTEXT).tap(student, teacher)
+    strategy = KD(student, teacher, build_logit_terms(cfg), features=features)
+    sgd = OmegaConf.create({"name": "sgd", "lr": 0.1, "momentum": 0.0, "nesterov": False, "weight_decay": 0.0})
+    optimizer = build_optimizer(strategy.param_groups(), sgd)
+    params = list(strategy.parameters())
+    before = [p.detach().clone() for p in params]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    ft = features.terms[0]
+    paraphraser = {id(p) for p in [*ft.paraphraser_encoder.parameters(), *ft.paraphraser_decoder.parameters()]}
+    assert len(paraphraser) == 12 and sum(len(g["params"]) for g in optimizer.param_groups) == len(params)
+    for p, b in zip(params, before):  # one plain SGD step: p - lr * 1
+        assert torch.allclose(b - p.detach(), torch.full_like(b, 0.01 if id(p) in paraphraser else 0.1)), p.shape
+    without = KD(student, teacher, build_logit_terms(cfg),
+                 features=build_feature_terms(loss_of(ft={"init_epochs": 1}), CONTEXT).tap(student, teacher))
+    assert len(without.param_groups()) == 1  # init_lr null: the paraphraser trains at optim.lr
+
+
 @pytest.mark.parametrize("override, message", [
     ("loss.terms.at.init_epochs=3", "the at term has no initialisation stage; terms with one: ab, fsp, ft, hint"),
     ("loss.terms.ft.init_epochs=2", "loss.terms.ft.init_epochs=2 leaves no epoch of the main training (epochs=2)"),
@@ -464,6 +489,8 @@ def test_the_terms_train_from_the_command_line(kdrun, tmp_path, keys, epochs, st
     assert best["state_dict"].keys() == payload["state_dict"].keys()
     features = payload["train"]["strategy"]["features"]  # the parts, kept for resume
     assert staged == ("hint",) or any(k.endswith(("memory_s", "paraphraser_encoder.0.weight")) for k in features)
+    if "ft" in staged:  # the preset's paraphraser lr (RepDistiller's 0.01), its own optimiser group
+        assert [g["initial_lr"] for g in payload["train"]["optimizer"]["param_groups"]][1:] == [0.01]
 
 
 @pytest.mark.slow  # a torchvision student: ~30 s on a shared CPU

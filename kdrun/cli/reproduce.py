@@ -30,6 +30,11 @@ from kdrun.report.published import cifar100_pairs, csv_text, markdown, read_publ
 TEACHER_LR = 0.05  # RepDistiller train_teacher.py's default, for every teacher
 SMOKE_SAMPLES = 32
 SMOKE = ["epochs=1", "batch_size=16", "trainer.progress=false", "trainer.eval_batch_size=64"]
+# The smoke's teacher: 20 steps at a small lr. Its eval-mode BatchNorm statistics settle (momentum 0.1: 12% of
+# the initial running variance left) while the weights stay near their initialisation, so its stages have a
+# trained teacher's scale. After 2 steps a resnet56 in eval mode outputs values ~1e4 from its last stage, and a
+# term with an unnormalised loss on them (FT's paraphraser MSE) overflows at once.
+SMOKE_TEACHER = ["epochs=10", "optim.lr=0.001"]
 CIFAR100_FILES = "cifar-100-python"  # what torchvision unpacks under dataset.root
 
 
@@ -91,6 +96,7 @@ def target_commands(pair: str, teacher_arch: str, seeds: list[int], out: Path, e
         sweep_dir = out / pair / target
         resume = [f"resume={sweep_dir}"] if (sweep_dir / "multirun.yaml").is_file() else []
         stage = smoke_stage(target) if smoke and target in methods else []  # after the smoke's epochs=1
+        stage += SMOKE_TEACHER if smoke and target == "teacher" else []
         commands[target] = ["-m", f"experiment=cifar100_{pair}", *args, *extra, *stage, f"hydra.sweep.dir={sweep_dir}",
                             *resume]
     return commands

@@ -153,11 +153,12 @@ class DeviceKeys:
 
 @dataclass
 class OptimKeys:
-    name: str = key(choices=("sgd", "adamw"))
+    name: str = key(choices=("sgd", "adamw", "dot"))
     lr: float = key(low=0, strict=True)
     betas: list[float] = key()
     momentum: float = key(low=0)
     nesterov: bool = key()
+    delta: float = key(low=0, doc="dot: the task momentum is momentum - delta, the distillation's momentum + delta")
     weight_decay: float = key(low=0)
     schedule: str = key(choices=("cosine", "multistep", "constant"))
     milestones: list[int] = key()

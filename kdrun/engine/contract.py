@@ -82,6 +82,15 @@ class Strategy(ABC):
     def parameters(self) -> Iterator[nn.Parameter]:
         return self.student.parameters()
 
+    def task_losses(self) -> frozenset[str]:
+        """The names of the step's losses that train on the labels alone (optim=dot keeps their gradient apart
+        from the distillation terms')."""
+        return frozenset()
+
+    def param_groups(self) -> list[dict]:
+        """The optimiser's parameter groups: all at optim.lr, unless a part trains at its own lr."""
+        return [{"params": list(self.parameters())}]
+
     def train(self) -> None:
         self.student.train()
 

@@ -7,19 +7,24 @@ import math
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from kdrun.engine.dot import DistillationOrientedTrainer
 from kdrun.errors import ConfigError
 
-OPTIMIZERS = ("sgd", "adamw")
+OPTIMIZERS = ("sgd", "adamw", "dot")
 SCHEDULES = ("cosine", "multistep", "constant")
 
 
-def build_optimizer(params, cfg) -> torch.optim.Optimizer:
+def build_optimizer(params, cfg, task_losses: frozenset[str] = frozenset()) -> torch.optim.Optimizer:
+    """`task_losses`: the step's loss names that are the task's, for dot (which keeps the two gradients apart)."""
     if cfg.name == "sgd":
         return torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, nesterov=bool(cfg.nesterov), weight_decay=cfg.weight_decay
         )
     if cfg.name == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    if cfg.name == "dot":
+        return DistillationOrientedTrainer(params, lr=cfg.lr, momentum=cfg.momentum, delta=cfg.delta,
+                                           weight_decay=cfg.weight_decay, task_losses=task_losses)
     raise ConfigError(f"unknown optim.name {cfg.name!r}; allowed: {', '.join(OPTIMIZERS)}")
 
 

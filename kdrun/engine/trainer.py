@@ -32,6 +32,7 @@ from kdrun.engine.interrupts import InterruptGuard
 from kdrun.io import atomic_write_jsonl
 from kdrun.sources.models import count_parameters, model_size_mb
 from kdrun.engine.nonfinite import NonFinitePolicy
+from kdrun.engine.dot import DistillationOrientedTrainer
 from kdrun.engine.optim import build_optimizer, build_scheduler
 from kdrun.config.plausibility import check_first_step, zero_weight_terms
 from kdrun.engine.progress import TrainingReport
@@ -136,7 +137,7 @@ class Trainer:
                 for batch in training.feed.batches(st.epoch, st.step):
                     run.note_lr()
                     training.optimizer.zero_grad(set_to_none=True)
-                    names, values, correct = self._forward_backward(strategy, batch, training.scaler)
+                    names, values, correct = self._forward_backward(strategy, batch, training)
                     if self.cfg.check_first_step and st.epoch == 1 and st.step == 0:
                         self._check_first_step(names, values)
                     values, stop = run.agree(values, interrupt)
@@ -167,9 +168,11 @@ class Trainer:
         if refusal is not None:
             raise ConfigError(refusal)
 
-    def _forward_backward(self, strategy: Strategy, batch: Batch, scaler) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    def _forward_backward(self, strategy: Strategy, batch: Batch, training: Training
+                          ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
         """The step's loss terms (their mean over trainer.accumulate micro-batches), gradients accumulated,
-        and the count of correct predictions."""
+        and the count of correct predictions. optim=dot takes the task's and the distillation's apart."""
+        scaler, optimizer = training.scaler, training.optimizer
         k = self.cfg.accumulate
         micro_batches = [batch] if k == 1 else split_batch(batch, k)
         total, correct = None, 0
@@ -178,7 +181,10 @@ class Trainer:
                 out = strategy.step(micro)
             values = torch.stack([v.detach().float() for v in out.losses.values()])
             loss = sum(out.losses.values())
-            scaler.scale(loss if k == 1 else loss / k).backward()
+            if isinstance(optimizer, DistillationOrientedTrainer):  # no fp16 scaling (refused with dot)
+                optimizer.backward(out.losses, 1.0 if k == 1 else 1.0 / k)
+            else:
+                scaler.scale(loss if k == 1 else loss / k).backward()
             total = values if total is None else total + values
             correct = correct + (out.logits.detach().argmax(1) == micro.y).sum()
         return list(out.losses), total if k == 1 else total / k, correct
@@ -199,7 +205,7 @@ class FitRun:
         self.params = [p for p in strategy.parameters() if p.requires_grad]
         same_start(strategy, world)
         feed = make_feed(data, augment, cfg.batch_size, cfg.data_seed, runtime, world)
-        optimizer = build_optimizer(strategy.parameters(), trainer.optim_cfg)
+        optimizer = build_optimizer(strategy.param_groups(), trainer.optim_cfg, strategy.task_losses())
         self.training = Training(strategy, optimizer,
                                  build_scheduler(optimizer, trainer.optim_cfg, steps_per_epoch=feed.steps_per_epoch,
                                                  epochs=cfg.epochs),

@@ -76,6 +76,16 @@ class KD(Strategy):
     def parameters(self) -> Iterator[nn.Parameter]:
         return chain(self.student.parameters(), *(part.parameters() for part in self.parts().values()))
 
+    def task_losses(self) -> frozenset[str]:
+        return frozenset(term.name for term in self.terms.terms if not term.distils)
+
+    def param_groups(self) -> list[dict]:
+        """One group at optim.lr, then one per feature-term part that trains at its own lr (FT's paraphraser)."""
+        own = [] if self.features is None else [group for term in self.features.terms for group in term.lr_groups()]
+        taken = {id(p) for params, _ in own for p in params}
+        rest = [p for p in self.parameters() if id(p) not in taken]
+        return [{"params": rest}, *({"params": list(params), "lr": lr} for params, lr in own)]
+
     def train(self) -> None:
         self.student.train()
         for part in self.parts().values():

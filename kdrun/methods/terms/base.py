@@ -17,6 +17,7 @@ A term returns its weighted value(s) by name; the trainer sums every term of a s
 from __future__ import annotations
 
 import difflib
+from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -43,8 +44,9 @@ class TermInputs:
     mixed: tuple[Tensor, Tensor] | None = None  # mixup/cutmix: (partner labels, own share) per row
 
 
-class Term(nn.Module):
-    """One weighted loss. Subclasses set `name`, `kind` and a `Config` with at least `weight`."""
+class Term(nn.Module, metaclass=ABCMeta):
+    """One weighted loss. Subclasses set `name`, `kind` and a `Config` with at least `weight`, and define
+    `forward` (and a feature term `build`): a term that lacks one cannot be instantiated."""
 
     name: ClassVar[str] = "term"
     kind: ClassVar[str] = LOGIT
@@ -74,8 +76,9 @@ class Term(nn.Module):
     def weighted(self, value: Tensor) -> dict[str, Tensor]:
         return {self.name: self.weight * value}
 
+    @abstractmethod
     def forward(self, inputs: TermInputs) -> dict[str, Tensor]:
-        raise NotImplementedError
+        """The term's weighted value(s) for one batch, by name."""
 
 
 class LogitTerm(Term):
@@ -93,8 +96,9 @@ class FeatureTerm(Term):
     kind = FEATURE
 
     @classmethod
+    @abstractmethod
     def build(cls, config, context) -> "FeatureTerm":
-        raise NotImplementedError
+        """The term, its stage choices checked against the FeatureContext and its parts sized."""
 
     def layer_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """Layers by module name this term reads besides the models' own stages: (student's, teacher's)."""
@@ -121,9 +125,19 @@ class FeatureTerm(Term):
     def init_epochs(self) -> int:
         return int(getattr(self.config, "init_epochs", 0) or 0) if self.has_init_stage else 0
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.has_init_stage and cls.init_loss is FeatureTerm.init_loss:
+            raise TypeError(f"{cls.__qualname__} declares an initialisation stage (has_init_stage) but no init_loss")
+
     def init_loss(self, inputs: TermInputs) -> dict[str, Tensor]:
-        """The initialisation stage's losses (unweighted, as the reference's init loop), by name."""
-        raise NotImplementedError
+        """The initialisation stage's losses (unweighted, as the reference's init loop), by name; only a term
+        with `has_init_stage` defines it, and only its stage asks for it."""
+        return {}
+
+    def lr_groups(self) -> list[tuple[list[nn.Parameter], float]]:
+        """Parts that train at their own learning rate instead of optim.lr (the schedule still applies)."""
+        return []
 
     def bind(self, student: nn.Module, teacher: nn.Module) -> None:
         """Read what the term needs from the models themselves once they exist (OFD's margins come from the

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from kdrun.keys import key
-from kdrun.methods.terms.base import FeatureTerm, TermInputs, register_term
+from kdrun.methods.terms.base import TermInputs, register_term
 from kdrun.methods.terms.feature.hint import regressor
-from kdrun.methods.terms.feature.stages import FeatureContext, match_spatial, pair_layer_names, pick_pairs
+from kdrun.methods.terms.feature.picks import StagePairsKeys, StagePairsTerm
+from kdrun.methods.terms.feature.stages import match_spatial
 
 
 def alternative_l2(s: Tensor, t: Tensor, margin: float) -> Tensor:
@@ -41,36 +42,25 @@ def ab_loss(students: list[Tensor], teachers: list[Tensor], margin: float) -> Te
 
 
 @register_term
-class ActivationBoundaries(FeatureTerm):
+class ActivationBoundaries(StagePairsTerm):
     name = "ab"
     has_init_stage = True
+    needs_maps = "loss.terms.ab"
 
     @dataclass
-    class Config:
+    class Config(StagePairsKeys):
         weight: float = key(default=0.0, low=0, doc="the main stage's weight (RepDistiller: none after init)")
         init_epochs: int = key(default=30, low=0, doc="the first epochs train the connectors and the student's "
                                                       "layers on AB alone")
         margin: float = key(default=1.0, low=0, doc="how far past the boundary the student is pushed")
-        student_stages: list[int] | None = key(doc="paired with teacher_stages; null = the last stages of each")
-        teacher_stages: list[int] | None = key()
-        student_layers: list[str] | None = key(doc="layers by module path instead, paired with teacher_layers")
-        teacher_layers: list[str] | None = key()
 
-    def __init__(self, config, pairs):
-        super().__init__(config)
-        self.refs = tuple((s, t) for (s, _), (t, _) in pairs)
-        self.connectors = nn.ModuleList(nn.Identity() if s == t else regressor(s, t) for (_, s), (_, t) in pairs)
-
-    @classmethod
-    def build(cls, config, context: FeatureContext) -> "ActivationBoundaries":
-        return cls(config, pick_pairs(cls.name, config, context))
-
-    def layer_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        return pair_layer_names(tuple(((s, None), (t, None)) for s, t in self.refs))
+    def __init__(self, config, pairs, shapes):
+        super().__init__(config, pairs)
+        self.connectors = nn.ModuleList(nn.Identity() if s == t else regressor(s, t) for s, t in shapes)
 
     def loss(self, inputs: TermInputs) -> Tensor:
-        return ab_loss([c(inputs.features[s]) for c, (s, _) in zip(self.connectors, self.refs)],
-                       [inputs.teacher_features[t] for _, t in self.refs], self.config.margin)
+        students, teachers = self.read(inputs)
+        return ab_loss([c(s) for c, s in zip(self.connectors, students)], teachers, self.config.margin)
 
     def init_loss(self, inputs: TermInputs) -> dict[str, Tensor]:
         return {f"{self.name}_init": self.loss(inputs)}

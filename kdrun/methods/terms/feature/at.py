@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 from kdrun.methods.terms.feature.scale import scaled_at_weight
 from kdrun.keys import key
-from kdrun.methods.terms.base import FeatureTerm, TermInputs, register_term
-from kdrun.methods.terms.feature.picks import layers_of, pick_pairs
+from kdrun.methods.terms.base import TermInputs, register_term
+from kdrun.methods.terms.feature.picks import StagePairsKeys, StagePairsTerm
 from kdrun.methods.terms.feature.stages import FeatureContext, match_spatial
 
 
@@ -35,30 +35,19 @@ def at_loss(student_features: list[Tensor], teacher_features: list[Tensor]) -> T
 
 
 @register_term
-class AttentionTransfer(FeatureTerm):
+class AttentionTransfer(StagePairsTerm):
     name = "at"
+    needs_maps = "attention transfer"
 
     @dataclass
-    class Config:
+    class Config(StagePairsKeys):
         weight: float = key(default=1000.0, low=0)
-        student_stages: list[int] | None = key(doc="paired with teacher_stages; both null = the last stages of each")
-        teacher_stages: list[int] | None = key()
-        student_layers: list[str] | None = key(doc="layers by module path instead, paired with teacher_layers")
-        teacher_layers: list[str] | None = key()
-
-    def __init__(self, config, pairs, image_size: int):
-        super().__init__(config)
-        self.pairs = pairs  # (student ref, teacher ref) per pair
-        self.weight = scaled_at_weight(config.weight, image_size)
 
     @classmethod
     def build(cls, config, context: FeatureContext) -> "AttentionTransfer":
-        pairs = pick_pairs(cls.name, config, context, needs_maps="attention transfer")[0]
-        return cls(config, pairs, context.image_size)
-
-    def layer_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        return layers_of(self.pairs)
+        term = super().build(config, context)
+        term.weight = scaled_at_weight(config.weight, context.image_size)
+        return term
 
     def forward(self, inputs: TermInputs) -> dict[str, Tensor]:
-        return self.weighted(at_loss([inputs.features[s] for s, _ in self.pairs],
-                                     [inputs.teacher_features[t] for _, t in self.pairs]))
+        return self.weighted(at_loss(*self.read(inputs)))

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from kdrun.keys import key
-from kdrun.methods.terms.base import FeatureTerm, TermInputs, register_term
-from kdrun.methods.terms.feature.picks import embedding, embedding_size, layers_of, pick_one
-from kdrun.methods.terms.feature.stages import FeatureContext
+from kdrun.methods.terms.base import TermInputs, register_term
+from kdrun.methods.terms.feature.picks import OneStageKeys, OneStageTerm, embedding, embedding_size
 
 
 def cc_loss(student_embedded: Tensor, teacher_embedded: Tensor) -> Tensor:
@@ -30,33 +29,19 @@ def cc_loss(student_embedded: Tensor, teacher_embedded: Tensor) -> Tensor:
 
 
 @register_term
-class CorrelationCongruence(FeatureTerm):
+class CorrelationCongruence(OneStageTerm):
     name = "cc"
 
     @dataclass
-    class Config:
+    class Config(OneStageKeys):
         weight: float = key(default=0.02, low=0)
         embed_dim: int = key(default=128, low=1, doc="the trained embeddings' size (RepDistiller's feat_dim)")
-        student_stage: int = key(default=-1, doc="the stage whose average-pooled output is the embedding")
-        teacher_stage: int = key(default=-1)
-        student_layer: str | None = key(doc="a layer by module path instead of a stage (pooled the same way)")
-        teacher_layer: str | None = key()
 
-    def __init__(self, config, refs, channels: tuple[int, int]):
-        super().__init__(config)
-        self.refs = refs
-        self.embed_student = nn.Linear(channels[0], config.embed_dim)
-        self.embed_teacher = nn.Linear(channels[1], config.embed_dim)
-
-    @classmethod
-    def build(cls, config, context: FeatureContext) -> "CorrelationCongruence":
-        refs, shapes = pick_one(cls.name, config, context)
-        return cls(config, refs, (embedding_size(shapes[0]), embedding_size(shapes[1])))
-
-    def layer_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        return layers_of([self.refs])
+    def __init__(self, config, refs, shapes):
+        super().__init__(config, refs)
+        self.embed_student = nn.Linear(embedding_size(shapes[0]), config.embed_dim)
+        self.embed_teacher = nn.Linear(embedding_size(shapes[1]), config.embed_dim)
 
     def forward(self, inputs: TermInputs) -> dict[str, Tensor]:
-        s, t = self.refs
-        return self.weighted(cc_loss(self.embed_student(embedding(inputs.features[s])),
-                                     self.embed_teacher(embedding(inputs.teacher_features[t]))))
+        s, t = self.read(inputs)
+        return self.weighted(cc_loss(self.embed_student(embedding(s)), self.embed_teacher(embedding(t))))

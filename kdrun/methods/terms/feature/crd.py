@@ -30,15 +30,11 @@ from torch import Tensor, nn
 from kdrun.distributed import current_world
 from kdrun.errors import ConfigError
 from kdrun.keys import key
-from kdrun.methods.terms.base import FeatureTerm, TermInputs, register_term
-from kdrun.methods.terms.feature.stages import FeatureContext, Shape, pair_layer_names
+from kdrun.methods.terms.base import TermInputs, register_term
+from kdrun.methods.terms.feature.picks import OneStageKeys, OneStageTerm, embedding, pick_one
+from kdrun.methods.terms.feature.stages import FeatureContext, Shape
 
 EPS = 1e-7  # the reference's, inside the NCE ratios
-
-
-def pooled(features: Tensor) -> Tensor:
-    """A feature map average-pooled to a vector per sample; a vector as it is."""
-    return F.adaptive_avg_pool2d(features, 1).flatten(1) if features.dim() == 4 else features.flatten(1)
 
 
 def nce_loss(scores: Tensor, n_data: int) -> Tensor:
@@ -66,28 +62,24 @@ class Embed(nn.Sequential):
         super().__init__(nn.Linear(dim, feat_dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.normalize(super().forward(pooled(x)), dim=1)
+        return F.normalize(super().forward(embedding(x)), dim=1)
 
 
 @register_term
-class CRD(FeatureTerm):
+class CRD(OneStageTerm):
     name = "crd"
 
     @dataclass
-    class Config:
+    class Config(OneStageKeys):
         weight: float = key(default=0.8, low=0)
         feat_dim: int = key(default=128, low=1, doc="the embedding's dimension")
         nce_k: int = key(default=16384, low=1, doc="negatives per sample (capped at the training set's size)")
         nce_t: float = key(default=0.07, low=1e-6, doc="the temperature of the scores")
         nce_m: float = key(default=0.5, low=0, doc="the memory bank's momentum, at most 1")
-        student_stage: int = key(default=-1, doc="the stage whose pooled output is embedded (negative: from the end)")
-        teacher_stage: int = key(default=-1)
-        student_layer: str | None = key(doc="a layer by module path instead of a stage")
-        teacher_layer: str | None = key()
 
     def __init__(self, config, refs, shapes: tuple[Shape, Shape], n_data: int):
-        super().__init__(config)
-        self.refs, self.n_data = refs, n_data
+        super().__init__(config, refs)
+        self.n_data = n_data
         self.k = min(int(config.nce_k), n_data)
         self.embed_s = Embed(shapes[0][0], config.feat_dim)
         self.embed_t = Embed(shapes[1][0], config.feat_dim)
@@ -110,22 +102,16 @@ class CRD(FeatureTerm):
         if current_world().distributed:  # each process would update only its shard's rows of its own bank
             raise ConfigError("loss.terms.crd keeps its memory bank in one process; with several processes "
                               "(device.processes>1 or torchrun) the banks would drift apart; run it in one process")
-        refs, shapes = zip(*(context.pick(side, cls.name, getattr(config, f"{side}_stage"),
-                                          getattr(config, f"{side}_layer"), f"{side}_stage")
-                             for side in ("student", "teacher")))
-        return cls(config, refs, shapes, context.train_size)
-
-    def layer_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        return pair_layer_names((((self.refs[0], None), (self.refs[1], None)),))
+        return cls(config, *pick_one(cls.name, config, context), context.train_size)
 
     def forward(self, inputs: TermInputs) -> dict[str, Tensor]:
         if inputs.index is None:
             raise ConfigError("loss.terms.crd needs the batch's sample positions (TermInputs.index); this strategy "
                               "gives none; use strategy=kd")
-        s, t = self.refs
+        s, t = self.read(inputs)
         with torch.autocast(inputs.logits.device.type, enabled=False):  # exp(<w, v>/T) overflows float16
-            v_s = self.embed_s(inputs.features[s].float())
-            v_t = self.embed_t(inputs.teacher_features[t].float())
+            v_s = self.embed_s(s.float())
+            v_t = self.embed_t(t.float())
             index = inputs.index.to(v_s.device)
             idx = torch.randint(0, self.n_data, (len(index), self.k + 1), device=v_s.device)
             idx[:, 0] = index

@@ -23,8 +23,9 @@ from torch import Tensor
 
 from kdrun.errors import ConfigError
 from kdrun.keys import key
-from kdrun.methods.terms.base import FeatureTerm, TermInputs, register_term
-from kdrun.methods.terms.feature.stages import FeatureContext, match_spatial, pair_layer_names, pick_pairs
+from kdrun.methods.terms.base import TermInputs, register_term
+from kdrun.methods.terms.feature.picks import StagePairsKeys, StagePairsTerm, pick_pairs
+from kdrun.methods.terms.feature.stages import FeatureContext, match_spatial
 
 
 def fsp_matrices(maps: list[Tensor]) -> list[Tensor]:
@@ -41,43 +42,32 @@ def fsp_loss(student_maps: list[Tensor], teacher_maps: list[Tensor]) -> Tensor:
 
 
 @register_term
-class FSP(FeatureTerm):
+class FSP(StagePairsTerm):
     name = "fsp"
     has_init_stage = True
+    needs_maps = "loss.terms.fsp"
 
     @dataclass
-    class Config:
+    class Config(StagePairsKeys):
         weight: float = key(default=0.0, low=0, doc="the main stage's weight (RepDistiller: none after init)")
         init_epochs: int = key(default=30, low=0, doc="the first epochs train the student's layers on FSP alone")
-        student_stages: list[int] | None = key(doc="consecutive stages, paired with teacher_stages; null = the "
-                                                    "last stages of each")
-        teacher_stages: list[int] | None = key()
-        student_layers: list[str] | None = key(doc="layers by module path instead, paired with teacher_layers")
-        teacher_layers: list[str] | None = key()
-
-    def __init__(self, config, pairs):
-        super().__init__(config)
-        self.refs = tuple((s, t) for (s, _), (t, _) in pairs)
 
     @classmethod
     def build(cls, config, context: FeatureContext) -> "FSP":
-        pairs = pick_pairs(cls.name, config, context)
-        if len(pairs) < 2:
+        refs, shapes = pick_pairs(cls.name, config, context, needs_maps=cls.needs_maps)
+        if len(refs) < 2:
             raise ConfigError("loss.terms.fsp needs at least two stage pairs (an FSP matrix joins two consecutive "
                               "stages); list two or more in student_stages / teacher_stages")
-        for (s_ref, s_shape), (t_ref, t_shape) in pairs:
+        for (s_ref, t_ref), (s_shape, t_shape) in zip(refs, shapes):
             if s_shape[0] != t_shape[0]:
                 raise ConfigError(f"loss.terms.fsp pairs student {context.student_arch} {s_ref!r} ({s_shape[0]} "
                                   f"channels) with teacher {context.teacher_arch} {t_ref!r} ({t_shape[0]} channels): "
                                   f"FSP matrices compare only equal channel counts; choose other student_stages / "
                                   f"teacher_stages")
-        return cls(config, pairs)
-
-    def layer_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        return pair_layer_names(tuple(((s, None), (t, None)) for s, t in self.refs))
+        return cls(config, refs)
 
     def loss(self, inputs: TermInputs) -> Tensor:
-        return fsp_loss([inputs.features[s] for s, _ in self.refs], [inputs.teacher_features[t] for _, t in self.refs])
+        return fsp_loss(*self.read(inputs))
 
     def init_loss(self, inputs: TermInputs) -> dict[str, Tensor]:
         return {f"{self.name}_init": self.loss(inputs)}

@@ -18,7 +18,8 @@ from torch import Tensor, nn
 
 from kdrun.errors import ConfigError
 from kdrun.keys import key
-from kdrun.methods.terms.base import FeatureTerm, TermInputs, register_term
+from kdrun.methods.terms.base import TermInputs, register_term
+from kdrun.methods.terms.feature.picks import OneStageKeys, OneStageTerm, pick_one
 from kdrun.methods.terms.feature.stages import FeatureContext, Shape, describe, match_spatial
 
 
@@ -38,30 +39,24 @@ def regressor(in_shape: Shape, out_shape: Shape) -> nn.Module:
 
 
 @register_term
-class Hint(FeatureTerm):
+class Hint(OneStageTerm):
     name = "hint"
     has_init_stage = True
 
     @dataclass
-    class Config:
+    class Config(OneStageKeys):
         weight: float = key(default=100.0, low=0)
         student_stage: int = key(default=1, doc="the student stage regressed (negative: from the end)")
         teacher_stage: int = key(default=1)
-        student_layer: str | None = key(doc="a layer by module path instead of a stage, e.g. layer2")
-        teacher_layer: str | None = key()
         init_epochs: int = key(default=0, low=0, doc="the first epochs train on the hint alone (FitNets stage 1)")
 
     def __init__(self, config, refs, shapes):
-        super().__init__(config)
-        self.refs = refs  # (student, teacher) stage index or layer name
+        super().__init__(config, refs)
         self.regressor = regressor(*shapes)  # trained with the student, never saved with it
 
     @classmethod
     def build(cls, config, context: FeatureContext) -> "Hint":
-        s_ref, s_shape = context.pick("student", cls.name, config.student_stage, config.student_layer,
-                                      "student_stage")
-        t_ref, t_shape = context.pick("teacher", cls.name, config.teacher_stage, config.teacher_layer,
-                                      "teacher_stage")
+        (s_ref, t_ref), (s_shape, t_shape) = pick_one(cls.name, config, context)
         if len(s_shape) != len(t_shape):
             raise ConfigError(
                 f"loss.terms.hint cannot match student {context.student_arch} {s_ref!r} ({describe(s_shape)}) to "
@@ -70,12 +65,9 @@ class Hint(FeatureTerm):
                 f"with loss.terms.hint.student_layer / teacher_layer")
         return cls(config, (s_ref, t_ref), (s_shape, t_shape))
 
-    def layer_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        return tuple(r for r in self.refs[:1] if isinstance(r, str)), tuple(r for r in self.refs[1:] if isinstance(r, str))
-
     def loss(self, inputs: TermInputs) -> Tensor:
-        s, t = self.refs
-        return hint_loss(self.regressor(inputs.features[s]), inputs.teacher_features[t])
+        s, t = self.read(inputs)
+        return hint_loss(self.regressor(s), t)
 
     def init_loss(self, inputs: TermInputs) -> dict[str, Tensor]:
         return {f"{self.name}_init": self.loss(inputs)}

@@ -27,8 +27,8 @@ from torch import Tensor
 
 from kdrun.errors import ConfigError
 from kdrun.keys import key
-from kdrun.methods.terms.base import FeatureTerm, TermInputs, register_term
-from kdrun.methods.terms.feature.picks import layers_of, pick_pairs
+from kdrun.methods.terms.base import TermInputs, register_term
+from kdrun.methods.terms.feature.picks import StagePairsKeys, StagePairsTerm
 from kdrun.methods.terms.feature.stages import FeatureContext, match_spatial
 
 
@@ -70,34 +70,23 @@ def kdsvd_loss(student_features: list[Tensor], teacher_features: list[Tensor], k
 
 
 @register_term
-class SingularVectors(FeatureTerm):
+class SingularVectors(StagePairsTerm):
     name = "kdsvd"
+    needs_maps = "kdsvd"
 
     @dataclass
-    class Config:
-        weight: float = key(default=1.0, low=0)
+    class Config(StagePairsKeys):
         k: int = key(default=1, low=1, doc="the teacher's singular vectors used (the student's: k + 3)")
-        student_stages: list[int] | None = key(doc="paired with teacher_stages; both null = the last stages of each")
-        teacher_stages: list[int] | None = key()
-        student_layers: list[str] | None = key(doc="layers by module path instead, paired with teacher_layers")
-        teacher_layers: list[str] | None = key()
-
-    def __init__(self, config, pairs):
-        super().__init__(config)
-        self.pairs = pairs
 
     @classmethod
     def build(cls, config, context: FeatureContext) -> "SingularVectors":
-        pairs = pick_pairs(cls.name, config, context, needs_maps="kdsvd")[0]
+        term = super().build(config, context)
+        pairs = term.pairs
         if len(pairs) < 2:  # it relates each stage to the one before: one pair gives nothing to learn from
             raise ConfigError(f"loss.terms.kdsvd relates consecutive stages and needs at least 2 stage pairs, got "
                               f"{len(pairs)}; list more in loss.terms.kdsvd.student_stages / teacher_stages (or "
                               f"_layers), or leave them null for the last stages of each model")
-        return cls(config, pairs)
-
-    def layer_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        return layers_of(self.pairs)
+        return term
 
     def forward(self, inputs: TermInputs) -> dict[str, Tensor]:
-        return self.weighted(kdsvd_loss([inputs.features[s] for s, _ in self.pairs],
-                                        [inputs.teacher_features[t] for _, t in self.pairs], self.config.k))
+        return self.weighted(kdsvd_loss(*self.read(inputs), self.config.k))

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdrun.keys import key
-from kdrun.methods.terms.base import FeatureTerm, TermInputs, register_term
-from kdrun.methods.terms.feature.picks import layers_of, pick_pairs
-from kdrun.methods.terms.feature.stages import FeatureContext, match_spatial
+from kdrun.methods.terms.base import TermInputs, register_term
+from kdrun.methods.terms.feature.picks import StagePairsKeys, StagePairsTerm
+from kdrun.methods.terms.feature.stages import match_spatial
 
 
 def polynomial_kernel(a: Tensor, b: Tensor) -> Tensor:
@@ -38,28 +38,13 @@ def nst_loss(student_features: list[Tensor], teacher_features: list[Tensor]) -> 
 
 
 @register_term
-class NeuronSelectivity(FeatureTerm):
+class NeuronSelectivity(StagePairsTerm):
     name = "nst"
+    needs_maps = "neuron selectivity transfer"
 
     @dataclass
-    class Config:
+    class Config(StagePairsKeys):
         weight: float = key(default=50.0, low=0)
-        student_stages: list[int] | None = key(doc="paired with teacher_stages; both null = the last stages of each")
-        teacher_stages: list[int] | None = key()
-        student_layers: list[str] | None = key(doc="layers by module path instead, paired with teacher_layers")
-        teacher_layers: list[str] | None = key()
-
-    def __init__(self, config, pairs):
-        super().__init__(config)
-        self.pairs = pairs  # (student ref, teacher ref) per pair
-
-    @classmethod
-    def build(cls, config, context: FeatureContext) -> "NeuronSelectivity":
-        return cls(config, pick_pairs(cls.name, config, context, needs_maps="neuron selectivity transfer")[0])
-
-    def layer_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        return layers_of(self.pairs)
 
     def forward(self, inputs: TermInputs) -> dict[str, Tensor]:
-        return self.weighted(nst_loss([inputs.features[s] for s, _ in self.pairs],
-                                      [inputs.teacher_features[t] for _, t in self.pairs]))
+        return self.weighted(nst_loss(*self.read(inputs)))

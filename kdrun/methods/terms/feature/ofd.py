@@ -33,8 +33,9 @@ from torch import Tensor, nn
 
 from kdrun.errors import ConfigError
 from kdrun.keys import key
-from kdrun.methods.terms.base import FeatureTerm, TermInputs, register_term
-from kdrun.methods.terms.feature.stages import FeatureContext, Ref, pair_layer_names, pick_pairs, stage_module
+from kdrun.methods.terms.base import TermInputs, register_term
+from kdrun.methods.terms.feature.picks import StagePairsKeys, StagePairsTerm, pick_pairs
+from kdrun.methods.terms.feature.stages import FeatureContext, Ref, stage_module
 from kdrun.sources.models import build_model
 
 
@@ -66,50 +67,43 @@ def bn_before(model: nn.Module, ref: Ref, channels: int) -> nn.BatchNorm2d | Non
 
 
 @register_term
-class OFD(FeatureTerm):
+class OFD(StagePairsTerm):
     name = "ofd"
+    needs_maps = "loss.terms.ofd"
 
     @dataclass
-    class Config:
+    class Config(StagePairsKeys):
         weight: float = key(default=0.001, low=0)
-        student_stages: list[int] | None = key(doc="paired with teacher_stages; both null = the last stages of each")
-        teacher_stages: list[int] | None = key()
-        student_layers: list[str] | None = key(doc="layers by module path instead, paired with teacher_layers")
-        teacher_layers: list[str] | None = key()
 
-    def __init__(self, config, pairs):
-        super().__init__(config)
-        self.refs = tuple((s, t) for (s, _), (t, _) in pairs)
-        self.connectors = nn.ModuleList(connector(s[0], t[0]) for (_, s), (_, t) in pairs)
-        for i, (_, (_, t)) in enumerate(pairs):  # filled from the trained teacher by bind()
+    def __init__(self, config, pairs, shapes):
+        super().__init__(config, pairs)
+        self.connectors = nn.ModuleList(connector(s[0], t[0]) for s, t in shapes)
+        for i, (_, t) in enumerate(shapes):  # filled from the trained teacher by bind()
             self.register_buffer(f"margin{i}", torch.zeros(t[0]))
 
     @classmethod
     def build(cls, config, context: FeatureContext) -> "OFD":
-        pairs = pick_pairs(cls.name, config, context)
+        refs, shapes = pick_pairs(cls.name, config, context, needs_maps=cls.needs_maps)
         teacher = build_model(context.teacher_arch, *context.dims)  # the structure only: which BatchNorm
-        for _, (ref, shape) in pairs:
+        for (_, ref), (_, shape) in zip(refs, shapes):
             if bn_before(teacher, ref, shape[0]) is None:
                 raise ConfigError(f"loss.terms.ofd takes its margin from the BatchNorm before the teacher's ReLU, "
                                   f"but teacher {context.teacher_arch} {ref!r} has no BatchNorm2d with {shape[0]} "
                                   f"channels; choose a teacher with BatchNorm (e.g. resnet8) or other "
                                   f"teacher_stages / teacher_layers")
-        return cls(config, pairs)
+        return cls(config, refs, shapes)
 
     def bind(self, student: nn.Module, teacher: nn.Module) -> None:
-        for i, (_, ref) in enumerate(self.refs):
+        for i, (_, ref) in enumerate(self.pairs):
             margin = getattr(self, f"margin{i}")
             bn = bn_before(teacher, ref, len(margin))
             margin.copy_(margin_from_bn(bn.weight.detach(), bn.bias.detach()))
 
-    def layer_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        return pair_layer_names(tuple(((s, None), (t, None)) for s, t in self.refs))
-
     def forward(self, inputs: TermInputs) -> dict[str, Tensor]:
-        n, total = len(self.refs), 0.0
-        for i, ((s, t), conn) in enumerate(zip(self.refs, self.connectors)):
-            source = conn(inputs.features[s])
-            target = F.adaptive_avg_pool2d(inputs.teacher_features[t], source.shape[2:])
+        n, total = len(self.pairs), 0.0
+        for i, (s, t, conn) in enumerate(zip(*self.read(inputs), self.connectors)):
+            source = conn(s)
+            target = F.adaptive_avg_pool2d(t, source.shape[2:])
             total = total + ofd_distance(source, target, getattr(self, f"margin{i}")) / 2 ** (n - 1 - i)
         return self.weighted(total)
 

@@ -10,11 +10,15 @@ CIFAR ResNets, every stage: RepDistiller's `feat[1:-1]`).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor
 
 from kdrun.errors import ConfigError
+from kdrun.keys import key
+from kdrun.methods.terms.base import FeatureTerm, TermInputs
 from kdrun.methods.terms.feature.stages import FeatureContext, Ref, Shape, describe
 
 SIDES = ("student", "teacher")
@@ -71,3 +75,73 @@ def layers_of(pairs) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The named layers among (student ref, teacher ref) pairs: what FeatureTerms must tap on each model."""
     return (tuple(dict.fromkeys(s for s, _ in pairs if isinstance(s, str))),
             tuple(dict.fromkeys(t for _, t in pairs if isinstance(t, str))))
+
+
+# ---- the two shapes of feature term: the keys each declares, and what it reads for a batch
+
+
+@dataclass
+class OneStageKeys:
+    """A term's Config base: its weight (a term redefines it with its default) and the one stage or layer of
+    each model it reads."""
+
+    weight: float = key(default=1.0, low=0)
+    student_stage: int = key(default=-1, doc="the student stage read (negative: from the end)")
+    teacher_stage: int = key(default=-1)
+    student_layer: str | None = key(doc="a layer by module path instead of a stage, e.g. layer4")
+    teacher_layer: str | None = key()
+
+
+@dataclass
+class StagePairsKeys:
+    """A term's Config base: its weight and the pairs of stages or layers it reads."""
+
+    weight: float = key(default=1.0, low=0)
+    student_stages: list[int] | None = key(doc="paired with teacher_stages; both null = the last stages of each")
+    teacher_stages: list[int] | None = key()
+    student_layers: list[str] | None = key(doc="layers by module path instead, paired with teacher_layers")
+    teacher_layers: list[str] | None = key()
+
+
+class OneStageTerm(FeatureTerm):
+    """A feature term that reads one stage or layer of each model: `refs` (student's, teacher's), built from
+    OneStageKeys. A subclass that sizes parts from the outputs' shapes takes them in its __init__."""
+
+    def __init__(self, config, refs: tuple[Ref, Ref], shapes: tuple[Shape, Shape] | None = None):
+        super().__init__(config)
+        self.refs = refs
+
+    @classmethod
+    def build(cls, config, context: FeatureContext) -> "OneStageTerm":
+        return cls(config, *pick_one(cls.name, config, context))
+
+    def layer_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return layers_of([self.refs])
+
+    def read(self, inputs: TermInputs) -> tuple[Tensor, Tensor]:
+        """(the student's output, the teacher's output) for this batch."""
+        s, t = self.refs
+        return inputs.features[s], inputs.teacher_features[t]
+
+
+class StagePairsTerm(FeatureTerm):
+    """A feature term that reads pairs of stages or layers: `pairs`, (student ref, teacher ref) each, built
+    from StagePairsKeys. `needs_maps` names the method in the message where both sides must be feature maps."""
+
+    needs_maps: ClassVar[str | None] = None
+
+    def __init__(self, config, pairs: tuple[tuple[Ref, Ref], ...],
+                 shapes: tuple[tuple[Shape, Shape], ...] | None = None):
+        super().__init__(config)
+        self.pairs = pairs
+
+    @classmethod
+    def build(cls, config, context: FeatureContext) -> "StagePairsTerm":
+        return cls(config, *pick_pairs(cls.name, config, context, needs_maps=cls.needs_maps))
+
+    def layer_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return layers_of(self.pairs)
+
+    def read(self, inputs: TermInputs) -> tuple[list[Tensor], list[Tensor]]:
+        """(the student's outputs, the teacher's outputs), pair by pair, for this batch."""
+        return [inputs.features[s] for s, _ in self.pairs], [inputs.teacher_features[t] for _, t in self.pairs]

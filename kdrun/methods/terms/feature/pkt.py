@@ -16,9 +16,8 @@ import torch
 from torch import Tensor
 
 from kdrun.keys import key
-from kdrun.methods.terms.base import FeatureTerm, TermInputs, register_term
-from kdrun.methods.terms.feature.picks import embedding, layers_of, pick_one
-from kdrun.methods.terms.feature.stages import FeatureContext
+from kdrun.methods.terms.base import TermInputs, register_term
+from kdrun.methods.terms.feature.picks import OneStageKeys, OneStageTerm, embedding
 
 EPS = 1e-7  # the reference's
 
@@ -37,28 +36,13 @@ def pkt_loss(student_embedding: Tensor, teacher_embedding: Tensor) -> Tensor:
 
 
 @register_term
-class ProbabilisticTransfer(FeatureTerm):
+class ProbabilisticTransfer(OneStageTerm):
     name = "pkt"
 
     @dataclass
-    class Config:
+    class Config(OneStageKeys):
         weight: float = key(default=30000.0, low=0)
-        student_stage: int = key(default=-1, doc="the stage whose average-pooled output is the embedding")
-        teacher_stage: int = key(default=-1)
-        student_layer: str | None = key(doc="a layer by module path instead of a stage (pooled the same way)")
-        teacher_layer: str | None = key()
-
-    def __init__(self, config, refs):
-        super().__init__(config)
-        self.refs = refs
-
-    @classmethod
-    def build(cls, config, context: FeatureContext) -> "ProbabilisticTransfer":
-        return cls(config, pick_one(cls.name, config, context)[0])
-
-    def layer_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        return layers_of([self.refs])
 
     def forward(self, inputs: TermInputs) -> dict[str, Tensor]:
-        s, t = self.refs
-        return self.weighted(pkt_loss(embedding(inputs.features[s]), embedding(inputs.teacher_features[t])))
+        s, t = self.read(inputs)
+        return self.weighted(pkt_loss(embedding(s), embedding(t)))

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdrun.keys import key
-from kdrun.methods.terms.base import FeatureTerm, TermInputs, register_term
-from kdrun.methods.terms.feature.stages import FeatureContext, pair_layer_names, pick_pairs
+from kdrun.methods.terms.base import TermInputs, register_term
+from kdrun.methods.terms.feature.picks import StagePairsKeys, StagePairsTerm
 
 HCL_LEVELS = (4, 2, 1)
 
@@ -82,37 +82,26 @@ def with_pooled(maps: list[Tensor]) -> list[Tensor]:
 
 
 @register_term
-class ReviewKD(FeatureTerm):
+class ReviewKD(StagePairsTerm):
     name = "reviewkd"
+    needs_maps = "loss.terms.reviewkd"
 
     @dataclass
-    class Config:
-        weight: float = key(default=1.0, low=0)
+    class Config(StagePairsKeys):
         warmup_epochs: int = key(default=20, low=0, doc="epochs over which the weight ramps in linearly")
         max_mid_channels: int = key(default=512, low=1, doc="the fusion width: min(this, the student's last channels)")
-        student_stages: list[int] | None = key(doc="paired with teacher_stages; both null = the last stages of each")
-        teacher_stages: list[int] | None = key()
-        student_layers: list[str] | None = key(doc="layers by module path instead, paired with teacher_layers")
-        teacher_layers: list[str] | None = key()
 
-    def __init__(self, config, pairs):
-        super().__init__(config)
-        self.refs = tuple((s, t) for (s, _), (t, _) in pairs)
-        s_shapes = [pairs[-1][0][1], *(s for (_, s), _ in pairs[::-1])]  # deepest first, pooled level leading
-        t_shapes = [pairs[-1][1][1], *(t for _, (_, t) in pairs[::-1])]
+    def __init__(self, config, pairs, shapes):
+        super().__init__(config, pairs)
+        s_shapes = [shapes[-1][0], *(s for s, _ in shapes[::-1])]  # deepest first, pooled level leading
+        t_shapes = [shapes[-1][1], *(t for _, t in shapes[::-1])]
         self.out_sizes = [(1, 1), *((t[1], t[2]) for t in t_shapes[1:])]
         mid = min(config.max_mid_channels, s_shapes[0][0])
         self.abfs = nn.ModuleList(ABF(s[0], mid, t[0], fuse=i > 0) for i, (s, t) in enumerate(zip(s_shapes, t_shapes)))
 
-    @classmethod
-    def build(cls, config, context: FeatureContext) -> "ReviewKD":
-        return cls(config, pick_pairs(cls.name, config, context))
-
-    def layer_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        return pair_layer_names(tuple(((s, None), (t, None)) for s, t in self.refs))
-
     def forward(self, inputs: TermInputs) -> dict[str, Tensor]:
-        students = review(self.abfs, with_pooled([inputs.features[s] for s, _ in self.refs]), self.out_sizes)
-        teachers = with_pooled([inputs.teacher_features[t] for _, t in self.refs])[::-1]
+        students, teachers = self.read(inputs)
+        students = review(self.abfs, with_pooled(students), self.out_sizes)
+        teachers = with_pooled(teachers)[::-1]
         ramp = min(inputs.epoch / self.config.warmup_epochs, 1.0) if self.config.warmup_epochs else 1.0
         return self.weighted(ramp * hcl_loss(students, teachers))

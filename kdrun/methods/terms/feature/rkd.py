@@ -18,9 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdrun.keys import key
-from kdrun.methods.terms.base import FeatureTerm, TermInputs, register_term
-from kdrun.methods.terms.feature.picks import embedding, layers_of, pick_one
-from kdrun.methods.terms.feature.stages import FeatureContext
+from kdrun.methods.terms.base import TermInputs, register_term
+from kdrun.methods.terms.feature.picks import OneStageKeys, OneStageTerm, embedding
 
 
 def pairwise_distances(x: Tensor, eps: float = 1e-12) -> Tensor:
@@ -53,32 +52,16 @@ def rkd_losses(student_embedding: Tensor, teacher_embedding: Tensor) -> tuple[Te
 
 
 @register_term
-class Relational(FeatureTerm):
+class Relational(OneStageTerm):
     name = "rkd"
 
     @dataclass
-    class Config:
-        weight: float = key(default=1.0, low=0)
+    class Config(OneStageKeys):
         distance_weight: float = key(default=25.0, low=0, doc="the distance part's weight (the paper's 25)")
         angle_weight: float = key(default=50.0, low=0, doc="the angle part's weight (the paper's 50)")
-        student_stage: int = key(default=-1, doc="the stage whose average-pooled output is the embedding")
-        teacher_stage: int = key(default=-1)
-        student_layer: str | None = key(doc="a layer by module path instead of a stage (pooled the same way)")
-        teacher_layer: str | None = key()
-
-    def __init__(self, config, refs):
-        super().__init__(config)
-        self.refs = refs
-
-    @classmethod
-    def build(cls, config, context: FeatureContext) -> "Relational":
-        return cls(config, pick_one(cls.name, config, context)[0])
-
-    def layer_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        return layers_of([self.refs])
 
     def forward(self, inputs: TermInputs) -> dict[str, Tensor]:
-        s, t = self.refs
-        distance, angle = rkd_losses(embedding(inputs.features[s]), embedding(inputs.teacher_features[t]))
+        s, t = self.read(inputs)
+        distance, angle = rkd_losses(embedding(s), embedding(t))
         return {"rkd_distance": self.weight * self.config.distance_weight * distance,
                 "rkd_angle": self.weight * self.config.angle_weight * angle}

@@ -15,9 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdrun.keys import key
-from kdrun.methods.terms.base import FeatureTerm, TermInputs, register_term
-from kdrun.methods.terms.feature.picks import layers_of, pick_one
-from kdrun.methods.terms.feature.stages import FeatureContext
+from kdrun.methods.terms.base import TermInputs, register_term
+from kdrun.methods.terms.feature.picks import OneStageKeys, OneStageTerm
 
 
 def similarity(features: Tensor) -> Tensor:
@@ -33,28 +32,12 @@ def sp_loss(student_features: Tensor, teacher_features: Tensor) -> Tensor:
 
 
 @register_term
-class SimilarityPreserving(FeatureTerm):
+class SimilarityPreserving(OneStageTerm):
     name = "sp"
 
     @dataclass
-    class Config:
+    class Config(OneStageKeys):
         weight: float = key(default=3000.0, low=0)
-        student_stage: int = key(default=-1, doc="the student stage read (negative: from the end)")
-        teacher_stage: int = key(default=-1)
-        student_layer: str | None = key(doc="a layer by module path instead of a stage, e.g. layer4")
-        teacher_layer: str | None = key()
-
-    def __init__(self, config, refs):
-        super().__init__(config)
-        self.refs = refs  # (student, teacher) stage index or layer name
-
-    @classmethod
-    def build(cls, config, context: FeatureContext) -> "SimilarityPreserving":
-        return cls(config, pick_one(cls.name, config, context)[0])
-
-    def layer_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        return layers_of([self.refs])
 
     def forward(self, inputs: TermInputs) -> dict[str, Tensor]:
-        s, t = self.refs
-        return self.weighted(sp_loss(inputs.features[s], inputs.teacher_features[t]))
+        return self.weighted(sp_loss(*self.read(inputs)))

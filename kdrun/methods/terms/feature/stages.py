@@ -98,39 +98,6 @@ def match_spatial(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     return F.adaptive_avg_pool2d(a, size), F.adaptive_avg_pool2d(b, size)
 
 
-def pick_pairs(term: str, config, context: FeatureContext, spatial: bool = True) -> tuple[tuple, ...]:
-    """((student ref, shape), (teacher ref, shape)) per pair, from a term's `student_stages`/`teacher_stages`
-    (or `student_layers`/`teacher_layers`) lists; all null pairs the last stages of both models from the end.
-    With `spatial`, every picked output must be a feature map."""
-    by_name = config.student_layers is not None or config.teacher_layers is not None
-    s_list, t_list = ((config.student_layers, config.teacher_layers) if by_name
-                      else (config.student_stages, config.teacher_stages))
-    if not by_name and s_list is None and t_list is None:
-        k = min(len(context.stages("student")), len(context.stages("teacher")))
-        s_list, t_list = list(range(-k, 0)), list(range(-k, 0))
-    what = "layers" if by_name else "stages"
-    if s_list is None or t_list is None or len(s_list) != len(t_list) or not len(s_list):
-        raise ConfigError(f"loss.terms.{term}.student_{what}={s_list} and loss.terms.{term}.teacher_{what}={t_list} "
-                          f"must be two lists of the same, non-zero length (pairs), or all null to pair the last "
-                          f"stages of each model")
-    pairs = []
-    for s, t in zip(s_list, t_list):
-        picked = tuple(context.pick(side, term, None if by_name else ref, ref if by_name else None, f"{side}_{what}")
-                       for side, ref in (("student", s), ("teacher", t)))
-        for side, (ref, shape) in zip(("student", "teacher"), picked):
-            if spatial and len(shape) != 3:
-                raise ConfigError(f"loss.terms.{term} needs spatial feature maps, but {context.arch(side)} {ref!r} "
-                                  f"outputs {describe(shape)}; choose other {what}")
-        pairs.append(picked)
-    return tuple(pairs)
-
-
-def pair_layer_names(pairs: tuple[tuple, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The layers by name among pick_pairs' refs: (student's, teacher's), for FeatureTerm.layer_names."""
-    return (tuple(s for (s, _), _ in pairs if isinstance(s, str)),
-            tuple(t for _, (t, _) in pairs if isinstance(t, str)))
-
-
 def stage_module(model: nn.Module, ref: Ref) -> nn.Module | None:
     """The module whose output a stage index or layer name refers to; None where a model's stages are not
     modules (e.g. the small CNNs' stages are computed inline)."""

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdrun.keys import key
-from kdrun.methods.terms.base import FeatureTerm, TermInputs, register_term
-from kdrun.methods.terms.feature.picks import embedding_size, layers_of, pick_pairs
-from kdrun.methods.terms.feature.stages import FeatureContext, match_spatial
+from kdrun.methods.terms.base import TermInputs, register_term
+from kdrun.methods.terms.feature.picks import StagePairsKeys, StagePairsTerm, embedding_size
+from kdrun.methods.terms.feature.stages import match_spatial
 
 EPS = 1e-5  # the reference's floor on the variance
 
@@ -57,31 +57,17 @@ class GaussianPredictor(nn.Module):
 
 
 @register_term
-class VariationalInformation(FeatureTerm):
+class VariationalInformation(StagePairsTerm):
     name = "vid"
 
     @dataclass
-    class Config:
-        weight: float = key(default=1.0, low=0)
+    class Config(StagePairsKeys):
         init_variance: float = key(default=5.0, low=EPS, strict=True, doc="each channel's variance at the start")
-        student_stages: list[int] | None = key(doc="paired with teacher_stages; both null = the last stages of each")
-        teacher_stages: list[int] | None = key()
-        student_layers: list[str] | None = key(doc="layers by module path instead, paired with teacher_layers")
-        teacher_layers: list[str] | None = key()
 
     def __init__(self, config, pairs, shapes):
-        super().__init__(config)
-        self.pairs = pairs  # (student ref, teacher ref) per pair
+        super().__init__(config, pairs)
         self.predictors = nn.ModuleList(GaussianPredictor(embedding_size(s), embedding_size(t), config.init_variance) for s, t in shapes)
 
-    @classmethod
-    def build(cls, config, context: FeatureContext) -> "VariationalInformation":
-        return cls(config, *pick_pairs(cls.name, config, context))
-
-    def layer_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        return layers_of(self.pairs)
-
     def forward(self, inputs: TermInputs) -> dict[str, Tensor]:
-        total = sum(predict(inputs.features[s], inputs.teacher_features[t])
-                    for predict, (s, t) in zip(self.predictors, self.pairs))
+        total = sum(predict(s, t) for predict, s, t in zip(self.predictors, *self.read(inputs)))
         return self.weighted(total)
