@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from conftest import run_kdrun
+from kdrun.checkpoint import save_checkpoint
+from kdrun.deploy.student import model_from_checkpoint
 from kdrun.models import build_model
 from kdrun.report.hinton import errors_from_accuracy
 from kdrun.report.omitted_class import choose_bias, count_errors, main, shifted_logits
@@ -32,6 +34,15 @@ def test_raising_the_logit_is_raising_the_output_bias():
         raised = model(x)
     assert torch.allclose(shifted_logits(logits, [3, 5], 2.5), raised, atol=1e-6)
     assert not torch.equal(shifted_logits(logits, [3], 0.0).argmax(1), shifted_logits(logits, [3], 50.0).argmax(1))
+
+
+def test_a_checkpoint_reads_back_at_its_own_widths(tmp_path):
+    # 800 hidden units: wider than the MLP's default, so only the checkpoint's options can rebuild it.
+    model = build_model("mlp", 1, 8, 10, {"hidden": (800, 30), "dropout": 0.5}).eval()
+    save_checkpoint(tmp_path / "m.pt", model)
+    loaded = model_from_checkpoint(tmp_path / "m.pt")
+    x = torch.rand(4, 1, 8, 8)
+    assert loaded.options == {"hidden": [800, 30], "dropout": 0.5} and torch.equal(loaded(x), model(x))
 
 
 def test_errors_and_the_chosen_bias_against_a_hand_count():
