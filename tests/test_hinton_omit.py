@@ -6,19 +6,22 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import run_kdrun
+from conftest import KDRUN, run_kdrun
 from kdrun.checkpoint import save_checkpoint
 from kdrun.deploy.student import model_from_checkpoint
 from kdrun.models import build_model
 from kdrun.report.hinton import errors_from_accuracy
 from kdrun.report.omitted_class import choose_bias, count_errors, main, shifted_logits
 
+REPO = Path(__file__).resolve().parents[1]
 # digits stands in for Fashion-MNIST: 600 training images (the presets hold out 1/12 more as validation).
 TINY = ["dataset=digits", "dataset.limit_train=600", "student.hidden=[24,24]", "trainer.progress=false"]
 
@@ -58,19 +61,20 @@ def test_errors_and_the_chosen_bias_against_a_hand_count():
 
 @pytest.mark.slow
 def test_the_omitted_class_target_runs_end_to_end_in_a_shortened_form(tmp_path):
-    run_kdrun(tmp_path, "experiment=hinton_teacher", *TINY, "epochs=3", "hydra.run.dir=teacher")
-    run_kdrun(tmp_path, "-m", "experiment=hinton_student", "strategy=scratch,kd",
-              "teacher.checkpoint=teacher/checkpoints/last.pt", "dataset.omit_classes=[3]", "seed=0", *TINY,
-              "epochs=2", "hydra.sweep.dir=omit")
-    proc = subprocess.run([sys.executable, "-m", "kdrun.report.omitted_class", "omit", "--teacher", "teacher",
-                           "--out", "table"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    """`make reproduce-hinton-omit` on digits, tiny: the teacher, both student sweeps, the table."""
+    tiny = f"dataset.limit_train=600 student.hidden=[24,24] paths.outputs={tmp_path}/outputs"
+    proc = subprocess.run(
+        ["make", "-C", str(REPO), "reproduce-hinton-omit", "REPRO_DATA=dataset=digits", f"REPRO_SCALE={tiny} epochs=2",
+         f"HINTON_TEACHER_SCALE={tiny} epochs=3", f"CPU_REPRO_OUT={tmp_path}", f"HINTON_OMIT_OUT={tmp_path}/table",
+         f"PY={sys.executable}", f"KDRUN={KDRUN}"],
+        capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "200"}, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(tmp_path / "table" / "runs.csv", newline="") as f:
         runs = list(csv.DictReader(f))
     assert sorted((r["role"], r["seed"]) for r in runs) == [
-        ("kd", "0"), ("scratch", "0"), ("teacher", "0")]
+        ("kd", "0"), ("kd", "1"), ("kd", "2"), ("scratch", "0"), ("scratch", "1"), ("scratch", "2"), ("teacher", "0")]
     for run in runs:
-        metrics = json.loads((tmp_path / run["run"] / "metrics.json").read_text())
+        metrics = json.loads((Path(run["run"]) / "metrics.json").read_text())
         n, n3 = int(run["test_images"]), int(run["omitted_test_images"])
         assert run["omitted"] == "3" and 0 < n3 < n
         # Uncorrected, the counts are the run's own metrics.json: the same model, the same test split.
@@ -83,7 +87,7 @@ def test_the_omitted_class_target_runs_end_to_end_in_a_shortened_form(tmp_path):
     scratch = [r for r in runs if r["role"] == "scratch"]
     assert all(int(r["omitted_errors"]) == int(r["omitted_test_images"]) for r in scratch)  # it never saw a 3
     table = (tmp_path / "table" / "table.md").read_text()
-    assert "| teacher | 1 |" in table and "| scratch | 1 |" in table and "| kd | 1 |" in table
+    assert "| teacher | 1 |" in table and "| scratch | 3 |" in table and "| kd | 3 |" in table
 
 
 def test_a_folder_without_omitted_class_runs_is_refused_in_one_line(tmp_path, capsys):
