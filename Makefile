@@ -95,6 +95,7 @@ HINTON_RUNS = $(CPU_REPRO_OUT)/hinton
 HINTON_TEACHER = $(HINTON_RUNS)/teacher
 HINTON_TEACHER_SCALE ?=
 HINTON_T ?= 1,2.5,4,8,20
+HINTON_OUT ?= results/hinton
 # The distilled students clip the gradient norm to 2: at the preset's lr 0.05 and T=20 every kd seed's loss went
 # non-finite by epoch 4 on Fashion-MNIST (results/hinton/README.md); the students from scratch never did.
 HINTON_KD = teacher.checkpoint=$(HINTON_TEACHER)/checkpoints/last.pt trainer.clip_grad_norm=2
@@ -110,8 +111,8 @@ reproduce-hinton: $(HINTON_TEACHER)/checkpoints/last.pt
 	$(KDRUN) -m experiment=hinton_student $(HINTON_KD) seed=0,1,2 $(REPRO_DATA) $(REPRO_SCALE) trainer.progress=false hydra.sweep.dir=$(HINTON_RUNS)/kd800
 	$(KDRUN) -m experiment=hinton_student strategy=scratch 'student.hidden=[30,30]' seed=0,1,2 $(REPRO_DATA) $(REPRO_SCALE) trainer.progress=false hydra.sweep.dir=$(HINTON_RUNS)/scratch30
 	$(KDRUN) -m experiment=hinton_student $(HINTON_KD) 'student.hidden=[30,30]' T=$(HINTON_T) seed=0,1,2 $(REPRO_DATA) $(REPRO_SCALE) trainer.progress=false hydra.sweep.dir=$(HINTON_RUNS)/kd30
-	$(VENV)/bin/kdrun-report $(HINTON_RUNS) --out results/hinton/report
-	$(PY) -m kdrun.report.hinton $(HINTON_RUNS) --out results/hinton
+	$(VENV)/bin/kdrun-report $(HINTON_RUNS) --out $(HINTON_OUT)/report
+	$(PY) -m kdrun.report.hinton $(HINTON_RUNS) --out $(HINTON_OUT)
 
 # Hinton et al. (2015), section 3's omitted class: the 800-800 student's transfer set lacks class
 # HINTON_OMIT (the paper's digit 3; Fashion-MNIST's 3 is "Dress"), trained from scratch and distilled from
@@ -132,13 +133,14 @@ reproduce-hinton-omit: $(HINTON_TEACHER)/checkpoints/last.pt
 # The students distil from the teacher's epoch with the best validation accuracy (best.pt): at constant
 # lr its last epoch can be worse than the one before (results/keras/README.md).
 KERAS_RUNS = $(CPU_REPRO_OUT)/keras
+KERAS_OUT ?= results/keras
 reproduce-keras: export OMP_NUM_THREADS ?= 1
 reproduce-keras:
 	rm -rf $(KERAS_RUNS)
 	$(KDRUN) experiment=keras_mnist strategy=scratch student=cnn_teacher epochs=5 $(REPRO_DATA) $(REPRO_SCALE) trainer.progress=false hydra.run.dir=$(KERAS_RUNS)/teacher
 	$(KDRUN) -m experiment=keras_mnist strategy=scratch seed=0,1,2 $(REPRO_DATA) $(REPRO_SCALE) trainer.progress=false hydra.sweep.dir=$(KERAS_RUNS)/scratch
 	$(KDRUN) -m experiment=keras_mnist teacher.checkpoint=$(KERAS_RUNS)/teacher/checkpoints/best.pt seed=0,1,2 $(REPRO_DATA) $(REPRO_SCALE) trainer.progress=false hydra.sweep.dir=$(KERAS_RUNS)/kd
-	$(VENV)/bin/kdrun-report $(KERAS_RUNS) --out results/keras
+	$(VENV)/bin/kdrun-report $(KERAS_RUNS) --out $(KERAS_OUT)
 
 clean:
 	rm -rf outputs multirun .pytest_cache build dist *.egg-info
