@@ -108,7 +108,7 @@ def model_from_checkpoint(path: Path) -> KDModel:
     at its pruned widths, read from the weights' shapes)."""
     payload = load_checkpoint(path)
     meta = payload["model"]
-    model = build_model(meta["arch"], meta["in_channels"], meta["image_size"], meta["num_classes"])
+    model = build_model(meta["arch"], meta["in_channels"], meta["image_size"], meta["num_classes"], meta.get("options"))
     state = payload["state_dict"]
     shrink_to(model, state)
     try:

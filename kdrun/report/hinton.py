@@ -43,9 +43,16 @@ def read_runs(root: Path) -> list[dict]:
             "width": int(cfg.student.hidden[0]),
             "T": None if is_teacher or cfg.strategy.name == "scratch" else float(metrics["T"]),
             "seed": int(cfg.seed), "errors": errors_from_accuracy(metrics["final_test_acc"], n), "test_images": n,
-            "dataset": cfg.dataset.name,
+            "dataset": cfg.dataset.name, "wall_time_s": float(metrics.get("wall_time_s", float("nan"))),
+            "val_acc": metrics.get("final_val_acc"),
+            "train_images": metrics.get("labelled_images", 0) + metrics.get("unlabelled_images", 0),
         })
     return runs
+
+
+def _mean_or_none(values: list) -> float | None:
+    """The mean, rounded, where every run recorded the value (a validation split), else None."""
+    return None if any(v is None for v in values) else round(statistics.fmean(values), 2)
 
 
 def group_rows(runs: list[dict]) -> list[dict]:
@@ -63,7 +70,9 @@ def group_rows(runs: list[dict]) -> list[dict]:
             "test errors (mean)": round(statistics.mean(errors), 1),
             "std": round(statistics.stdev(errors), 1) if len(errors) > 1 else None,
             "seeds": len(errors), "per seed": " ".join(map(str, errors)),
-            "test images": members[0]["test_images"], "paper (MNIST)": paper,
+            "val acc % (mean)": _mean_or_none([m["val_acc"] for m in members]),
+            "train images": members[0]["train_images"], "test images": members[0]["test_images"],
+            "wall s/run": round(statistics.fmean(m["wall_time_s"] for m in members), 1), "paper (MNIST)": paper,
         })
     return rows
 
