@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from conftest import KDRUN, run_kdrun
-from kdrun.checkpoint import save_checkpoint
+from kdrun.sources.checkpoint import save_checkpoint
 from kdrun.deploy.student import model_from_checkpoint
-from kdrun.models import build_model
+from kdrun.sources.models import build_model
 from kdrun.report.hinton import errors_from_accuracy
 from kdrun.report.omitted_class import choose_bias, count_errors, main, shifted_logits
 

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from kdrun.console import console
-from kdrun.data.transfer import omitted_classes
+from kdrun.sources.data.transfer import omitted_classes
 from kdrun.deploy.student import find_run_dirs, load_run
 from kdrun.errors import KdrunError
 from kdrun.io import atomic_write_text
