@@ -38,6 +38,7 @@ from kdrun.recipes import apply_recipes
 from kdrun.report.tables import print_run_summary
 from kdrun.resume import check_resume_argument, is_completed, register_resolvers, resume_command
 from kdrun.run import record_failure, run_experiment
+from kdrun.runtime import resolve_runtime
 from kdrun.schema import check_override_keys
 from kdrun.strategies.catalog import any_strategy_config, import_plugins
 from kdrun.sweep_claim import claimed_sweep_dir, named_sweep_dir
@@ -68,6 +69,7 @@ def run_job(cfg: DictConfig) -> dict | None:
         log_notes_to(run_dir / "train.log")
     try:
         check_not_known_missing(cfg)  # a sweep looks for a missing dataset once, not once per job
+        note(f"computing on {resolve_runtime(cfg.device).describe()}")  # a result's context, said first
         for recipe in apply_recipes(cfg, hc.runtime.choices, overrides):
             note(f"[dim]recipe:[/] {escape(recipe)}")
         label = f"job {hc.job.num} {cfg.strategy.name}" if multirun else cfg.strategy.name
