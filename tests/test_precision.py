@@ -76,3 +76,8 @@ def test_teacher_outputs_recorded_in_one_precision_are_not_served_to_another(tmp
     assert cache_use("bf16_again", "bf16") == (0, 2)
     assert cache_use("fp32_again", "fp32") == (0, 2)
     assert len([p for p in (tmp_path / "teacher_outputs").iterdir() if p.is_dir()]) == 2
+
+
+def test_a_refused_value_is_the_only_line(tmp_path):
+    proc = run_kdrun(tmp_path, *TINY, "T=-1", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == ["error: T must be > 0, got -1"]
