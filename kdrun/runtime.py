@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from kdrun.errors import ConfigError
+from kdrun.precision import auto_precision, cpu_flags
 from kdrun.step import Batch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -23,6 +24,13 @@ class Runtime:
     precision: str  # fp32 | bf16 | fp16, never auto
     channels_last: bool = False
     compile: bool = False
+    why: str = ""  # why device.precision=auto chose this precision; empty when the config named it
+
+    def describe(self) -> str:
+        """How the run computes, in one line: `cpu, bf16 (auto: the CPU has avx512_bf16), channels_last`."""
+        precision = f"{self.precision} (auto: {self.why})" if self.why else self.precision
+        return ", ".join([self.device.type, precision] + ["channels_last"] * self.channels_last
+                         + ["compile"] * self.compile)
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -99,10 +107,11 @@ def resolve_runtime(device_cfg) -> Runtime:
     precision = device_cfg.precision
     if precision not in PRECISIONS:
         raise ConfigError(f"device.precision={precision!r} is not allowed; allowed: {', '.join(PRECISIONS)}")
+    why = ""
     if precision == "auto":
-        gpu_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        precision = "bf16" if gpu_bf16 else "fp32"
-    return Runtime(device, precision, bool(device_cfg.channels_last), bool(device_cfg.compile))
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        precision, why = auto_precision(device.type, cpu_flags=cpu_flags(), cuda_bf16=cuda_bf16)
+    return Runtime(device, precision, bool(device_cfg.channels_last), bool(device_cfg.compile), why)
 
 
 def seed_everything(seed: int) -> None:

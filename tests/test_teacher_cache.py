@@ -23,7 +23,8 @@ from kdrun.engine.trainer import evaluate_split
 
 # Small enough for a second per run: 48 synthetic 8x8 images, batches of 16 (the last one dropped: 3 per epoch).
 SMALL = ["dataset=synthetic", "dataset.train_size=50", "dataset.test_size=20", "dataset.image_size=8",
-         "batch_size=16", "epochs=2", "teacher=mlp", "student=cnn_student", "device=cpu", "trainer.progress=false"]
+         "batch_size=16", "epochs=2", "teacher=mlp", "student=cnn_student", "device=cpu", "trainer.progress=false",
+         "device.precision=fp32"]  # the precision some tests change (auto is bf16 on CPUs that have it natively)
 
 
 def compose_cfg(tmp_path, *overrides: str):

@@ -37,7 +37,8 @@ from kdrun.cli.preflight import (check_group_choices, check_output_locations, ch
 from kdrun.config.recipes import apply_recipes
 from kdrun.report.tables import print_run_summary
 from kdrun.config.resume import check_resume_argument, is_completed, register_resolvers, resume_command
-from kdrun.run import record_failure, run_experiment
+from kdrun.run import check_run_config, record_failure, run_experiment
+from kdrun.runtime import resolve_runtime
 from kdrun.config.schema import check_override_keys
 from kdrun.strategies.catalog import any_strategy_config, import_plugins
 from kdrun.cli.sweep_claim import claimed_sweep_dir, named_sweep_dir
@@ -68,7 +69,10 @@ def run_job(cfg: DictConfig) -> dict | None:
         log_notes_to(run_dir / "train.log")
     try:
         check_not_known_missing(cfg)  # a sweep looks for a missing dataset once, not once per job
-        for recipe in apply_recipes(cfg, hc.runtime.choices, overrides):
+        recipes = apply_recipes(cfg, hc.runtime.choices, overrides)
+        check_run_config(cfg)  # a refused value is the only line on the console
+        note(f"computing on {resolve_runtime(cfg.device).describe()}")  # a result's context, said first
+        for recipe in recipes:
             note(f"[dim]recipe:[/] {escape(recipe)}")
         label = f"job {hc.job.num} {cfg.strategy.name}" if multirun else cfg.strategy.name
         summary = run_experiment(cfg, run_dir, overrides, label=label)

@@ -91,8 +91,8 @@ def accuracy(model: nn.Module, batches, runtime: Runtime, world: World = SOLO) -
 
 
 @torch.no_grad()
-def class_accuracy(model: nn.Module, batches, runtime: Runtime, num_classes: int, world: World = SOLO) -> list:
-    """Top-1 accuracy in percent of each class (None for a class with no sample) over (inputs, labels) batches."""
+def class_counts(model: nn.Module, batches, runtime: Runtime, num_classes: int, world: World = SOLO) -> torch.Tensor:
+    """(correct, seen) per class, a 2 x num_classes tensor, over (normalised inputs, labels) batches."""
     was_training = model.training
     model.eval()
     counts = torch.zeros(2, num_classes, dtype=torch.long, device=runtime.device)  # correct, seen per class
@@ -105,7 +105,18 @@ def class_accuracy(model: nn.Module, batches, runtime: Runtime, num_classes: int
         counts[1] += torch.bincount(yb, minlength=num_classes)
     model.train(was_training)
     world.sum(counts)
+    return counts
+
+
+def class_accuracy(counts: torch.Tensor) -> list:
+    """Top-1 accuracy in percent of each class (None for a class with no sample) from class_counts."""
     return [None if seen == 0 else round(100.0 * correct / seen, 4) for correct, seen in zip(*counts.tolist())]
+
+
+def weights_version(model: nn.Module) -> tuple[int, ...]:
+    """Changes whenever any parameter or buffer is written in place (an optimiser step, BatchNorm statistics,
+    load_state_dict): torch counts every in-place write of a tensor in its _version."""
+    return tuple(t._version for t in (*model.parameters(), *model.buffers()))
 
 
 def evaluate_split(model: nn.Module, data: Data, augment: BatchAugment, runtime: Runtime, batch_size: int,
@@ -375,21 +386,32 @@ class Evaluation:
         self.world = world
         self.has_val = has_val(data)
         self.selects = "val_acc" if self.has_val else "test_acc"
+        self._last_test: tuple | None = None  # (model, weights_version, class counts) of the latest test pass
 
     def epoch_acc(self, model: nn.Module) -> float:
-        return evaluate_split(model, self.data, self.augment, self.runtime, self.batch_size,
-                              "val" if self.has_val else "test", self.world)
+        if self.has_val:
+            return evaluate_split(model, self.data, self.augment, self.runtime, self.batch_size, "val", self.world)
+        return self.test_acc(model)
 
     def test_acc(self, model: nn.Module) -> float:
-        return evaluate_split(model, self.data, self.augment, self.runtime, self.batch_size, world=self.world)
+        correct, seen = self._test_counts(model).sum(1).tolist()
+        return 100.0 * correct / seen
 
     def per_class_test_acc(self, model: nn.Module) -> dict[str, float | None]:
         """Test accuracy of each class, keyed by class name (the label number where the data has no names)."""
         data = self.data
         names = data.class_names or [str(c) for c in range(data.num_classes)]
-        accs = class_accuracy(model, eval_batches(data, self.augment, "test", self.batch_size, self.world),
-                              self.runtime, data.num_classes, self.world)
-        return dict(zip(names, accs))
+        return dict(zip(names, class_accuracy(self._test_counts(model))))
+
+    def _test_counts(self, model: nn.Module) -> torch.Tensor:
+        """Per-class counts on the test split. Weights unchanged since the last test pass reuse it: the final
+        epoch's evaluation also gives metrics.json's per-class accuracies, without a second pass."""
+        version = weights_version(model)
+        if self._last_test is None or self._last_test[0] is not model or self._last_test[1] != version:
+            counts = class_counts(model, eval_batches(self.data, self.augment, "test", self.batch_size, self.world),
+                                  self.runtime, self.data.num_classes, self.world)
+            self._last_test = (model, version, counts)
+        return self._last_test[2]
 
 
 def epoch_record(st: TrainState, strategy: Strategy, evaluation: Evaluation, skips: bool) -> dict:
