@@ -63,7 +63,7 @@ def test_the_table_has_every_preset_the_teacher_scratch_welch_and_fastest_epoch_
     assert table["(scratch)"][4] == "0.50x"
     assert table["kd"][0] == "KD, Hinton et al. 2015"
     assert table["kd"][3] == f"+2.67 (p={welch_p(kd, scratch):.3f})"
-    assert table["dkd"][1:] == ["60.50 ± 0.71", "2 (1 failed: job 2 failed: loss is inf at epoch 1)",
+    assert table["dkd"][1:] == ["60.50 ± 0.71", "2 (1 failed: job 2: loss is inf at epoch 1)",
                                 f"-10.67 (p={welch_p(dkd, scratch):.3f})", "1.50x"]
-    assert table["ft"][1] == "failed: job 0 failed: loss is inf at epoch 1 \\| step 3"
+    assert table["ft"][1] == "failed: job 0: loss is inf at epoch 1 \\| step 3"
     assert table["sp"][1] == "not run"

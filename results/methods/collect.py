@@ -52,7 +52,9 @@ def jobs(sweep: Path) -> tuple[list[dict], list[str]]:
             epochs = [json.loads(line) for line in (job / "metrics.jsonl").read_text().splitlines()]
             done.append({"acc": metrics["final_test_acc"], "epoch_s": min(e["seconds"] for e in epochs)})
         else:
-            errors.append(f"job {job.name} {metrics.get('status', 'failed')}: {metrics.get('error', 'no error recorded')}")
+            status = metrics.get("status", "failed")
+            errors.append(f"job {job.name}{'' if status == 'failed' else ' ' + status}: "
+                          f"{metrics.get('error', 'no error recorded')}")
     return done, errors
 
 
