@@ -15,7 +15,7 @@ SEEDS=${SEEDS:-0,1,2}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 cd "$OUT"
 quiet() { "$@" > /dev/null 2>&1 || { echo "failed: $*"; exit 1; }; }
-DATA="dataset=fashion_mnist dataset.root=$ROOT trainer.progress=false optim=adamw optim.lr=3e-3 batch_size=64"
+DATA="dataset=fashion_mnist dataset.root=$ROOT device=cpu device.precision=fp32 trainer.progress=false optim=adamw optim.lr=3e-3 batch_size=64"
 # The teacher: resnet20 on the whole training split, trained once.
 [ -f teacher/checkpoints/last.pt ] || quiet "$BIN/kdrun" $DATA strategy=scratch student=resnet20 epochs=3 seed=0 hydra.run.dir=teacher
 S="$DATA dataset.limit_train=3000 student=resnet8 teacher=resnet20 teacher.checkpoint=$OUT/teacher/checkpoints/last.pt epochs=4 seed=$SEEDS"
