@@ -196,6 +196,23 @@ def test_a_temperature_sweep_gets_its_table_and_plot_with_references(tmp_path, c
         assert str(sweep / name) in out
 
 
+def test_a_teacher_reported_beside_its_own_training_run_is_one_teacher_row(tmp_path):
+    # reproduce's layout: <pair>/teacher/0 trains the teacher from scratch; <pair>/kd/0 distils from its last.pt
+    teacher_run = make_job(tmp_path / "pair" / "teacher" / "0", strategy="scratch", arch="mlp", final=TEACHER_ACC,
+                           overrides=["strategy=scratch", "student=mlp"], checkpoint=True)
+    make_job(tmp_path / "pair" / "scratch" / "0", strategy="scratch", final=85.0, overrides=["strategy=scratch"])
+    kd_run = make_job(tmp_path / "pair" / "kd" / "0", final=90.0)
+    metrics = json.loads((kd_run / "metrics.json").read_text())
+    metrics["teacher_path"] = str(teacher_run / "checkpoints" / "last.pt")
+    (kd_run / "metrics.json").write_text(json.dumps(metrics))
+
+    write_report(find_jobs([tmp_path / "pair"]), tmp_path / "report", title="t", measure_latency=False)
+    comparison = read_csv(tmp_path / "report" / "comparison.csv")
+    assert [(r["model"], r["trained_as"]) for r in comparison] == [
+        ("mlp", "teacher"), ("cnn_student", "scratch"), ("cnn_student", "kd")]
+    assert len(read_csv(tmp_path / "report" / "summary.csv")) == 3  # every job is still listed
+
+
 def test_a_sweep_with_failed_jobs_still_reports_and_names_them(tmp_path, capsys):
     sweep = make_t_sweep(tmp_path / "sweep", with_scratch=False)
     make_job(sweep / "9_T=8,seed=0", T=8.0, seed=0, status="failed")
