@@ -213,6 +213,24 @@ def test_a_teacher_reported_beside_its_own_training_run_is_one_teacher_row(tmp_p
     assert len(read_csv(tmp_path / "report" / "summary.csv")) == 3  # every job is still listed
 
 
+def test_scratch_references_that_differ_in_the_swept_key_show_their_value(tmp_path):
+    # make demo: scratch and kd, each with 5% and with all labels; the two scratch rows must be told apart
+    accs = {("scratch", 0.05): 86.0, ("scratch", 1.0): 93.0, ("kd", 0.05): 92.0, ("kd", 1.0): 92.5}
+    for n, ((strategy, fraction), acc) in enumerate(accs.items()):
+        job = make_job(tmp_path / "sweep" / str(n), strategy=strategy, final=acc,
+                       overrides=[f"strategy={strategy}", f"dataset.labelled_fraction={fraction}"])
+        config = yaml.safe_load((job / "config.yaml").read_text())
+        config["dataset"]["labelled_fraction"] = fraction
+        (job / "config.yaml").write_text(yaml.safe_dump(config))
+    write_report(read_sweep(tmp_path / "sweep"), tmp_path / "sweep", title="t", measure_latency=False)
+    [table] = (tmp_path / "sweep").glob("sweep_*.csv")
+    rows = read_csv(table)
+    swept = [c for c in rows[0] if c not in ("row", "model") and not c.startswith(("test_", "best_", "n", "seeds"))]
+    assert [(r["row"], r[swept[0]], float(r["test_acc_mean"])) for r in rows] == [
+        ("teacher", "", TEACHER_ACC), ("scratch", "0.05", 86.0), ("scratch", "1", 93.0), ("kd", "0.05", 92.0),
+        ("kd", "1", 92.5)]
+
+
 def test_a_sweep_with_failed_jobs_still_reports_and_names_them(tmp_path, capsys):
     sweep = make_t_sweep(tmp_path / "sweep", with_scratch=False)
     make_job(sweep / "9_T=8,seed=0", T=8.0, seed=0, status="failed")
