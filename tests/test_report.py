@@ -196,6 +196,41 @@ def test_a_temperature_sweep_gets_its_table_and_plot_with_references(tmp_path, c
         assert str(sweep / name) in out
 
 
+def test_a_teacher_reported_beside_its_own_training_run_is_one_teacher_row(tmp_path):
+    # reproduce's layout: <pair>/teacher/0 trains the teacher from scratch; <pair>/kd/0 distils from its last.pt
+    teacher_run = make_job(tmp_path / "pair" / "teacher" / "0", strategy="scratch", arch="mlp", final=TEACHER_ACC,
+                           overrides=["strategy=scratch", "student=mlp"], checkpoint=True)
+    make_job(tmp_path / "pair" / "scratch" / "0", strategy="scratch", final=85.0, overrides=["strategy=scratch"])
+    kd_run = make_job(tmp_path / "pair" / "kd" / "0", final=90.0)
+    metrics = json.loads((kd_run / "metrics.json").read_text())
+    metrics["teacher_path"] = str(teacher_run / "checkpoints" / "last.pt")
+    (kd_run / "metrics.json").write_text(json.dumps(metrics))
+
+    write_report(find_jobs([tmp_path / "pair"]), tmp_path / "report", title="t", measure_latency=False)
+    comparison = read_csv(tmp_path / "report" / "comparison.csv")
+    assert [(r["model"], r["trained_as"]) for r in comparison] == [
+        ("mlp", "teacher"), ("cnn_student", "scratch"), ("cnn_student", "kd")]
+    assert len(read_csv(tmp_path / "report" / "summary.csv")) == 3  # every job is still listed
+
+
+def test_scratch_references_that_differ_in_the_swept_key_show_their_value(tmp_path):
+    # make demo: scratch and kd, each with 5% and with all labels; the two scratch rows must be told apart
+    accs = {("scratch", 0.05): 86.0, ("scratch", 1.0): 93.0, ("kd", 0.05): 92.0, ("kd", 1.0): 92.5}
+    for n, ((strategy, fraction), acc) in enumerate(accs.items()):
+        job = make_job(tmp_path / "sweep" / str(n), strategy=strategy, final=acc,
+                       overrides=[f"strategy={strategy}", f"dataset.labelled_fraction={fraction}"])
+        config = yaml.safe_load((job / "config.yaml").read_text())
+        config["dataset"]["labelled_fraction"] = fraction
+        (job / "config.yaml").write_text(yaml.safe_dump(config))
+    write_report(read_sweep(tmp_path / "sweep"), tmp_path / "sweep", title="t", measure_latency=False)
+    [table] = (tmp_path / "sweep").glob("sweep_*.csv")
+    rows = read_csv(table)
+    swept = [c for c in rows[0] if c not in ("row", "model") and not c.startswith(("test_", "best_", "n", "seeds"))]
+    assert [(r["row"], r[swept[0]], float(r["test_acc_mean"])) for r in rows] == [
+        ("teacher", "", TEACHER_ACC), ("scratch", "0.05", 86.0), ("scratch", "1", 93.0), ("kd", "0.05", 92.0),
+        ("kd", "1", 92.5)]
+
+
 def test_a_sweep_with_failed_jobs_still_reports_and_names_them(tmp_path, capsys):
     sweep = make_t_sweep(tmp_path / "sweep", with_scratch=False)
     make_job(sweep / "9_T=8,seed=0", T=8.0, seed=0, status="failed")

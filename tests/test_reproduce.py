@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_module
 
 from kdrun.errors import KdrunError
 from kdrun.report.aggregate import stat
-from kdrun.report.published import Cell, Published, cifar100_pairs, read_published, teacher_warning
+from kdrun.report.published import Cell, Published, cifar100_pairs, pair_cells, read_published, teacher_warning
 from kdrun.cli.reproduce import loss_presets, method_overrides, preset_teacher
 from kdrun.run import check_run_config as validate
 from kdrun.run import run_experiment
@@ -73,6 +73,14 @@ def test_every_method_maps_to_a_kdrun_command_and_an_unknown_one_is_refused():
     assert "kd" in loss_presets() and "ce" not in loss_presets()
     with pytest.raises(KdrunError, match=r"unknown method 'kdd'; allowed: .*dkd"):
         method_overrides("kdd")
+
+
+def test_every_published_method_is_one_reproduce_runs_and_lskd_finds_its_numbers(tmp_path):
+    for method in {n.method for n in NUMBERS} - {"teacher", "scratch"}:
+        method_overrides(method)  # raises for a name `make reproduce-cifar100 METHODS=...` would refuse
+    # METHODS=lskd: the logit-standardisation paper's KD+LS rows, beside our (absent) runs
+    cells = pair_cells(NUMBERS, "resnet56_resnet20", tmp_path / "resnet56_resnet20", ["lskd"])
+    assert [(c.method, c.published.acc) for c in cells if c.method == "lskd"] == [("lskd", 71.43)]
 
 
 @pytest.mark.parametrize("pair", PAIRS)

@@ -16,6 +16,8 @@ from kdrun.sources.checkpoint import load_checkpoint
 from kdrun.errors import ConfigError
 from kdrun.sources.models import build_model, count_parameters, model_options
 from kdrun.report.hinton import errors_from_accuracy, group_rows, read_runs
+from kdrun.report.hinton import main as hinton_table
+from kdrun.sources.data.datasets import load_dataset
 from kdrun.report.significance import welch
 
 # digits stands in for MNIST (not on disk in tests): one step of 128 images (Hinton: batch 128), 100 test images.
@@ -42,6 +44,32 @@ def test_mlp_widths_and_dropout_are_model_options():
 def test_model_options_refused_with_a_message(group, message):
     with pytest.raises(ConfigError, match=message):
         model_options(group, "student")
+
+
+def write_hinton_run(run_dir, dataset: dict, final_test_acc: float) -> None:
+    """A finished scratch run of the 30-30 student as kdrun writes it (config.yaml, metrics.json)."""
+    run_dir.mkdir(parents=True)
+    config = {"name": "hinton_student", "seed": 0, "dataset": dataset, "strategy": {"name": "scratch"},
+              "student": {"hidden": [30, 30]}}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    (run_dir / "metrics.json").write_text(json.dumps({"status": "completed", "final_test_acc": final_test_acc}))
+
+
+def test_hinton_table_counts_digits_test_errors_without_limit_test(tmp_path, capsys):
+    write_hinton_run(tmp_path / "runs" / "scratch", {"name": "digits", "limit_test": None}, 90.0)
+    assert hinton_table([str(tmp_path / "runs"), "--out", str(tmp_path / "table")]) == 0
+    digits_test = len(load_dataset({"name": "digits"}, torch.device("cpu")).test_y)  # the split a run scores on
+    rows = group_rows(read_runs(tmp_path / "runs"))
+    assert rows[0]["test images"] == digits_test
+    assert rows[0]["test errors (mean)"] == round(0.10 * digits_test)
+
+
+def test_hinton_table_refuses_a_dataset_of_unknown_test_size_in_one_line(tmp_path, capsys):
+    write_hinton_run(tmp_path / "runs" / "scratch", {"name": "synthetic", "limit_test": None}, 90.0)
+    assert hinton_table([str(tmp_path / "runs"), "--out", str(tmp_path / "table")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'synthetic'" in err and "dataset.limit_test" in err
+    assert not (tmp_path / "table").exists()  # a refused command writes nothing
 
 
 @pytest.mark.slow

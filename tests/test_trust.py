@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from hydra import initialize_config_module
 from omegaconf import OmegaConf
 from rich.console import Console
 
-from conftest import TINY, run_kdrun
+from conftest import KDRUN, TINY, run_kdrun
 from kdrun.sources.checkpoint import load_checkpoint
 from kdrun.errors import CheckpointError, ConfigError, WriteError
 from kdrun.io import atomic_torch_save, atomic_write_text
@@ -354,6 +355,14 @@ def test_an_interrupted_run_is_listed_with_its_resume_command(tmp_path, capsys):
 
 
 # --- item 15: the CLI's own words, and folders left behind -------------------------------------------------
+
+
+def test_help_into_a_pipe_closed_early_ends_without_a_traceback(tmp_path):
+    # `kdrun --help | head -3`: the reader is gone before kdrun (seconds to start) writes its help
+    proc = subprocess.Popen([str(KDRUN), "--help"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()
 
 
 def test_version_help_and_cfg_are_kdruns(tmp_path):

@@ -7,6 +7,7 @@ command that resumes).
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from contextlib import ExitStack
@@ -215,7 +216,11 @@ def main() -> None:
     if not init_world().is_main:  # rank 0 keeps Hydra's own files (.hydra/, the job log) for the run
         sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     with sweep_claim:
-        _hydra_main()
+        try:
+            _hydra_main()
+        except BrokenPipeError:  # `kdrun --help | head`: the reader left; nothing more to say, and no traceback
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+            sys.exit(1)
     if _failed_jobs:
         console.print(f"[bold red]{len(_failed_jobs)} job(s) failed:[/] " + escape("; ".join(_failed_jobs)))
         sys.exit(1)

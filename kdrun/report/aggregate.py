@@ -231,6 +231,14 @@ def teacher_refs(groups: list[Group]) -> list[TeacherRef]:
     return list(refs.values())
 
 
+def teachers_own_runs(groups: list[Group], teachers: list[TeacherRef]) -> list[Group]:
+    """The from-scratch groups whose checkpoints are these teachers (a teacher trained by its own kdrun run, e.g.
+    reproduce's <pair>/teacher/): already a teacher row, so not a second, scratch one."""
+    checkpoints = {ref.job.resolve(path).resolve() for ref in teachers for path in ref.paths if ref.job is not None}
+    run_dirs = {c.parent.parent for c in checkpoints if c.parent.name == "checkpoints"}
+    return [g for g in groups if not g.distills and all(job.path.resolve() in run_dirs for job in g.jobs)]
+
+
 def scratch_reference(group: Group, scratch_groups: list[Group]) -> Group | None:
     """The from-scratch run of the same student on the same data, agreeing with `group` on most settings."""
     candidates = [s for s in scratch_groups if s.arch == group.arch and s.dataset == group.dataset]
@@ -284,6 +292,9 @@ def format_value(value) -> str:
 def study(jobs: list[JobRecord]) -> Study:
     groups = group_by_seed(jobs)
     distilled = [g for g in groups if g.distills]
+    teachers = teacher_refs(distilled)
+    own_runs = teachers_own_runs(groups, teachers)
+    groups = [g for g in groups if all(g is not run for run in own_runs)]
     scratch = [g for g in groups if not g.distills]
     subjects = distilled or scratch
     refs: list[Group] = []
@@ -292,5 +303,5 @@ def study(jobs: list[JobRecord]) -> Study:
             ref = scratch_reference(group, scratch)
             if ref is not None and all(ref is not r for r in refs):
                 refs.append(ref)
-    return Study(jobs, groups, subjects, refs, teacher_refs(distilled), swept_keys(subjects))
+    return Study(jobs, groups, subjects, refs, teachers, swept_keys(subjects))
 

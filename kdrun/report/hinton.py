@@ -7,11 +7,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
+from kdrun.errors import KdrunError
 from kdrun.io import atomic_open, atomic_write_text
 from kdrun.report.plots import save_png
 from kdrun.report.tables import markdown_table, to_csv
@@ -19,7 +21,17 @@ from kdrun.report.tables import markdown_table, to_csv
 # Hinton, Vinyals & Dean (2015), section 3, MNIST (10,000 test images); the 30-unit student has no
 # published count, only "temperatures in the range 2.5 to 4 worked significantly better".
 PAPER_ERRORS = {("teacher", 1200): 67, ("scratch", 800): 146, ("kd", 800): 74}
-TEST_IMAGES = {"mnist": 10_000, "fashion_mnist": 10_000}
+# digits: scikit-learn's 1,797 images, 20% held out as the test split (kdrun/sources/data/datasets.py)
+TEST_IMAGES = {"mnist": 10_000, "fashion_mnist": 10_000, "digits": 360}
+
+
+def test_images(dataset_cfg) -> int:
+    """How many test images a run was scored on: its dataset's test split, cut to dataset.limit_test if set."""
+    size, limit = TEST_IMAGES.get(dataset_cfg.name), dataset_cfg.get("limit_test")
+    if size is None and not limit:
+        raise KdrunError(f"dataset {dataset_cfg.name!r}: test split size unknown to this table (known: "
+                         f"{', '.join(TEST_IMAGES)}); run with dataset.limit_test set")
+    return min(v for v in (size, limit) if v)
 
 
 def errors_from_accuracy(final_test_acc: float, test_images: int) -> int:
@@ -36,7 +48,7 @@ def read_runs(root: Path) -> list[dict]:
         if metrics.get("status") != "completed" or not config_path.is_file():
             continue
         cfg = OmegaConf.load(config_path)
-        n = cfg.dataset.limit_test or TEST_IMAGES[cfg.dataset.name]
+        n = test_images(cfg.dataset)
         is_teacher = cfg.name.startswith("hinton_teacher")
         runs.append({
             "role": "teacher" if is_teacher else cfg.strategy.name,
@@ -122,7 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", type=Path, help="the folder make reproduce-hinton ran into")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    for path in write_table(args.runs, args.out):
+    try:
+        paths = write_table(args.runs, args.out)
+    except KdrunError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path in paths:
         print(path)
     print((args.out / "table.md").read_text())
     return 0

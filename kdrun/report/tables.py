@@ -220,16 +220,26 @@ def reference_rows(study: Study) -> list[tuple[str, str, Stat, Stat | None, str]
     return rows
 
 
+def reference_values(study: Study, keys: tuple[str, ...]) -> list[list[str]]:
+    """Per reference row, its values of `keys` where they tell the from-scratch references apart (scratch with
+    5% and with all labels); blank otherwise, as for a key scratch ignores (T)."""
+    differing = {k for k in keys if len({json.dumps(g.setting.get(k), default=str) for g in study.scratch_refs}) > 1}
+    teachers = [[""] * len(keys) for _ in study.teachers]
+    return teachers + [[format_value(g.setting.get(k)) if k in differing else "" for k in keys]
+                       for g in study.scratch_refs]
+
+
 def sweep_table(study: Study, key: str) -> Table:
     """One row per value of `key` (per combination of the other swept keys), after the reference rows."""
     series = [k for k in study.swept if k != key]
     names = [display_name(k) for k in (*series, key)]
     columns = ["row", "model", *names, ACC, BEST, "n", "seeds"]
     rows, csv_rows = [], []
-    for role, model, acc, best, seeds in reference_rows(study):
-        rows.append([role, model, *([""] * len(names)), acc.text(), best.text() if best else "", str(acc.n), seeds])
-        csv_rows.append({"row": role, "model": model, **stat_fields("test_acc", acc),
-                         **stat_fields("best_test_acc", best), "n": acc.n, "seeds": seeds})
+    for (role, model, acc, best, seeds), values in zip(reference_rows(study), reference_values(study, (*series, key))):
+        rows.append([role, model, *values, acc.text(), best.text() if best else "", str(acc.n), seeds])
+        csv_rows.append({"row": role, "model": model, **{n: v for n, v in zip(names, values) if v},
+                         **stat_fields("test_acc", acc), **stat_fields("best_test_acc", best), "n": acc.n,
+                         "seeds": seeds})
     ordered = sorted(study.subjects, key=lambda g: tuple(_sort_key(g.setting.get(k)) for k in (*series, key)))
     for group in ordered:
         values = [format_value(group.setting.get(k)) for k in (*series, key)]
