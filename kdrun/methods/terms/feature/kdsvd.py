@@ -29,6 +29,7 @@ from kdrun.errors import ConfigError
 from kdrun.keys import key
 from kdrun.methods.terms.base import TermInputs, register_term
 from kdrun.methods.terms.feature.picks import StagePairsKeys, StagePairsTerm
+from kdrun.methods.terms.feature.stable_svd import singular_sv
 from kdrun.methods.terms.feature.stages import FeatureContext, match_spatial
 
 
@@ -41,8 +42,8 @@ def leading_singular(features: Tensor, n: int) -> tuple[Tensor, Tensor]:
     values, L2-normalised, of each sample's (C*H) x W matrix."""
     b, c, h, w = features.shape
     matrices = features.reshape(b, c * h, w)  # half precision has no SVD: at least float32, as mdistiller
-    _, s, vh = torch.linalg.svd(matrices.to(torch.promote_types(matrices.dtype, torch.float32)), full_matrices=False)
-    v = finite(vh.transpose(1, 2))
+    s, v = singular_sv(matrices.to(torch.promote_types(matrices.dtype, torch.float32)))
+    v = finite(v)
     return F.normalize(v[:, :, :n], dim=1), F.normalize(finite(s)[:, :n], dim=1)
 
 
