@@ -11,9 +11,13 @@ student's k+3, each L2-normalised, singular values L2-normalised over the first 
 picks the student vector of largest |cosine| with its sign; both are scaled by the teacher's singular
 values; for each stage after the first, exp(-(v_i - v_i-1)^2 / 8) between every pair of entries of this
 and the previous stage's vectors, and the term is sum((K_s - K_t)^2) / B, non-finite values counted as 0.
-We differ on purpose in two places: two maps of different height and width are average-pooled to the
-smaller first (mdistiller's would fail on a mismatch of widths), and the SVD runs at the input's precision,
-at least float32 (mdistiller casts to float32). The value depends on the signs the SVD gives its singular
+We differ on purpose in three places: two maps of different height and width are average-pooled to the
+smaller first (mdistiller's would fail on a mismatch of widths); the SVD runs at the input's precision,
+at least float32 (mdistiller casts to float32); and its backward is stable_svd's, equal to torch's where
+the singular values are distinct and finite where they repeat. torch's divides 0 by 0 there, and
+Fashion-MNIST's black borders give resnet8's first stage zero columns, so two or more zero singular values:
+with torch's backward the first step's gradients were NaN at a finite loss, the weights turned NaN and
+the next step's SVD raised (mdistiller's removenan cleans the forward's outputs, not the gradients). The value depends on the signs the SVD gives its singular
 vectors (the kernel compares entries across stages), and those can differ between float32 and float64.
 """
 
