@@ -43,7 +43,7 @@ def test_a_term_that_raises_on_nan_features_reports_nan():
     assert inputs.logits.grad is not None
 
 
-def test_an_error_on_finite_inputs_still_raises(monkeypatch):
+def test_an_error_on_finite_inputs_still_raises_and_on_a_nan_part_reports_nan(monkeypatch):
     terms = kdsvd_terms()
     assert math.isfinite(terms(kdsvd_inputs(None))["kdsvd"].item())
 
@@ -53,6 +53,8 @@ def test_an_error_on_finite_inputs_still_raises(monkeypatch):
     monkeypatch.setattr(type(terms.terms[0]), "forward", broken)
     with pytest.raises(RuntimeError, match="a bug in a term"):
         terms(kdsvd_inputs(None))
+    terms.terms[0].register_parameter("part", torch.nn.Parameter(torch.tensor(math.nan)))  # a trained part gone NaN
+    assert math.isnan(terms(kdsvd_inputs(None))["kdsvd"].item())
 
 
 # A user's term as kdsvd was: a finite value whose gradient is NaN (sqrt at 0), so the weights turn NaN

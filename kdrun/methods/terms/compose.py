@@ -98,7 +98,7 @@ class LogitTerms(nn.Module):
                                 labelled=labelled, mixed=mixed)
         losses: dict[str, Tensor] = {}
         for term, standardized in zip(self.terms, self.standardized):
-            losses.update(guarded(term.name, term, scored if standardized else inputs))
+            losses.update(guarded(term, term.name, term, scored if standardized else inputs))
         return losses
 
     def temperature(self) -> float:
@@ -147,9 +147,9 @@ class FeatureTerms(nn.Module):
         initialising = self.initialising(inputs.epoch)
         for term in self.terms:
             if not initialising:
-                losses.update(guarded(term.name, term, inputs))
+                losses.update(guarded(term, term.name, term, inputs))
             elif inputs.epoch <= term.init_epochs():
-                losses.update(guarded(f"{term.name}_init", term.init_loss, inputs))
+                losses.update(guarded(term, f"{term.name}_init", term.init_loss, inputs))
         return losses
 
 
