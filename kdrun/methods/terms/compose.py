@@ -22,6 +22,7 @@ from kdrun.errors import ConfigError
 from kdrun.methods.terms.base import FEATURE, LOGIT, FeatureTerm, LogitTerm, Term, TermInputs
 from kdrun.methods.terms.catalog import term_class, term_fields
 from kdrun.methods.terms.feature.stages import FeatureContext, StageOutputs
+from kdrun.methods.terms.nonfinite_inputs import guarded
 from kdrun.sources.models.layers import LayerTap, feature_root
 
 
@@ -97,7 +98,7 @@ class LogitTerms(nn.Module):
                                 labelled=labelled, mixed=mixed)
         losses: dict[str, Tensor] = {}
         for term, standardized in zip(self.terms, self.standardized):
-            losses.update(term(scored if standardized else inputs))
+            losses.update(guarded(term, term.name, term, scored if standardized else inputs))
         return losses
 
     def temperature(self) -> float:
@@ -146,9 +147,9 @@ class FeatureTerms(nn.Module):
         initialising = self.initialising(inputs.epoch)
         for term in self.terms:
             if not initialising:
-                losses.update(term(inputs))
+                losses.update(guarded(term, term.name, term, inputs))
             elif inputs.epoch <= term.init_epochs():
-                losses.update(term.init_loss(inputs))
+                losses.update(guarded(term, f"{term.name}_init", term.init_loss, inputs))
         return losses
 
 

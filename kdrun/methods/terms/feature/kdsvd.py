@@ -11,9 +11,13 @@ student's k+3, each L2-normalised, singular values L2-normalised over the first 
 picks the student vector of largest |cosine| with its sign; both are scaled by the teacher's singular
 values; for each stage after the first, exp(-(v_i - v_i-1)^2 / 8) between every pair of entries of this
 and the previous stage's vectors, and the term is sum((K_s - K_t)^2) / B, non-finite values counted as 0.
-We differ on purpose in two places: two maps of different height and width are average-pooled to the
-smaller first (mdistiller's would fail on a mismatch of widths), and the SVD runs at the input's precision,
-at least float32 (mdistiller casts to float32). The value depends on the signs the SVD gives its singular
+We differ on purpose in three places: two maps of different height and width are average-pooled to the
+smaller first (mdistiller's would fail on a mismatch of widths); the SVD runs at the input's precision,
+at least float32 (mdistiller casts to float32); and its backward is stable_svd's, equal to torch's where
+the singular values are distinct and finite where they repeat. torch's divides 0 by 0 there, and
+Fashion-MNIST's black borders give resnet8's first stage zero columns, so two or more zero singular values:
+with torch's backward the first step's gradients were NaN at a finite loss, the weights turned NaN and
+the next step's SVD raised (mdistiller's removenan cleans the forward's outputs, not the gradients). The value depends on the signs the SVD gives its singular
 vectors (the kernel compares entries across stages), and those can differ between float32 and float64.
 """
 
@@ -29,6 +33,7 @@ from kdrun.errors import ConfigError
 from kdrun.keys import key
 from kdrun.methods.terms.base import TermInputs, register_term
 from kdrun.methods.terms.feature.picks import StagePairsKeys, StagePairsTerm
+from kdrun.methods.terms.feature.stable_svd import singular_sv
 from kdrun.methods.terms.feature.stages import FeatureContext, match_spatial
 
 
@@ -41,8 +46,8 @@ def leading_singular(features: Tensor, n: int) -> tuple[Tensor, Tensor]:
     values, L2-normalised, of each sample's (C*H) x W matrix."""
     b, c, h, w = features.shape
     matrices = features.reshape(b, c * h, w)  # half precision has no SVD: at least float32, as mdistiller
-    _, s, vh = torch.linalg.svd(matrices.to(torch.promote_types(matrices.dtype, torch.float32)), full_matrices=False)
-    v = finite(vh.transpose(1, 2))
+    s, v = singular_sv(matrices.to(torch.promote_types(matrices.dtype, torch.float32)))
+    v = finite(v)
     return F.normalize(v[:, :, :n], dim=1), F.normalize(finite(s)[:, :n], dim=1)
 
 
