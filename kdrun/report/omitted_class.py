@@ -55,9 +55,11 @@ def choose_bias(logits: Tensor, labels: Tensor, classes: list[int], grid=BIAS_GR
 
 
 @torch.inference_mode()
-def logits_of(model, images: Tensor) -> Tensor:
-    """A model's logits over uint8 images, in batches."""
-    return torch.cat([model(images[i:i + EVAL_BATCH]) for i in range(0, len(images), EVAL_BATCH)])
+def logits_of(model, images: Tensor, precision: str = "fp32") -> Tensor:
+    """A model's logits over uint8 images, in batches, in the precision the run evaluated in (metrics.json's
+    `precision`), so that the uncorrected counts are the run's own."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        return torch.cat([model(images[i:i + EVAL_BATCH]).float() for i in range(0, len(images), EVAL_BATCH)])
 
 
 @dataclass
@@ -88,7 +90,8 @@ def measure_run(run_dir: Path, *, teacher_of: list[int] | None = None) -> RunRes
                          "(train with dataset.val_fraction > 0)")
     classes = teacher_of if teacher_of is not None else omitted_classes(data, run.dataset_cfg.get("omit_classes"))
     model = run.raw_model(data)
-    val, test = logits_of(model, data.val_x), logits_of(model, data.test_x)
+    precision = run.metrics.get("precision", "fp32")
+    val, test = logits_of(model, data.val_x, precision), logits_of(model, data.test_x, precision)
     bias = 0.0 if teacher_of is not None else choose_bias(val, data.val_y, classes)
     test_errors, omitted_errors = count_errors(test, data.test_y, classes, 0.0)
     corrected, omitted_corrected = count_errors(test, data.test_y, classes, bias)
