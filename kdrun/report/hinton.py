@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -16,7 +15,7 @@ from omegaconf import OmegaConf
 from kdrun.errors import KdrunError
 from kdrun.io import atomic_open, atomic_write_text
 from kdrun.report.plots import save_png
-from kdrun.report.tables import markdown_table, to_csv
+from kdrun.report.tables import markdown_table, run_table_command, to_csv
 
 # Hinton, Vinyals & Dean (2015), section 3, MNIST (10,000 test images); the 30-unit student has no
 # published count, only "temperatures in the range 2.5 to 4 worked significantly better".
@@ -134,15 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", type=Path, help="the folder make reproduce-hinton ran into")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    try:
-        paths = write_table(args.runs, args.out)
-    except KdrunError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for path in paths:
-        print(path)
-    print((args.out / "table.md").read_text())
-    return 0
+    return run_table_command(lambda: write_table(args.runs, args.out), args.out)
 
 
 if __name__ == "__main__":

@@ -24,12 +24,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from kdrun.console import console
 from kdrun.sources.data.transfer import omitted_classes
 from kdrun.deploy.student import find_run_dirs, load_run
 from kdrun.errors import KdrunError
 from kdrun.io import atomic_write_text
-from kdrun.report.tables import markdown_table, to_csv
+from kdrun.report.tables import markdown_table, run_table_command, to_csv
 
 BIAS_GRID = tuple(step * 0.25 for step in range(81))  # 0 to 20: the paper's 3.5 lies well inside
 EVAL_BATCH = 1000
@@ -173,15 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher", type=Path, help="the teacher's run directory (a row without correction)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    try:
-        paths = write_tables(args.runs, args.out, args.teacher)
-    except KdrunError as exc:
-        console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-        return 2
-    for path in paths:
-        print(path)
-    print((args.out / "table.md").read_text())
-    return 0
+    return run_table_command(lambda: write_tables(args.runs, args.out, args.teacher), args.out)
 
 
 if __name__ == "__main__":

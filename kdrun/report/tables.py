@@ -11,6 +11,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from rich.table import Table as RichTable
 from rich.text import Text
 
 from kdrun.console import console, results
+from kdrun.errors import KdrunError
 from kdrun.report.console_table import console_table
 from kdrun.report.aggregate import (Group, Stat, Study, TeacherRef, display_name, format_value, is_temperature,
                                     swept_keys)
@@ -332,3 +335,17 @@ def print_paths(paths: list[Path]) -> None:
     results.print("[bold]files:[/]")
     for path in paths:
         results.print(f"  {path}", markup=False, highlight=False, soft_wrap=True)
+
+
+def run_table_command(write: Callable[[], list[Path]], out: Path) -> int:
+    """A reproduction's table command (kdrun.report.hinton, .omitted_class): write the files, list them and print
+    table.md; a KdrunError is one line on stderr and rc 2, with nothing written."""
+    try:
+        paths = write()
+    except KdrunError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    print((out / "table.md").read_text())
+    return 0
